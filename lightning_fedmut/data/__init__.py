@@ -1,0 +1,21 @@
+"""Clients and partitions of a data set among them."""
+
+from lightning_fedmut.data.client import Client, check_partitions, make_clients
+from lightning_fedmut.data.partition import (
+    load_partition_json,
+    partition_dirichlet,
+    partition_iid,
+    partition_shards,
+    save_partition_json,
+)
+
+__all__ = [
+    "Client",
+    "check_partitions",
+    "load_partition_json",
+    "make_clients",
+    "partition_dirichlet",
+    "partition_iid",
+    "partition_shards",
+    "save_partition_json",
+]

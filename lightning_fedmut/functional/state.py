@@ -1,0 +1,69 @@
+"""Helpers over model state: which entries are floating, and in-place copies grouped for ``_foreach``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+
+def is_floating(tensor: Tensor) -> bool:
+    """Whether ``tensor`` takes part in arithmetic (floating point or complex).
+
+    Example:
+        >>> is_floating(torch.zeros(2)), is_floating(torch.zeros(2, dtype=torch.long))
+        (True, False)
+    """
+    return tensor.is_floating_point() or tensor.is_complex()
+
+
+def floating_keys(
+    state: Mapping[str, Tensor], parameter_names: set[str] | None = None, include_buffers: bool = True
+) -> list[str]:
+    """Keys of ``state`` whose tensors are floating, in ``state`` order.
+
+    Args:
+        state: a ``state_dict``.
+        parameter_names: names of the module's parameters; needed only when ``include_buffers`` is False.
+        include_buffers: keep floating buffers (e.g. BatchNorm running statistics) too.
+
+    Example:
+        >>> bn = torch.nn.BatchNorm1d(2)
+        >>> floating_keys(bn.state_dict())
+        ['weight', 'bias', 'running_mean', 'running_var']
+        >>> floating_keys(bn.state_dict(), {"weight", "bias"}, include_buffers=False)
+        ['weight', 'bias']
+    """
+    keys = [k for k, v in state.items() if is_floating(v)]
+    if include_buffers:
+        return keys
+    if parameter_names is None:
+        raise ValueError("`parameter_names` is required when `include_buffers=False`.")
+    return [k for k in keys if k in parameter_names]
+
+
+def _groups(dst: Sequence[Tensor], src: Sequence[Tensor]) -> bool:
+    """True when ``dst`` and ``src`` pair up on one device and dtype, so one ``_foreach`` call fits."""
+    if not dst:
+        return False
+    device, dtype = dst[0].device, dst[0].dtype
+    return all(d.device == device and d.dtype == dtype for d in dst) and all(
+        s.device == device and s.dtype == dtype for s in src
+    )
+
+
+@torch.no_grad()
+def copy_(dst: Sequence[Tensor], src: Sequence[Tensor]) -> None:
+    """Copy ``src`` into ``dst`` element-wise, in place (across devices and dtypes if needed).
+
+    Example:
+        >>> a, b = [torch.zeros(2)], [torch.ones(2)]
+        >>> copy_(a, b); a
+        [tensor([1., 1.])]
+    """
+    if _groups(dst, src):
+        torch._foreach_copy_(list(dst), list(src))
+        return
+    for d, s in zip(dst, src):
+        d.copy_(s)

@@ -1,0 +1,59 @@
+"""A LightningModule that trains any ``nn.Module`` classifier with SGD and reports accuracy."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+
+class Classifier(LightningModule):
+    """Cross-entropy classification with SGD, logging ``train_loss``, ``val_loss`` and ``val_acc``.
+
+    Args:
+        net: the network, mapping a batch of inputs to class logits.
+        num_classes: number of classes.
+        lr: SGD learning rate (FedMut's reference: 0.01).
+        momentum: SGD momentum (FedMut's reference code: 0.5).
+        weight_decay: SGD weight decay.
+
+    Example:
+        >>> model = Classifier(torch.nn.Linear(4, 3), num_classes=3)
+        >>> model(torch.zeros(2, 4)).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(
+        self, net: nn.Module, num_classes: int, lr: float = 0.01, momentum: float = 0.5, weight_decay: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self.train_acc(logits, y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.val_acc(logits, y)
+        self.log("val_loss", F.cross_entropy(logits, y))
+        self.log("val_acc", self.val_acc)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(
+            self.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum, weight_decay=self.hparams.weight_decay
+        )

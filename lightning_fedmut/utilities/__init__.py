@@ -1,0 +1,1 @@
+"""Internal helpers: argument checks, seeds, quiet Lightning Trainers."""

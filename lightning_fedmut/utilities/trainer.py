@@ -1,0 +1,96 @@
+"""Short-lived, quiet Lightning Trainers for clients and for evaluation."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import entry_points
+from typing import Any
+
+from lightning.pytorch import Trainer
+
+#: Defaults of every client and evaluation Trainer; the user's ``trainer_kwargs`` win over them.
+QUIET_TRAINER_DEFAULTS: dict[str, Any] = {
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "num_sanity_val_steps": 0,
+    "limit_val_batches": 0,
+    "devices": 1,
+}
+
+#: Keys the loop sets itself.
+RESERVED_TRAINER_KEYS = {"max_epochs", "max_steps", "min_epochs", "min_steps"}
+
+_LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric")
+_QUIET_WARNINGS = (
+    r".*does not have many workers.*",
+    r".*smaller than the logging interval.*",
+    r".*`max_epochs` was not set.*",
+    r".*GPU available but not used.*",
+    r".*Total length of `.*` across ranks is zero.*",
+    r".*You defined a `validation_step` but have no `val_dataloader`.*",
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+)
+
+
+def trainer_parameters() -> set[str]:
+    """The keyword arguments ``lightning.pytorch.Trainer`` accepts."""
+    return set(inspect.signature(Trainer.__init__).parameters) - {"self"}
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Silence the console chatter of per-client Trainers and cache the entry-point scan of their ``__init__``.
+
+    Lightning logs device banners and tips at INFO level and warns about worker counts and logging
+    intervals for every Trainer; with one Trainer per client per round that drowns the console. Inside
+    this context those messages are dropped; warnings about the user's own code still show. Building a
+    Trainer also scans every installed package's entry points for external callbacks (most of its
+    construction time); the scan result cannot change during a run, so it is done once here.
+    """
+    loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), _cached_external_callbacks():
+            for pattern in _QUIET_WARNINGS:
+                warnings.filterwarnings("ignore", message=pattern)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+@contextmanager
+def _cached_external_callbacks() -> Iterator[None]:
+    try:
+        from lightning.pytorch.trainer.connectors import callback_connector
+    except ImportError:  # pragma: no cover - layout of another Lightning release
+        yield
+        return
+    original = getattr(callback_connector, "_load_external_callbacks", None)
+    if original is None:  # pragma: no cover
+        yield
+        return
+    factories: dict[str, list[Any]] = {}
+
+    def load_external_callbacks(group: str) -> list[Any]:
+        if group not in factories:
+            factories[group] = list(entry_points(group=group))
+        callbacks: list[Any] = []
+        for factory in factories[group]:
+            made = factory.load()()
+            callbacks.extend(made if isinstance(made, list) else [made] if made else [])
+        return callbacks
+
+    callback_connector._load_external_callbacks = load_external_callbacks
+    try:
+        yield
+    finally:
+        callback_connector._load_external_callbacks = original
