@@ -1,0 +1,322 @@
+"""Figures for federated runs: a metric versus round, and the label distribution of a partition.
+
+matplotlib is optional (``pip install 'lightning_fedmut[plot]'``) and imported only when a function
+draws. Figures are built with ``matplotlib.figure.Figure`` directly, never through ``pyplot``: no
+display is needed and no global figure state is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["label_distribution", "plot_label_distribution", "plot_metric"]
+
+_BANDS = ("minmax", "std")
+_INSTALL_HINT = "pip install 'lightning_fedmut[plot]'"
+
+
+def _figure_class() -> Any:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError(
+            f"Plotting needs matplotlib, which is not installed. Install it with: {_INSTALL_HINT}"
+        ) from err
+    return Figure
+
+
+def _axes(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:
+    """Return ``(figure, axes)``: the given axes and its figure, or a fresh figure with one axes."""
+    figure_class = _figure_class()
+    if ax is not None:
+        return ax.figure, ax
+    fig = figure_class(figsize=figsize, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _save(fig: Any, path: str | os.PathLike | None) -> None:
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=150)
+
+
+def _is_history(obj: Any) -> bool:
+    """A list of per-round dicts (an empty list counts: it is an empty history)."""
+    return isinstance(obj, Sequence) and not isinstance(obj, (str, bytes)) and all(isinstance(r, Mapping) for r in obj)
+
+
+def _seeds(run: Any, where: str) -> list[list[Mapping[str, Any]]]:
+    """The histories of one run: one for a single seed, several for a list of seeds."""
+    history = getattr(run, "history", None)
+    if history is not None and not isinstance(run, Mapping):
+        return [list(history)]
+    if _is_history(run):
+        if not run:
+            raise ValueError(f"{where} is empty: expected at least one round (or one seed).")
+        return [list(run)]
+    if isinstance(run, Sequence) and not isinstance(run, (str, bytes)):
+        if not run:
+            raise ValueError(f"{where} is empty: expected at least one round (or one seed).")
+        out = []
+        for i, seed in enumerate(run):
+            seed_history = getattr(seed, "history", None)
+            if seed_history is not None and not isinstance(seed, Mapping):
+                out.append(list(seed_history))
+            elif _is_history(seed):
+                out.append(list(seed))
+            else:
+                raise TypeError(
+                    f"Expected seed {i} of {where} to be a FederatedResult or a list of history dicts,"
+                    f" got {type(seed).__name__}."
+                )
+        return out
+    raise TypeError(
+        f"Expected {where} to be a FederatedResult, a list of history dicts or a list of those (seeds),"
+        f" got {type(run).__name__}."
+    )
+
+
+def _runs(runs: Any) -> list[tuple[str | None, list[list[Mapping[str, Any]]]]]:
+    """Normalise ``runs`` to ``[(label, [history per seed])]``; a single run gets the label ``None``."""
+    if isinstance(runs, Mapping):
+        if not runs:
+            raise ValueError("Expected `runs` to hold at least one run, got an empty mapping.")
+        return [(str(label), _seeds(run, f"run {label!r} of `runs`")) for label, run in runs.items()]
+    if isinstance(runs, Sequence) and not isinstance(runs, (str, bytes)) and not runs:
+        raise ValueError("Expected `runs` to hold at least one run, got an empty list.")
+    return [(None, _seeds(runs, "`runs`"))]
+
+
+def _series(history: Sequence[Mapping[str, Any]], metric: str) -> dict[float, float]:
+    """``{round: value}`` over the rounds that logged ``metric`` (a row without ``round`` uses its position)."""
+    return {
+        float(row.get("round", i)): float(row[metric])
+        for i, row in enumerate(history)
+        if row.get(metric) is not None
+    }
+
+
+def plot_metric(
+    runs: Any,
+    metric: str = "val_acc",
+    path: str | os.PathLike | None = None,
+    title: str | None = None,
+    ax: Any = None,
+    *,
+    band: str = "minmax",
+) -> Any:
+    """Draw ``metric`` versus round for one or several runs, e.g. FedMut next to FedAvg.
+
+    Rounds that did not log ``metric`` (evaluation every N rounds) are skipped. A run given as several
+    seeds is drawn as the mean over the seeds that logged each round, with a shaded band.
+
+    Args:
+        runs: a mapping ``{label: run}``, or a single run (drawn without a legend). A run is a
+            :class:`~lightning_fedmut.FederatedResult`, a list of history dicts (one per round, with
+            ``round``), or a list of those: several seeds of one method.
+        metric: the history key to draw, e.g. ``"val_acc"``, ``"val_loss"``, ``"clients/train_loss"``.
+        path: if given, save the figure there (parent folders are created; format from the suffix, PNG
+            by default).
+        title: the axes title.
+        ax: draw into this matplotlib ``Axes`` instead of a new figure.
+        band: the band of a multi-seed run: ``"minmax"`` (min to max over seeds) or ``"std"`` (mean
+            plus or minus the population standard deviation).
+
+    Returns:
+        The ``matplotlib.figure.Figure`` that holds the plot.
+
+    Raises:
+        ImportError: matplotlib is not installed.
+        ValueError: ``runs`` (or a run in it) is empty, no run logged ``metric``, or ``band`` is unknown.
+        TypeError: a run is not one of the accepted forms.
+
+    Example:
+        >>> fedavg = [{"round": 0, "val_acc": 0.50}, {"round": 1}, {"round": 2, "val_acc": 0.70}]
+        >>> fedmut = [[{"round": 0, "val_acc": 0.50}, {"round": 2, "val_acc": 0.75}],  # seed 0
+        ...           [{"round": 0, "val_acc": 0.25}, {"round": 2, "val_acc": 0.50}]]  # seed 1
+        >>> fig = plot_metric({"FedAvg": fedavg, "FedMut": fedmut}, metric="val_acc")
+        >>> ax = fig.axes[0]
+        >>> [line.get_label() for line in ax.get_lines()]
+        ['FedAvg', 'FedMut']
+        >>> ax.get_lines()[1].get_xydata().tolist()
+        [[0.0, 0.375], [2.0, 0.625]]
+        >>> ax.get_xlabel(), ax.get_ylabel()
+        ('round', 'val_acc')
+    """
+    if not isinstance(metric, str):
+        raise TypeError(f"Expected `metric` to be a history key (a str), got {metric!r}.")
+    if band not in _BANDS:
+        raise ValueError(f"Expected `band` to be one of {list(_BANDS)}, got {band!r}.")
+    normalised = _runs(runs)
+    drawn = []
+    for label, seeds in normalised:
+        series = [_series(history, metric) for history in seeds]
+        if any(series):
+            drawn.append((label, series))
+    if not drawn:
+        logged = sorted({k for _, seeds in normalised for h in seeds for row in h for k in row} - {"round"})
+        raise ValueError(
+            f"No run in `runs` logged metric {metric!r}. The runs logged: {', '.join(logged) or 'nothing'}."
+            " Pass one of these as `metric`."
+        )
+    missing = [label for label, _ in normalised if label not in {d[0] for d in drawn}]
+    if missing:
+        warnings.warn(f"Runs {missing} never logged {metric!r}; they are left out of the plot.", stacklevel=2)
+
+    fig, ax = _axes(ax, figsize=(6.0, 4.0))
+    for label, series in drawn:
+        rounds = np.array(sorted(set().union(*series)), dtype=float)
+        values = [np.array([s[r] for s in series if r in s]) for r in rounds]
+        mean = np.array([v.mean() for v in values])
+        (line,) = ax.plot(rounds, mean, label=label, marker="o" if len(rounds) == 1 else None)
+        if len(series) > 1:
+            if band == "minmax":
+                low, high = np.array([v.min() for v in values]), np.array([v.max() for v in values])
+            else:
+                std = np.array([v.std() for v in values])
+                low, high = mean - std, mean + std
+            ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel("round")
+    ax.set_ylabel(metric)
+    if title is not None:
+        ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if any(label is not None for label, _ in drawn):
+        ax.legend()
+    _save(fig, path)
+    return fig
+
+
+def _partitions(partitions: Any, num_examples: int) -> tuple[list[Any], list[np.ndarray]]:
+    """``(client ids, index arrays)``; a sequence gives ids ``0..n-1``, a mapping keeps its keys."""
+    if isinstance(partitions, Mapping):
+        items = list(partitions.items())
+    elif isinstance(partitions, Sequence) and not isinstance(partitions, (str, bytes)):
+        items = list(enumerate(partitions))
+    else:
+        raise TypeError(
+            "Expected `partitions` to be a list of index arrays or a dict {client_id: indices},"
+            f" got {type(partitions).__name__}."
+        )
+    if not items:
+        raise ValueError("Expected `partitions` to hold at least one client, got none.")
+    ids, arrays = [], []
+    for cid, idx in items:
+        arr = np.asarray(idx)
+        if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+            raise TypeError(
+                f"Expected the partition of client {cid!r} to be a 1-D list of integer indices, got {idx!r}."
+            )
+        bad = arr[(arr < 0) | (arr >= num_examples)]
+        if bad.size:
+            raise ValueError(
+                f"Partition of client {cid!r} holds indices outside `labels` ({num_examples} examples):"
+                f" {bad[:5].tolist()}."
+            )
+        ids.append(cid)
+        arrays.append(arr.astype(np.int64))
+    return ids, arrays
+
+
+def _label_matrix(labels: Any, partitions: Any, num_classes: int | None) -> tuple[list[Any], np.ndarray]:
+    arr = np.asarray(labels)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"Expected `labels` to be a non-empty 1-D sequence of class indices, got shape {arr.shape}.")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"Expected `labels` to hold integer class indices, got dtype {arr.dtype}.")
+    if arr.min() < 0:
+        raise ValueError(f"Expected `labels` to be class indices >= 0, got {int(arr.min())}.")
+    if num_classes is None:
+        num_classes = int(arr.max()) + 1
+    elif isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"Expected `num_classes` to be an integer >= 1, got {num_classes!r}.")
+    elif arr.max() >= num_classes:
+        raise ValueError(
+            f"`labels` holds class {int(arr.max())} but `num_classes` is {num_classes}."
+            f" Pass num_classes >= {int(arr.max()) + 1} or leave it None."
+        )
+    ids, arrays = _partitions(partitions, len(arr))
+    counts = np.stack([np.bincount(arr[idx], minlength=num_classes) for idx in arrays]).astype(np.int64)
+    return ids, counts
+
+
+def label_distribution(labels: Any, partitions: Any, num_classes: int | None = None) -> np.ndarray:
+    """Count the examples of each class held by each client.
+
+    Args:
+        labels: the data set's class index per example (a 1-D integer array, list or CPU tensor).
+        partitions: a list of index arrays (client ``i`` is row ``i``) or a dict ``{client_id: indices}``
+            (rows in the dict's order), as returned by
+            :func:`~lightning_fedmut.data.partition_dirichlet` or
+            :func:`~lightning_fedmut.data.load_partition_json`. A client may be empty.
+        num_classes: the number of columns; ``max(labels) + 1`` by default.
+
+    Returns:
+        An ``int64`` array of shape ``(clients, classes)``: entry ``[i, c]`` counts the examples of
+        class ``c`` in client ``i``'s partition.
+
+    Example:
+        >>> label_distribution([0, 1, 1, 2, 0], [[0, 1], [2, 3, 4]])
+        array([[1, 1, 0],
+               [1, 1, 1]])
+        >>> label_distribution([0, 1, 1], {"a": [2], "b": [0, 1]}, num_classes=4)
+        array([[0, 1, 0, 0],
+               [1, 1, 0, 0]])
+    """
+    return _label_matrix(labels, partitions, num_classes)[1]
+
+
+def plot_label_distribution(
+    labels: Any,
+    partitions: Any,
+    num_classes: int | None = None,
+    path: str | os.PathLike | None = None,
+    title: str | None = None,
+    ax: Any = None,
+) -> Any:
+    """Draw the clients x classes count matrix of a partition as a heatmap (the non-IID picture).
+
+    Rows are clients (y axis ``"client"``), columns are classes (x axis ``"class"``); the colour of a
+    cell is the number of examples (see :func:`label_distribution`), with a colour bar.
+
+    Args:
+        labels: the data set's class index per example.
+        partitions: a list of index arrays or a dict ``{client_id: indices}``.
+        num_classes: the number of classes; ``max(labels) + 1`` by default.
+        path: if given, save the figure there (parent folders are created; PNG by default).
+        title: the axes title.
+        ax: draw into this matplotlib ``Axes`` instead of a new figure.
+
+    Returns:
+        The ``matplotlib.figure.Figure`` that holds the plot.
+
+    Example:
+        >>> fig = plot_label_distribution([0, 1, 1, 2, 0], [[0, 1], [2, 3, 4]])
+        >>> ax = fig.axes[0]
+        >>> ax.images[0].get_array().tolist()
+        [[1, 1, 0], [1, 1, 1]]
+        >>> ax.get_xlabel(), ax.get_ylabel()
+        ('class', 'client')
+    """
+    ids, counts = _label_matrix(labels, partitions, num_classes)
+    num_clients, num_cols = counts.shape
+    fig, ax = _axes(ax, figsize=(min(2.0 + 0.4 * num_cols, 12.0), min(1.5 + 0.3 * num_clients, 10.0)))
+    image = ax.imshow(counts, aspect="auto", cmap="Blues", interpolation="nearest", vmin=0)
+    fig.colorbar(image, ax=ax, label="examples")
+    ax.set_xlabel("class")
+    ax.set_ylabel("client")
+    if num_cols <= 30:
+        ax.set_xticks(range(num_cols))
+    if num_clients <= 40:
+        ax.set_yticks(range(num_clients), [str(cid) for cid in ids])
+    if title is not None:
+        ax.set_title(title)
+    _save(fig, path)
+    return fig
