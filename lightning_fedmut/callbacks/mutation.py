@@ -107,8 +107,7 @@ class MutationCallback(FederatedCallback):
             )
 
     def teardown(self, loop: FederatedLoop, module: LightningModule, stage: str) -> None:
-        self._delta = []
-        self._coefficients = None
+        self._delta = []  # release the model-sized buffer; the coefficient table stays for inspection
 
     def on_client_fit_start(
         self, loop: FederatedLoop, module: LightningModule, client_module: Module, client: Client, slot: int

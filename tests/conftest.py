@@ -1,0 +1,25 @@
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+from helpers import make_synthetic  # noqa: E402
+
+
+@pytest.fixture
+def synthetic():
+    """(train dataset, validation dataset) of 240/60 points, 8 features, 3 classes."""
+    return make_synthetic()
+
+
+@pytest.fixture(autouse=True)
+def _wandb_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)

@@ -1,0 +1,105 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from lightning_fedmut.data import (
+    check_partitions,
+    load_partition_json,
+    make_clients,
+    partition_dirichlet,
+    partition_iid,
+    partition_shards,
+    save_partition_json,
+)
+
+
+def _labels(n=1000, classes=10, seed=0):
+    return np.random.default_rng(seed).integers(0, classes, n)
+
+
+def _is_partition(parts, n):
+    allidx = np.concatenate(parts)
+    return len(allidx) == n and len(np.unique(allidx)) == n
+
+
+def test_iid():
+    parts = partition_iid(103, 10, seed=1)
+    assert _is_partition(parts, 103)
+    assert sorted(len(p) for p in parts) == [10] * 7 + [11] * 3
+    assert all(np.array_equal(a, b) for a, b in zip(parts, partition_iid(103, 10, seed=1)))
+
+
+@pytest.mark.parametrize("alpha", [0.1, 1.0, 100.0])
+def test_dirichlet_min_size_and_skew(alpha):
+    y = _labels()
+    parts = partition_dirichlet(y, num_clients=20, alpha=alpha, min_size=10, seed=0)
+    assert _is_partition(parts, len(y))
+    assert min(len(p) for p in parts) >= 10
+    # mean number of classes that hold 90% of a client's data grows with alpha
+    dominant = np.mean([np.max(np.bincount(y[p], minlength=10)) / len(p) for p in parts])
+    if alpha == 0.1:
+        assert dominant > 0.5
+    if alpha == 100.0:
+        assert dominant < 0.3
+
+
+def test_dirichlet_reproducible_and_seed_dependent():
+    y = _labels()
+    a = partition_dirichlet(y, 10, 0.5, seed=3)
+    b = partition_dirichlet(y, 10, 0.5, seed=3)
+    c = partition_dirichlet(y, 10, 0.5, seed=4)
+    assert all(np.array_equal(p, q) for p, q in zip(a, b))
+    assert not all(np.array_equal(p, q) for p, q in zip(a, c))
+
+
+def test_dirichlet_impossible_min_size():
+    with pytest.raises(ValueError, match="min_size"):
+        partition_dirichlet(_labels(100), 20, 0.1, min_size=10)
+    with pytest.raises(RuntimeError, match="Lower `min_size`"):
+        partition_dirichlet(_labels(100), 10, 0.01, min_size=10, max_tries=3)
+
+
+def test_shards_labels_per_client():
+    y = np.repeat(np.arange(10), 100)
+    parts = partition_shards(y, num_clients=50, shards_per_client=2, seed=0)
+    assert _is_partition(parts, 1000)
+    assert all(len(np.unique(y[p])) <= 2 for p in parts)
+
+
+def test_json_round_trip(tmp_path):
+    parts = partition_iid(20, 3, seed=0)
+    path = tmp_path / "p.json"
+    save_partition_json(parts, path)
+    assert json.loads(path.read_text())["1"] == parts[1].tolist()
+    loaded = load_partition_json(path)
+    assert list(loaded) == ["0", "1", "2"] and all(np.array_equal(loaded[str(i)], parts[i]) for i in range(3))
+    clients = make_clients(TensorDataset(torch.arange(20.0)), loaded, batch_size=4)
+    assert [c.id for c in clients] == ["0", "1", "2"]
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_partition_json(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize(
+    ("parts", "match"),
+    [
+        ([[0, 1], []], "client 1.* is empty"),
+        ([[0, 1], [1, 2]], r"indices \[1\] to more than one client"),
+        ([[0, 10]], "outside the dataset of 10 examples: \\[10\\]"),
+        ([[0, -1]], "outside the dataset"),
+        ([], "at least one client"),
+    ],
+)
+def test_bad_partitions(parts, match):
+    with pytest.raises(ValueError, match=match):
+        check_partitions(parts, num_examples=10)
+
+
+def test_make_clients_batches_and_bad_batch_size():
+    ds = TensorDataset(torch.arange(10.0), torch.zeros(10, dtype=torch.long))
+    clients = make_clients(ds, [[0, 1, 2, 3, 4], [5, 6]], batch_size=2)
+    assert [len(c.data) for c in clients] == [3, 1]
+    with pytest.raises(ValueError, match="`batch_size`.*got 0"):
+        make_clients(ds, [[0]], batch_size=0)
