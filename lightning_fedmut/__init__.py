@@ -3,6 +3,7 @@
 from lightning_fedmut.aggregators import Aggregator, FedAvg
 from lightning_fedmut.callbacks import FederatedCallback, MutationCallback
 from lightning_fedmut.data import Client, make_clients
+from lightning_fedmut.exceptions import DivergenceError, RoundFailedError
 from lightning_fedmut.loop import FederatedLoop, FederatedResult
 
 __version__ = "0.1.0"
@@ -10,10 +11,12 @@ __version__ = "0.1.0"
 __all__ = [
     "Aggregator",
     "Client",
+    "DivergenceError",
     "FedAvg",
     "FederatedCallback",
     "FederatedLoop",
     "FederatedResult",
     "MutationCallback",
+    "RoundFailedError",
     "make_clients",
 ]

@@ -25,8 +25,8 @@ class FederatedCallback:
         for each sampled client:
             on_client_fit_start   (working module holds the global weights; change them in place)
             ... client Trainer.fit ...
-            on_client_fit_end
-        on_before_aggregate
+            on_client_fit_end     (or on_client_fit_failure: the client is left out of the aggregate)
+        on_before_aggregate   (skipped, with on_after_aggregate, when too few clients succeeded)
         on_after_aggregate        (global module holds the new global weights)
         on_validation_start / on_validation_end   (every ``evaluate_every`` rounds)
         on_round_end              (may set ``loop.should_stop = True``)
@@ -80,6 +80,14 @@ class FederatedCallback:
         self, loop: FederatedLoop, module: LightningModule, client_module: Module, client: Client, slot: int
     ) -> None:
         """Called after a client trained; ``client_module`` holds its trained weights."""
+
+    def on_client_fit_failure(
+        self, loop: FederatedLoop, module: LightningModule, client: Client, slot: int, exception: BaseException
+    ) -> None:
+        """Called instead of ``on_client_fit_end`` when a client's training raised or returned non-finite weights.
+
+        The client is not aggregated; the round goes on with the others.
+        """
 
     def on_before_aggregate(self, loop: FederatedLoop, module: LightningModule, aggregator: Aggregator) -> None:
         """Called after all clients of the round trained; ``module`` still holds the previous global weights."""
