@@ -67,10 +67,14 @@ def log_client_table(logger: Logger | None, rows: list[dict[str, Any]], round_in
 
 
 def finish_run(logger: Logger | None, status: str) -> None:
+    """Flush the logger; a W&B run is finished so that the next ``fit`` (e.g. the baseline) opens its own run."""
     if logger is None:
         return
     logger.save()
     logger.finalize(status)
+    wandb_logger = _wandb_logger(logger)
+    if wandb_logger is not None and getattr(wandb_logger, "_experiment", None) is not None:
+        wandb_logger.experiment.finish(exit_code=0 if status == "success" else 1)
 
 
 def _cell(value: Any) -> Any:
