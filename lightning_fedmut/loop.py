@@ -398,28 +398,16 @@ class FederatedLoop:
         random.seed(seed)
         np.random.seed(seed)
         trainer = Trainer(**self._client_trainer_kwargs())
-        handler = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
-        try:
-            if isinstance(client.data, LightningDataModule):
-                trainer.fit(self._working, datamodule=client.data)
-            else:
-                trainer.fit(self._working, train_dataloaders=client.data)
-        except SystemExit:
-            # Lightning turns Ctrl+C during fit into sys.exit(1) and ignores SIGINT from then on
-            if trainer.interrupted:
-                raise KeyboardInterrupt from None
-            raise
-        finally:
-            if handler is not None and signal.getsignal(signal.SIGINT) is not handler:
-                signal.signal(signal.SIGINT, handler)
-        if trainer.interrupted:
-            raise KeyboardInterrupt
+        if isinstance(client.data, LightningDataModule):
+            _interruptible(trainer, trainer.fit, self._working, datamodule=client.data)
+        else:
+            _interruptible(trainer, trainer.fit, self._working, train_dataloaders=client.data)
         return _scalars(trainer.callback_metrics)
 
     def _validate(self, model: LightningModule) -> dict[str, float]:
         defaults = {k: v for k, v in QUIET_TRAINER_DEFAULTS.items() if k != "limit_val_batches"}
         trainer = Trainer(**{**defaults, **self.trainer_kwargs})
-        results = trainer.validate(model, dataloaders=self._val, verbose=False)
+        results = _interruptible(trainer, trainer.validate, model, dataloaders=self._val, verbose=False)
         merged: dict[str, float] = {}
         for d in results:
             merged.update(_scalars(d))
@@ -527,12 +515,40 @@ class FederatedLoop:
             raise ValueError(
                 f"Expected `clients_per_round` <= the number of clients ({len(clients)}), got {self.clients_per_round}."
             )
+        loaders = val_dataloaders if isinstance(val_dataloaders, (list, tuple)) else [val_dataloaders]
+        if val_dataloaders is not None and not all(isinstance(d, DataLoader) for d in loaders):
+            raise TypeError(
+                "Expected `val_dataloaders` to be a DataLoader or a list of DataLoaders, got"
+                f" {type(val_dataloaders).__name__}."
+            )
         if val_dataloaders is not None and not is_overridden("validation_step", model, LightningModule):
             raise ValueError(
                 f"`val_dataloaders` was given but {type(model).__name__} has no `validation_step`:"
                 " define one that logs metrics, or drop `val_dataloaders`."
             )
         return clients
+
+
+def _interruptible(trainer: Trainer, method: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call ``trainer.fit``/``validate`` and turn Lightning's handling of Ctrl+C back into ``KeyboardInterrupt``.
+
+    Lightning answers Ctrl+C inside ``fit`` with ``sys.exit(1)`` and ignores SIGINT from then on; the loop
+    needs the interrupt itself (to checkpoint and stop) and the user's SIGINT handler back.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        out = method(*args, **kwargs)
+    except SystemExit:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if handler is not None and signal.getsignal(signal.SIGINT) is not handler:
+            signal.signal(signal.SIGINT, handler)
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+    return out
 
 
 def _check_callbacks(callbacks: Any) -> list[FederatedCallback]:

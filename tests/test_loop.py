@@ -247,6 +247,8 @@ def test_bad_fit_arguments(synthetic):
         loop.fit(IntOnly(), clients)
     with pytest.raises(TypeError, match="`model` to be a LightningModule, got Linear"):
         loop.fit(torch.nn.Linear(2, 2), clients)
+    with pytest.raises(TypeError, match="`val_dataloaders` to be a DataLoader or a list of DataLoaders, got TensorDataset"):
+        loop.fit(TinyModule(), clients, val_dataloaders=val)
     with pytest.raises(TypeError, match="every item of `clients` to be a Client, got DataLoader"):
         loop.fit(TinyModule(), [c.data for c in clients])
 

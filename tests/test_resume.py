@@ -1,6 +1,7 @@
 """Crash, resume and compare: a resumed run ends bit for bit where the uninterrupted one does."""
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -93,11 +94,13 @@ def test_keyboard_interrupt_checkpoints_then_resumes(synthetic, tmp_path, refere
     InterruptingModule.interrupt_at = 2 * 8 + 5
     model, clients, val, loop = _setup(synthetic, method, tmp_path, module_cls=InterruptingModule,
                                        checkpoint_every=4)
+    handler = signal.getsignal(signal.SIGINT)
     try:
         with pytest.raises(KeyboardInterrupt):
             loop.fit(model, clients, val_dataloaders=val)
     finally:
         InterruptingModule.interrupt_at = None
+    assert signal.getsignal(signal.SIGINT) is handler  # Lightning's SIG_IGN is undone: Ctrl+C works again
     saved = load_checkpoint(list_checkpoints(tmp_path / "ckpt")[-1])
     assert saved["rounds_done"] == 2 and len(saved["history"]) == 2
 
