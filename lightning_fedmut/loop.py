@@ -320,7 +320,9 @@ class FederatedLoop:
             self._check_start_model(slot)
             try:
                 metrics = self._fit_client(client)
-                _check_finite(self._working)
+                bad = _first_non_finite(self._working)
+                if bad is not None:
+                    raise NonFiniteWeightsError(f"trained weights hold NaN or Inf in {bad!r}")
             except Exception as exc:  # one client's failure never ends the round
                 failures.append({"round": self.round, "client_id": client.id, "slot": slot,
                                  "type": type(exc).__name__, "message": str(exc)})
@@ -384,13 +386,13 @@ class FederatedLoop:
         warnings.warn(message + " The round is skipped; the global model is unchanged.", RuntimeWarning, stacklevel=2)
 
     def _check_start_model(self, slot: int) -> None:
-        for name, tensor in self._working.state_dict().items():
-            if is_floating(tensor) and not torch.isfinite(tensor).all():
-                raise DivergenceError(
-                    f"The start model of slot {slot} in round {self.round} has non-finite values in {name!r}:"
-                    " the global model diverged. Likely causes: a mutation radius too large (try a smaller"
-                    " `radius`) or a learning rate too high."
-                )
+        name = _first_non_finite(self._working)
+        if name is not None:
+            raise DivergenceError(
+                f"The start model of slot {slot} in round {self.round} has non-finite values in {name!r}:"
+                " the global model diverged. Likely causes: a mutation radius too large (try a smaller"
+                " `radius`) or a learning rate too high."
+            )
 
     def _fit_client(self, client: Client) -> dict[str, float]:
         seed = derive_seed(self.seed, CLIENT_STREAM, self.round, self._client_index[id(client)])
@@ -605,19 +607,21 @@ def _check_trainer_kwargs(trainer_kwargs: Any) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def _check_finite(module: torch.nn.Module) -> None:
+def _first_non_finite(module: torch.nn.Module) -> str | None:
+    """The first state key holding NaN or Inf, or ``None``."""
     for name, tensor in module.state_dict().items():
-        if is_floating(tensor) and not torch.isfinite(tensor).all():
-            raise NonFiniteWeightsError(f"trained weights hold NaN or Inf in {name!r}")
+        if is_floating(tensor) and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
 
 
 def _check_global_finite(model: torch.nn.Module, round_index: int) -> None:
-    for name, tensor in model.state_dict().items():
-        if is_floating(tensor) and not torch.isfinite(tensor).all():
-            raise DivergenceError(
-                f"The global model is not finite after aggregating round {round_index} ({name!r} holds NaN or Inf)."
-                " Likely causes: a mutation radius too large (try a smaller `radius`) or a learning rate too high."
-            )
+    name = _first_non_finite(model)
+    if name is not None:
+        raise DivergenceError(
+            f"The global model is not finite after aggregating round {round_index} ({name!r} holds NaN or Inf)."
+            " Likely causes: a mutation radius too large (try a smaller `radius`) or a learning rate too high."
+        )
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
