@@ -1,0 +1,152 @@
+"""The jsonargparse parser shared by the subcommands, and one-line argument errors."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from jsonargparse import ArgumentParser
+
+#: Exit code of argument errors (argparse's convention).
+ARGUMENT_ERROR = 2
+
+_NONE_WORDS = {"None"}  # how `wandb agent` writes Python's None
+
+
+class CLIError(Exception):
+    """An error the command line reports as one line, then exits with ``code`` (2: bad arguments)."""
+
+    def __init__(self, message: str, code: int = ARGUMENT_ERROR) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def make_parser(prog: str, description: str) -> ArgumentParser:
+    """A jsonargparse parser that raises on errors instead of printing usage and exiting."""
+    return ArgumentParser(prog=prog, description=description, exit_on_error=False)
+
+
+def normalize_argv(argv: Sequence[str], none_flags: Collection[str] = ()) -> list[str]:
+    """Read a value ``None`` (how ``wandb agent`` writes Python's None) as YAML's ``null``, and ``none``
+    too for the flags in ``none_flags``.
+
+    Example:
+        >>> normalize_argv(["--mutation=None", "--loop.local_steps", "None", "--logger=none"])
+        ['--mutation=null', '--loop.local_steps', 'null', '--logger=none']
+        >>> normalize_argv(["--mutation", "none"], none_flags={"--mutation"})
+        ['--mutation', 'null']
+    """
+    def is_none(flag: str, value: str) -> bool:
+        return value in _NONE_WORDS or (flag in none_flags and value.lower() in ("none", "null"))
+
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        previous = argv[i - 1] if i > 0 else ""
+        if arg.startswith("--") and "=" in arg:
+            key, value = arg.split("=", 1)
+            out.append(f"{key}=null" if is_none(key, value) else arg)
+        elif previous.startswith("--") and "=" not in previous and is_none(previous, arg):
+            out.append("null")
+        else:
+            out.append(arg)
+    return out
+
+
+def parse(parser: ArgumentParser, argv: Sequence[str], none_flags: Collection[str] = ()) -> Any:
+    """Parse ``argv``; any argument error becomes a :class:`CLIError` with a one-line message."""
+    try:
+        return parser.parse_args(normalize_argv(argv, none_flags))
+    except CLIError:
+        raise
+    except Exception as err:  # jsonargparse's ArgumentError, or a type's own check
+        raise CLIError(one_line_error(str(err), parser)) from None
+
+
+_TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string", "dict": "a mapping"}
+
+
+def _expected(type_text: str) -> str:
+    literal = re.fullmatch(r"typing\.Literal\[(.*)\]", type_text.strip())
+    if literal:
+        return "one of " + ", ".join(c.strip().strip("'\"") for c in literal.group(1).split(","))
+    m = re.fullmatch(r"<class '([\w.]+)'>", type_text.strip())
+    if m:
+        name = m.group(1).rsplit(".", 1)[-1]
+        return _TYPE_NAMES.get(name, f"a {name}")
+    return type_text.strip()
+
+
+def one_line_error(message: str, parser: ArgumentParser | None = None) -> str:
+    """Condense a (multi-line, nested) jsonargparse error into one line naming the flag, the expected
+    and the received value.
+
+    Example:
+        >>> one_line_error('Parser key "loop.rounds":\\n  Expected a <class \\'int\\'>. Got value: abc')
+        "--loop.rounds: expected an integer, got 'abc'"
+    """
+    text = message.strip()
+    m = re.match(r"unrecognized arguments: (.*)", text)
+    if m:
+        return _unrecognized(m.group(1), parser)
+    keys: list[str] = []
+    for key in re.findall(r'Parser key "([^"]+)"', text):
+        if not keys or not key.startswith(keys[0] + "."):
+            keys.append(key)
+    if not keys:
+        m = re.search(r'Key "([^"]+)" is required', text)
+        if m:
+            return f"--{m.group(1)} is required: pass it on the command line or in the --config file"
+        return " ".join(text.split())
+    flag = "--" + ".".join(keys)
+    lines = [ln.strip(" -") for ln in text.splitlines() if ln.strip(" -")]
+    given = re.search(r"Given value: (.*)", text)
+    for ln in lines:
+        m = re.search(r"Expected a (.+?)\. Got value: (.*)", ln)
+        if m and "NoneType" not in m.group(1):
+            return f"{flag}: expected {_expected(m.group(1))}, got {m.group(2).strip()!r}"
+    for ln in lines:
+        m = re.search(r"Not of type \w+: (.*) does not conform to restriction v([<>=!]+)(.*)", ln)
+        if m:
+            return f"{flag}: expected a value {m.group(2)} {m.group(3).strip()}, got {m.group(1).strip()!r}"
+    for ln in lines:
+        m = re.search(r"Import path (?:(\S+) )?does not correspond to a subclass of (\w+)", ln)
+        if m:
+            path = m.group(1) or (given.group(1).strip() if given else "?")
+            return f"{flag}: expected the class path of a {m.group(2)} subclass, got {path!r}, which is not one"
+    for i, ln in enumerate(lines):
+        m = re.search(r"Problem with given class_path '([^']+)':?$", ln)
+        if m and i + 1 < len(lines) and not lines[i + 1].startswith("Parser key"):
+            return f"{flag}: cannot use class {m.group(1)!r}: {lines[i + 1]}"
+    for ln in lines:
+        m = re.search(r"Expected a typing\.Literal\[(.*)\]", ln)
+        if m and given:
+            choices = ", ".join(c.strip().strip("'\"") for c in m.group(1).split(","))
+            subtypes = re.search(r"Subtypes: \[(.*)\]", text)
+            classes = re.findall(r"<class '[\w.]+\.(\w+)'>", subtypes.group(1)) if subtypes else []
+            alternative = f", or the class path of a {classes[0]}" if classes else ""
+            return f"{flag}: expected one of {choices}{alternative}, got {given.group(1).strip()!r}"
+    for ln in lines:
+        m = re.search(r"File does not exist: (.*)", ln)
+        if m:
+            return f"{flag}: file not found: {m.group(1).strip()}"
+    for ln in lines:
+        m = re.search(r"Expected a dot import path string: (.*)", ln)
+        if m:
+            return f"{flag}: expected a class path (package.module.Class) or null, got {m.group(1).strip()!r}"
+    rest = [ln for ln in lines if not ln.startswith(("Parser key", "Does not validate", "Subtypes:", "Errors:",
+                                                     "Given value", "Expected a path but"))]
+    return f"{flag}: " + " ".join(" ".join(rest).split())
+
+
+def _unrecognized(args: str, parser: ArgumentParser | None) -> str:
+    first = args.split()[0] if args.split() else args
+    message = f"unrecognized arguments: {args}"
+    if parser is not None and first.startswith("--"):
+        options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+        close = difflib.get_close_matches(first.split("=", 1)[0], options, n=1, cutoff=0.6)
+        if close:
+            message += f" (did you mean {close[0]}?)"
+    return message

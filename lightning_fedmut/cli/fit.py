@@ -1,0 +1,317 @@
+"""``lightning-fedmut fit``: federate any LightningModule from flags or a YAML config, LightningCLI-style."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import torch
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, lazy_instance
+from jsonargparse.typing import NonNegativeInt, PositiveInt
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch.utils.data import DataLoader
+
+from lightning_fedmut.aggregators import Aggregator, FedAvg
+from lightning_fedmut.callbacks import MutationCallback
+from lightning_fedmut.cli._logging import LOGGERS, finish_logger, flatten_config, make_logger, offline_notice
+from lightning_fedmut.cli._parser import CLIError, make_parser, parse
+from lightning_fedmut.data import (
+    load_partition_json,
+    make_clients,
+    partition_dirichlet,
+    partition_iid,
+    partition_shards,
+)
+from lightning_fedmut.datasets import DATASETS, DatasetDownloadError, labels_of, load_dataset
+from lightning_fedmut.loop import FederatedLoop, FederatedResult
+from lightning_fedmut.models import DigitsCNN, default_model
+
+PROG = "lightning-fedmut fit"
+
+DatasetName = Literal["digits", "mnist1d", "synthetic", "mnist", "fashion_mnist", "cifar10", "cifar100"]
+assert DatasetName.__args__ == DATASETS  # type: ignore[attr-defined]
+
+#: FederatedLoop arguments that get their own flags (or are built from them) instead of ``--loop.*``.
+_LOOP_SKIP = {"aggregator", "callbacks", "logger", "seed"}
+#: Defaults of the run that differ from the classes' own: the FedMut paper's setting on the digits.
+_LOOP_DEFAULTS = {"loop.rounds": 30, "loop.clients_per_round": 10, "loop.local_epochs": 5}
+
+
+@dataclass
+class PartitionOptions:
+    """How the training set is divided among the clients.
+
+    Args:
+        scheme: ``iid``, ``dirichlet`` (each class split by Dirichlet(alpha) proportions), ``shards``
+            (label-sorted shards dealt to clients) or ``json`` (a ``{client_id: [indices]}`` file).
+        num_clients: number of clients (iid, dirichlet, shards).
+        alpha: Dirichlet concentration: 0.1 is strongly non-IID, 100 close to IID (dirichlet).
+        min_size: the fewest examples a client may hold (dirichlet).
+        shards_per_client: shards dealt to each client (shards).
+        path: the JSON index map (json).
+        seed: seed of the partition; null uses ``--seed``.
+    """
+
+    scheme: Literal["iid", "dirichlet", "shards", "json"] = "dirichlet"
+    num_clients: PositiveInt = 50  # type: ignore[assignment]
+    alpha: float = 0.1
+    min_size: NonNegativeInt = 2  # type: ignore[assignment]
+    shards_per_client: PositiveInt = 2  # type: ignore[assignment]
+    path: Optional[str] = None
+    seed: Optional[NonNegativeInt] = None
+
+
+def data_choice(argv: Sequence[str]) -> str | None:
+    """The built-in data set that ``argv`` selects (``--data`` or ``data:`` of a ``--config``), if any.
+
+    It picks the default ``--model`` before parsing, so that ``--data mnist1d`` alone trains the 1-D
+    CNN and ``--model.lr=0.05`` applies to it.
+
+    Example:
+        >>> data_choice(["--data", "mnist1d", "--loop.rounds=3"]), data_choice(["--data=my.DataModule"])
+        ('mnist1d', None)
+    """
+    choice = _scan(argv, "data", "digits")
+    return choice if isinstance(choice, str) and choice in DATASETS else None
+
+
+def model_given(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` (or a ``--config`` in it) names the model class.
+
+    Then the parser has no default model, whose arguments (say ``lr``) would otherwise carry over to the
+    given class.
+
+    Example:
+        >>> model_given(["--model=my.Module"]), model_given(["--model.lr=0.1"])
+        (True, False)
+    """
+    value = _scan(argv, "model", None)
+    return isinstance(value, str) or (isinstance(value, dict) and "class_path" in value)
+
+
+def _scan(argv: Sequence[str], key: str, default: Any) -> Any:
+    """The last value ``argv`` gives to ``--key`` (directly, as ``--key.class_path``, or in a ``--config``)."""
+    value = default
+    for i, arg in enumerate(argv):
+        name, eq, given = arg.partition("=")
+        if name == f"--{key}.class_path":
+            value = {"class_path": given if eq else (argv[i + 1] if i + 1 < len(argv) else "")}
+            continue
+        if arg.startswith(f"--{key}."):
+            continue
+        if name not in ("--config", f"--{key}"):
+            continue
+        if not eq:
+            if i + 1 >= len(argv):
+                continue
+            given = argv[i + 1]
+        value = given if name == f"--{key}" else _from_config(given, key, value)
+    return value
+
+
+def _from_config(value: str, key: str, current: Any) -> Any:
+    try:
+        text = Path(value).read_text() if os.path.isfile(value) else value
+        content = yaml.safe_load(text)
+    except (OSError, yaml.YAMLError):
+        return current
+    return content.get(key, current) if isinstance(content, dict) else current
+
+
+def fit_parser(argv: Sequence[str] = ()) -> ArgumentParser:
+    """The parser of ``lightning-fedmut fit`` (its ``--model`` default depends on the data set in ``argv``)."""
+    parser = make_parser(
+        PROG,
+        "Federate a LightningModule with FedMut (or FedAvg with --mutation=null) on a built-in data set or a"
+        " LightningDataModule. Every flag also takes the --key=value form; --print_config writes the resolved"
+        " YAML, which --config reads back.",
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="A YAML config (e.g. from --print_config).")
+    parser.add_argument("--seed", type=NonNegativeInt, default=0,
+                        help="Seed of the model's initialisation, the partition, client sampling and mutation.")
+    parser.add_argument(
+        "--data", type=Union[DatasetName, LightningDataModule], default="digits",
+        help=f"A built-in data set ({', '.join(DATASETS)}) or any LightningDataModule (class_path, init_args):"
+             " its train_dataloader's dataset is partitioned, its val_dataloader evaluates the global model.",
+    )
+    parser.add_argument("--data_dir", type=str, default="data",
+                        help="Folder of downloaded data sets (torchvision's layout).")
+    parser.add_argument("--download", type=bool, default=True,
+                        help="Download missing MNIST/Fashion-MNIST/CIFAR files (needs torchvision).")
+    parser.add_argument("--batch_size", type=PositiveInt, default=50, help="Local batch size of every client.")
+    parser.add_argument("--eval_batch_size", type=PositiveInt, default=500,
+                        help="Batch size of the server-side evaluation.")
+    parser.add_class_arguments(PartitionOptions, "partition")
+    data = data_choice(argv)
+    model_class, model_kwargs = default_model(data) if data is not None else (DigitsCNN, {})
+    parser.add_subclass_arguments(
+        LightningModule, "model", required=False,
+        default=None if model_given(argv) else lazy_instance(model_class, **model_kwargs),
+        help="Any LightningModule by class_path and init_args; default: the built-in model of --data.",
+    )
+    parser.add_class_arguments(FederatedLoop, "loop", skip=_LOOP_SKIP)
+    parser.set_defaults(_LOOP_DEFAULTS)
+    parser.add_argument(
+        "--mutation", type=Optional[MutationCallback],
+        default=lazy_instance(MutationCallback, radius=4.0, acceleration=0.3),
+        help="FedMut's MutationCallback (--mutation.radius, --mutation.acceleration, ...), or null for FedAvg.",
+    )
+    parser.add_argument("--aggregator", type=Aggregator, default=lazy_instance(FedAvg, weighted=False),
+                        help="How client models are combined; FedAvg(weighted=False) is FedMut's uniform mean.")
+    parser.add_argument("--logger", type=Literal["wandb", "csv", "none"], default="wandb",
+                        help="wandb (offline when no API key is configured), csv or none.")
+    parser.add_argument("--project", type=Optional[str], default=None,
+                        help="W&B project / CSV folder name; default: WANDB_PROJECT or lightning-fedmut.")
+    parser.add_argument("--group", type=Optional[str], default=None, help="W&B group of the run.")
+    parser.add_argument("--run_name", type=Optional[str], default=None, help="W&B run name / CSV version.")
+    parser.add_argument("--save_dir", type=str, default=".",
+                        help="Where logs are written (W&B: unless WANDB_DIR is set).")
+    parser.add_argument("--history_file", type=Optional[str], default=None,
+                        help="Also write the config and the per-round history to this JSON file.")
+    return parser
+
+
+def fit_main(argv: Sequence[str]) -> int:
+    """Parse ``argv`` and run the federation; returns the exit code."""
+    argv = list(argv)
+    parser = fit_parser(argv)
+    cfg = parse(parser, argv, none_flags={"--mutation"})
+    run_fit(cfg)
+    return 0
+
+
+def config_dict(cfg: Namespace) -> dict[str, Any]:
+    """The parsed config as plain data (restricted numbers such as ``PositiveInt`` become ``int``), without
+    the ``--config`` bookkeeping."""
+    out = _plain(cfg.clone().as_dict())
+    out.pop("config", None)
+    out.pop("__path__", None)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    for kind in (bool, int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
+    return value
+
+
+def _build(key: str, type_: Any, value: Any) -> Any:
+    """Instantiate one class-typed option, turning its constructor's complaint into a one-line error."""
+    if value is None or isinstance(value, str):
+        return value
+    mini = ArgumentParser(exit_on_error=False)
+    mini.add_argument(f"--{key}", type=type_)
+    try:
+        return getattr(mini.instantiate_classes(Namespace(**{key: value})), key)
+    except Exception as err:  # the constructor's own check (ValueError, TypeError, ...)
+        text = str(err)
+        if "Errors:" in text:
+            items = [ln.strip()[2:] for ln in text.split("Errors:", 1)[1].splitlines() if ln.strip().startswith("- ")]
+            text = next((i for i in items if "NoneType" not in i), text)
+        name = str(getattr(value, "class_path", type_)).rsplit(".", 1)[-1]
+        raise CLIError(f"--{key}: {name}(...) rejected its arguments: {' '.join(text.split())}") from None
+
+
+def _partitions(options: PartitionOptions, train: Any, seed: int) -> Any:
+    seed = options.seed if options.seed is not None else seed
+    try:
+        if options.scheme == "json":
+            if not options.path:
+                raise CLIError("--partition.path: expected a JSON file with --partition.scheme=json, got none")
+            return load_partition_json(options.path)
+        if options.scheme == "iid":
+            return partition_iid(len(train), options.num_clients, seed=seed)
+        labels = labels_of(train)
+        if options.scheme == "dirichlet":
+            return partition_dirichlet(labels, options.num_clients, options.alpha, min_size=options.min_size, seed=seed)
+        return partition_shards(labels, options.num_clients, options.shards_per_client, seed=seed)
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
+        raise CLIError(f"--partition: {err}") from None
+
+
+def _data(cfg: Namespace, data: Any) -> tuple[Any, Any, Any]:
+    """``(train dataset, server evaluation loader, collate_fn)`` for a built-in name or a DataModule."""
+    if isinstance(data, str):
+        try:
+            split = load_dataset(data, root=cfg.data_dir, download=cfg.download)
+        except DatasetDownloadError as err:
+            raise CLIError(str(err), code=1) from None
+        except ImportError as err:
+            raise CLIError(str(err), code=1) from None
+        return split.train, DataLoader(split.test, batch_size=cfg.eval_batch_size), None
+    data.prepare_data()
+    data.setup("fit")
+    loader = data.train_dataloader()
+    if not isinstance(loader, DataLoader):
+        raise CLIError(f"--data: expected {type(data).__name__}.train_dataloader() to return one DataLoader,"
+                       f" got {type(loader).__name__}")
+    val = data.val_dataloader() if is_overridden("val_dataloader", data, LightningDataModule) else None
+    return loader.dataset, val, loader.collate_fn
+
+
+def run_fit(cfg: Namespace) -> FederatedResult:
+    """Build everything ``cfg`` describes and run the federation."""
+    start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    model = _build("model", LightningModule, cfg.model)
+    mutation = _build("mutation", Optional[MutationCallback], cfg.mutation)
+    aggregator = _build("aggregator", Aggregator, cfg.aggregator)
+    data = _build("data", LightningDataModule, cfg.data)
+    train, val, collate_fn = _data(cfg, data)
+    parts = _partitions(cfg.partition, train, cfg.seed)
+    try:
+        kwargs = {"collate_fn": collate_fn} if collate_fn is not None else {}
+        clients = make_clients(train, parts, batch_size=cfg.batch_size, **kwargs)
+    except (ValueError, TypeError) as err:
+        raise CLIError(f"--partition: {err}") from None
+    loop_args = cfg.loop.as_dict()
+    if loop_args["clients_per_round"] > len(clients):
+        raise CLIError(f"--loop.clients_per_round: expected at most the number of clients ({len(clients)}),"
+                       f" got {loop_args['clients_per_round']}")
+    logger = make_logger(cfg.logger, save_dir=cfg.save_dir, project=cfg.project, group=cfg.group, name=cfg.run_name)
+    try:
+        loop = FederatedLoop(**loop_args, aggregator=aggregator, callbacks=[mutation] if mutation else [],
+                             logger=logger, seed=cfg.seed)
+    except (ValueError, TypeError) as err:
+        finish_logger(logger)
+        raise CLIError(f"--loop: {err}") from None
+    config = config_dict(cfg)
+    for key, obj in (("model", model), ("mutation", mutation), ("aggregator", aggregator), ("data", data)):
+        if isinstance(config.get(key), dict):  # the class path as the loop logs it (module.Class)
+            config[key]["class_path"] = f"{type(obj).__module__}.{type(obj).__qualname__}"
+    if logger is not None:
+        logger.log_hyperparams(flatten_config(config))
+    method = "FedMut" if mutation is not None else "FedAvg"
+    print(f"{method}: {type(model).__name__} on {cfg.data if isinstance(cfg.data, str) else type(data).__name__},"
+          f" {len(clients)} clients, {loop.clients_per_round} per round, {loop.rounds} rounds")
+    result = loop.fit(model, clients, val_dataloaders=val)
+    folder = finish_logger(logger)
+    _report(result, time.perf_counter() - start)
+    if folder is not None:
+        print(offline_notice(folder))
+    if cfg.history_file:
+        Path(cfg.history_file).parent.mkdir(parents=True, exist_ok=True)
+        with open(cfg.history_file, "w") as f:
+            json.dump({"config": config, "history": result.history}, f, default=str)
+    return result
+
+
+def _report(result: FederatedResult, seconds: float) -> None:
+    if not result.history:
+        return
+    last = result.history[-1]
+    shown = {k: v for k, v in last.items() if k.startswith("val_") and isinstance(v, (int, float))}
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in shown.items()) or "no validation metrics"
+    print(f"Finished {last['round'] + 1} rounds in {seconds:.1f} s: {metrics}")
