@@ -1,0 +1,119 @@
+"""Build the documentation site: run every example at small size, then ``mkdocs build --strict``.
+
+The tutorials' figures and printed outputs on the site are produced here, by running the programs in
+``examples/`` (``FEDMUT_EXAMPLE_SMALL=1``), never drawn by hand or committed. Each example writes into
+``docs/assets/generated/<example name>/`` (git-ignored): its figures, and ``output.txt``, what it printed.
+The pages include those files; a strict build fails if one is missing.
+
+Usage (from the repository root, with the ``docs`` extra installed):
+
+    python docs/build.py                  # run the examples, then build the site into site/
+    python docs/build.py --skip-examples  # build with the outputs of the last run
+    python docs/build.py --serve          # run the examples, then serve the site with live reload
+    python docs/build.py --only hook_order --skip-build
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GENERATED = ROOT / "docs" / "assets" / "generated"
+
+
+def examples() -> list[Path]:
+    """Every runnable example: ``examples/*.py`` and ``examples/tutorials/*.py`` (sweep files are not programs)."""
+    return sorted([*ROOT.glob("examples/*.py"), *ROOT.glob("examples/tutorials/*.py")])
+
+
+def small_env(output_dir: Path, wandb_dir: Path) -> dict[str, str]:
+    """The environment of a small, offline, single-threaded example run."""
+    return {
+        **os.environ,
+        "FEDMUT_EXAMPLE_SMALL": "1",
+        "FEDMUT_OUTPUT_DIR": os.path.relpath(output_dir, ROOT),
+        "OMP_NUM_THREADS": "1",
+        "MPLBACKEND": "Agg",
+        "PYTHONUNBUFFERED": "1",
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "WANDB_DIR": str(wandb_dir),
+    }
+
+
+def run_example(path: Path) -> tuple[Path, int, float, str]:
+    """Run one example into a fresh ``GENERATED/<stem>``; return its exit code, time and stderr."""
+    output_dir = GENERATED / path.stem
+    shutil.rmtree(output_dir, ignore_errors=True)  # nothing stale survives a run
+    output_dir.mkdir(parents=True)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fedmut-docs-wandb-") as wandb_dir:
+        proc = subprocess.run(
+            [sys.executable, str(path.relative_to(ROOT))],
+            cwd=ROOT,
+            env=small_env(output_dir, Path(wandb_dir)),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    (output_dir / "output.txt").write_text(proc.stdout, encoding="utf-8")
+    return path, proc.returncode, time.perf_counter() - start, proc.stderr
+
+
+def run_examples(selected: list[Path], jobs: int) -> bool:
+    print(f"running {len(selected)} example(s) at small size, {jobs} at a time, into {GENERATED.relative_to(ROOT)}/")
+    ok = True
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for path, code, seconds, stderr in pool.map(run_example, selected):
+            name = path.relative_to(ROOT)
+            print(f"  {seconds:6.1f} s  {name}{'' if code == 0 else f'  FAILED (exit code {code})'}", flush=True)
+            if code != 0:
+                ok = False
+                print("    " + "\n    ".join(stderr.strip().splitlines()[-30:]), file=sys.stderr)
+    return ok
+
+
+def mkdocs(command: str) -> int:
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    args = [sys.executable, "-m", "mkdocs", command, "--strict"] if command == "build" else [
+        sys.executable, "-m", "mkdocs", command]
+    return subprocess.run(args, cwd=ROOT, env=env, check=False).returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--skip-examples", action="store_true", help="reuse the outputs of the last run")
+    parser.add_argument("--skip-build", action="store_true", help="run the examples only")
+    parser.add_argument("--serve", action="store_true", help="serve the site (mkdocs serve) instead of building it")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these examples (file stems)")
+    parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                        else os.cpu_count() or 1, help="examples run in parallel (default: the usable cores)")
+    args = parser.parse_args(argv)
+
+    start = time.perf_counter()
+    if not args.skip_examples:
+        selected = [p for p in examples() if not args.only or p.stem in args.only]
+        if args.only and len(selected) != len(args.only):
+            known = ", ".join(p.stem for p in examples())
+            parser.error(f"--only names unknown examples; the examples are: {known}")
+        if not run_examples(selected, max(1, args.jobs)):
+            print("an example failed: the site is not built", file=sys.stderr)
+            return 1
+    if args.skip_build:
+        return 0
+    code = mkdocs("serve" if args.serve else "build")
+    if code == 0 and not args.serve:
+        print(f"site built into site/ in {time.perf_counter() - start:.0f} s")
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
