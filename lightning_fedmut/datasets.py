@@ -12,6 +12,7 @@ line saying what to do.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import io
 import os
@@ -19,6 +20,7 @@ import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
@@ -158,7 +160,7 @@ def load_digits_split(test_fraction: float = 0.25, seed: int = 0) -> tuple[Tenso
     x = torch.tensor(data.images / 16.0, dtype=torch.float32).unsqueeze(1)
     y = torch.tensor(data.target, dtype=torch.long)
     order = np.random.default_rng(seed).permutation(len(y))
-    n_test = int(round(len(y) * test_fraction))
+    n_test = round(len(y) * test_fraction)
     test, train = order[:n_test], order[n_test:]
     return TensorDataset(x[train], y[train]), TensorDataset(x[test], y[test])
 
@@ -167,13 +169,24 @@ def load_mnist1d_split(seed: int = 42) -> tuple[TensorDataset, TensorDataset]:
     """MNIST-1D (Greydanus, 2020) generated locally: 4000 train and 1000 test signals of length 40.
 
     Inputs have shape ``(40,)``. Generation takes about a second and never touches the network; the
-    global numpy and ``random`` states, which the generator reseeds, are restored afterwards.
+    global numpy and ``random`` states, which the generator reseeds, are restored afterwards. The
+    generated arrays are cached per seed for the rest of the process.
 
     Example:
         >>> train, test = load_mnist1d_split()
         >>> len(train), len(test), tuple(train[0][0].shape)
         (4000, 1000, (40,))
     """
+    data = _mnist1d_arrays(seed)
+
+    def tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
+        return TensorDataset(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.long))
+
+    return tensors(data["x"], data["y"]), tensors(data["x_test"], data["y_test"])
+
+
+@functools.lru_cache(maxsize=2)
+def _mnist1d_arrays(seed: int) -> dict[str, np.ndarray]:
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as err:  # pragma: no cover
@@ -188,11 +201,7 @@ def load_mnist1d_split(seed: int = 42) -> tuple[TensorDataset, TensorDataset]:
     finally:
         np.random.set_state(np_state)
         random.setstate(py_state)
-
-    def tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
-        return TensorDataset(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.long))
-
-    return tensors(data["x"], data["y"]), tensors(data["x_test"], data["y_test"])
+    return {k: data[k] for k in ("x", "y", "x_test", "y_test")}
 
 
 def make_synthetic_split(

@@ -7,7 +7,7 @@ import re
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from jsonargparse import ArgumentParser
+from jsonargparse import ArgumentError, ArgumentParser
 
 #: Exit code of argument errors (argparse's convention).
 ARGUMENT_ERROR = 2
@@ -61,8 +61,27 @@ def parse(parser: ArgumentParser, argv: Sequence[str], none_flags: Collection[st
         return parser.parse_args(normalize_argv(argv, none_flags))
     except CLIError:
         raise
-    except Exception as err:  # jsonargparse's ArgumentError, or a type's own check
+    except (ArgumentError, ValueError, TypeError) as err:  # jsonargparse's errors, or a type's own check
         raise CLIError(one_line_error(str(err), parser)) from None
+
+
+def plain(value: Any) -> Any:
+    """``value`` with jsonargparse's restricted numbers (``PositiveInt`` ...) as plain ``int``/``float``,
+    so that loggers store numbers, not their string form.
+
+    Example:
+        >>> from jsonargparse.typing import PositiveInt
+        >>> type(plain({"n": [PositiveInt(3)]})["n"][0])
+        <class 'int'>
+    """
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    for kind in (bool, int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
+    return value
 
 
 _TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string", "dict": "a mapping"}
@@ -108,9 +127,10 @@ def one_line_error(message: str, parser: ArgumentParser | None = None) -> str:
         if m and "NoneType" not in m.group(1):
             return f"{flag}: expected {_expected(m.group(1))}, got {m.group(2).strip()!r}"
     for ln in lines:
-        m = re.search(r"Not of type \w+: (.*) does not conform to restriction v([<>=!]+)(.*)", ln)
+        m = re.search(r"Not of type \w+: (?:(.*) )?does not conform to restriction v([<>=!]+)(.*)", ln)
         if m:
-            return f"{flag}: expected a value {m.group(2)} {m.group(3).strip()}, got {m.group(1).strip()!r}"
+            value = m.group(1) or (given.group(1) if given else "?")
+            return f"{flag}: expected a value {m.group(2)} {m.group(3).strip()}, got {value.strip()!r}"
     for ln in lines:
         m = re.search(r"Import path (?:(\S+) )?does not correspond to a subclass of (\w+)", ln)
         if m:

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from lightning_fedmut.aggregators import FedAvg
 from lightning_fedmut.callbacks import MutationCallback
 from lightning_fedmut.cli._logging import finish_logger, make_logger, offline_notice
-from lightning_fedmut.cli._parser import CLIError, make_parser, parse
+from lightning_fedmut.cli._parser import CLIError, make_parser, parse, plain
 from lightning_fedmut.data import make_clients, partition_dirichlet
 from lightning_fedmut.datasets import labels_of, load_dataset
 from lightning_fedmut.loop import FederatedLoop, FederatedResult
@@ -220,5 +220,5 @@ def demo_parser() -> Any:
 def demo_main(argv: Sequence[str]) -> int:
     """Parse ``argv`` and run the demo; returns the exit code."""
     cfg = parse(demo_parser(), list(argv))
-    run_demo(**cfg.as_dict())
+    run_demo(**plain(cfg.as_dict()))
     return 0

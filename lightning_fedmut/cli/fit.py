@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import torch
 import yaml
@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader
 
 from lightning_fedmut.aggregators import Aggregator, FedAvg
 from lightning_fedmut.callbacks import MutationCallback
-from lightning_fedmut.cli._logging import LOGGERS, finish_logger, flatten_config, make_logger, offline_notice
-from lightning_fedmut.cli._parser import CLIError, make_parser, parse
+from lightning_fedmut.cli._logging import finish_logger, flatten_config, make_logger, offline_notice
+from lightning_fedmut.cli._parser import CLIError, make_parser, parse, plain
 from lightning_fedmut.data import (
     load_partition_json,
     make_clients,
@@ -64,8 +64,8 @@ class PartitionOptions:
     alpha: float = 0.1
     min_size: NonNegativeInt = 2  # type: ignore[assignment]
     shards_per_client: PositiveInt = 2  # type: ignore[assignment]
-    path: Optional[str] = None
-    seed: Optional[NonNegativeInt] = None
+    path: str | None = None
+    seed: NonNegativeInt | None = None
 
 
 def data_choice(argv: Sequence[str]) -> str | None:
@@ -137,7 +137,7 @@ def fit_parser(argv: Sequence[str] = ()) -> ArgumentParser:
     parser.add_argument("--seed", type=NonNegativeInt, default=0,
                         help="Seed of the model's initialisation, the partition, client sampling and mutation.")
     parser.add_argument(
-        "--data", type=Union[DatasetName, LightningDataModule], default="digits",
+        "--data", type=DatasetName | LightningDataModule, default="digits",
         help=f"A built-in data set ({', '.join(DATASETS)}) or any LightningDataModule (class_path, init_args):"
              " its train_dataloader's dataset is partitioned, its val_dataloader evaluates the global model.",
     )
@@ -159,7 +159,7 @@ def fit_parser(argv: Sequence[str] = ()) -> ArgumentParser:
     parser.add_class_arguments(FederatedLoop, "loop", skip=_LOOP_SKIP)
     parser.set_defaults(_LOOP_DEFAULTS)
     parser.add_argument(
-        "--mutation", type=Optional[MutationCallback],
+        "--mutation", type=MutationCallback | None,
         default=lazy_instance(MutationCallback, radius=4.0, acceleration=0.3),
         help="FedMut's MutationCallback (--mutation.radius, --mutation.acceleration, ...), or null for FedAvg.",
     )
@@ -167,13 +167,13 @@ def fit_parser(argv: Sequence[str] = ()) -> ArgumentParser:
                         help="How client models are combined; FedAvg(weighted=False) is FedMut's uniform mean.")
     parser.add_argument("--logger", type=Literal["wandb", "csv", "none"], default="wandb",
                         help="wandb (offline when no API key is configured), csv or none.")
-    parser.add_argument("--project", type=Optional[str], default=None,
+    parser.add_argument("--project", type=str | None, default=None,
                         help="W&B project / CSV folder name; default: WANDB_PROJECT or lightning-fedmut.")
-    parser.add_argument("--group", type=Optional[str], default=None, help="W&B group of the run.")
-    parser.add_argument("--run_name", type=Optional[str], default=None, help="W&B run name / CSV version.")
+    parser.add_argument("--group", type=str | None, default=None, help="W&B group of the run.")
+    parser.add_argument("--run_name", type=str | None, default=None, help="W&B run name / CSV version.")
     parser.add_argument("--save_dir", type=str, default=".",
                         help="Where logs are written (W&B: unless WANDB_DIR is set).")
-    parser.add_argument("--history_file", type=Optional[str], default=None,
+    parser.add_argument("--history_file", type=str | None, default=None,
                         help="Also write the config and the per-round history to this JSON file.")
     return parser
 
@@ -190,21 +190,10 @@ def fit_main(argv: Sequence[str]) -> int:
 def config_dict(cfg: Namespace) -> dict[str, Any]:
     """The parsed config as plain data (restricted numbers such as ``PositiveInt`` become ``int``), without
     the ``--config`` bookkeeping."""
-    out = _plain(cfg.clone().as_dict())
+    out = plain(cfg.clone().as_dict())
     out.pop("config", None)
     out.pop("__path__", None)
     return out
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    for kind in (bool, int, float, str):
-        if isinstance(value, kind):
-            return kind(value)
-    return value
 
 
 def _build(key: str, type_: Any, value: Any) -> Any:
@@ -215,7 +204,7 @@ def _build(key: str, type_: Any, value: Any) -> Any:
     mini.add_argument(f"--{key}", type=type_)
     try:
         return getattr(mini.instantiate_classes(Namespace(**{key: value})), key)
-    except Exception as err:  # the constructor's own check (ValueError, TypeError, ...)
+    except (ValueError, TypeError) as err:  # the constructor's own check (other errors keep their traceback)
         text = str(err)
         if "Errors:" in text:
             items = [ln.strip()[2:] for ln in text.split("Errors:", 1)[1].splitlines() if ln.strip().startswith("- ")]
@@ -266,7 +255,7 @@ def run_fit(cfg: Namespace) -> FederatedResult:
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     model = _build("model", LightningModule, cfg.model)
-    mutation = _build("mutation", Optional[MutationCallback], cfg.mutation)
+    mutation = _build("mutation", MutationCallback | None, cfg.mutation)
     aggregator = _build("aggregator", Aggregator, cfg.aggregator)
     data = _build("data", LightningDataModule, cfg.data)
     train, val, collate_fn = _data(cfg, data)

@@ -23,14 +23,14 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import numpy as np
 import yaml
 from jsonargparse import ActionYesNo
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 
-from lightning_fedmut.cli._parser import CLIError, make_parser, parse
+from lightning_fedmut.cli._parser import CLIError, make_parser, parse, plain
 
 PROG = "lightning-fedmut sweep"
 METHODS = ("grid", "random", "bayes")
@@ -254,9 +254,9 @@ def _local(command: list[str], history: Path) -> list[str]:
 # --------------------------------------------------------------------------------------------- run
 def run_sweep(
     file: str,
-    count: Optional[PositiveInt] = None,  # type: ignore[assignment]
-    method: Optional[Literal["grid", "random"]] = None,
-    group: Optional[str] = None,
+    count: PositiveInt | None = None,  # type: ignore[assignment]
+    method: Literal["grid", "random"] | None = None,
+    group: str | None = None,
     seed: NonNegativeInt = 0,  # type: ignore[assignment]
     dry_run: bool = False,
     keep_going: bool = True,
@@ -360,11 +360,11 @@ def sweep_parser() -> Any:
     parser = make_parser(PROG, "Run a W&B sweep file's grid or random configurations locally, one offline W&B"
                                " run per configuration in one W&B group (no W&B server needed).")
     parser.add_argument("file", type=str, help="The W&B sweep file (YAML).")
-    parser.add_argument("--count", type=Optional[PositiveInt], default=None,
+    parser.add_argument("--count", type=PositiveInt | None, default=None,
                         help="Number of configurations: all of a grid by default, 10 random draws otherwise.")
-    parser.add_argument("--method", type=Optional[Literal["grid", "random"]], default=None,
+    parser.add_argument("--method", type=Literal["grid", "random"] | None, default=None,
                         help="grid or random instead of the file's method (a bayes file runs random draws).")
-    parser.add_argument("--group", type=Optional[str], default=None,
+    parser.add_argument("--group", type=str | None, default=None,
                         help="W&B group of the runs; default: <file name>-<time>.")
     parser.add_argument("--seed", type=NonNegativeInt, default=0, help="Seed of the random draws.")
     parser.add_argument("--dry_run", action=ActionYesNo, default=False, help="Print the commands, run nothing.")
@@ -376,5 +376,5 @@ def sweep_parser() -> Any:
 def sweep_main(argv: Sequence[str]) -> int:
     """Parse ``argv`` and run the sweep; returns 0 if every configuration ran, 1 otherwise."""
     cfg = parse(sweep_parser(), list(argv))
-    rows = run_sweep(**cfg.as_dict())
+    rows = run_sweep(**plain(cfg.as_dict()))
     return 0 if all(r["returncode"] in (0, None) for r in rows) else 1

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning_fedmut.models.cifar import LeNetCNN, ResNet18, VGG16, lenet_cnn, resnet18_cifar, vgg16_bn
+from lightning_fedmut.models.cifar import VGG16, LeNetCNN, ResNet18, lenet_cnn, resnet18_cifar, vgg16_bn
 from lightning_fedmut.models.classifier import Classifier
 from lightning_fedmut.models.cnn import DigitsCNN, digits_cnn
 from lightning_fedmut.models.mnist1d import MNIST1DCNN, mnist1d_cnn
 
 __all__ = [
+    "MNIST1DCNN",
+    "VGG16",
     "Classifier",
     "DigitsCNN",
     "LeNetCNN",
-    "MNIST1DCNN",
     "ResNet18",
-    "VGG16",
     "default_model",
     "digits_cnn",
     "lenet_cnn",

@@ -1,0 +1,97 @@
+"""`lightning-fedmut demo` at a reduced size, its defaults, and W&B's offline fallback."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lightning_fedmut.cli import _logging, main
+from lightning_fedmut.cli._parser import parse
+from lightning_fedmut.cli.demo import demo_parser
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures_cli"))
+from wandb_offline_run import offline_runs, read_run
+
+SMALL = ["--rounds=3", "--clients=6", "--clients_per_round=2", "--seeds=2", "--local_epochs=1"]
+
+
+def test_demo_prints_both_methods_per_round(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    out_dir = tmp_path / "demo"
+    assert main(["demo", *SMALL, f"--output_dir={out_dir}", "--logger=wandb"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith("FedMut vs FedAvg on digits (1348 train / 449 test images): 6 clients (Dirichlet"
+                               " alpha=0.1), 2 per round, 3 rounds, 1 local epochs, batch 50, SGD lr 0.01 momentum 0.5;"
+                               " FedMut radius 4.0, acceleration 0.3")
+    header = lines.index("round  FedMut  FedAvg  FedMut-FedAvg")
+    assert lines[header - 1] == "test accuracy of the global model (mean over 2 seeds)"
+    rows = [ln.split() for ln in lines[header + 1 : header + 4]]
+    assert [r[0] for r in rows] == ["1", "2", "3"]
+
+    # the table is the mean over seeds of the per-seed histories written to history.csv
+    with open(out_dir / "history.csv") as f:
+        records = list(csv.DictReader(f))
+    assert len(records) == 2 * 2 * 3
+    for r, row in enumerate(rows, start=1):
+        for method, shown in (("FedMut", row[1]), ("FedAvg", row[2])):
+            accs = [float(x["val_acc"]) for x in records if x["method"] == method and int(x["round"]) == r]
+            assert len(accs) == 2 and shown == f"{np.mean(accs):.3f}"
+        assert row[3] == f"{float(row[1]) - float(row[2]):+.3f}" or abs(float(row[3]) - (float(row[1]) - float(row[2]))) < 2e-3
+    # round 1 starts from the same model with the same clients: mutation only acts from round 2 on
+    assert rows[0][1] == rows[0][2] and rows[0][3] in ("+0.000", "-0.000")
+    ahead = sum(float(r[3]) > 0 for r in rows)
+    assert lines[header + 4].startswith(f"FedMut ahead in {ahead} of 3 rounds; last round {rows[2][1]} vs {rows[2][2]}")
+
+    pytest.importorskip("matplotlib")
+    assert (out_dir / "accuracy.png").stat().st_size > 1000
+    assert (out_dir / "label_distribution.png").stat().st_size > 1000
+
+    runs = [read_run(f) for f in offline_runs(str(tmp_path / "wb"))]
+    assert sorted(r["name"] for r in runs) == ["fedavg-seed0", "fedavg-seed1", "fedmut-seed0", "fedmut-seed1"]
+    assert len({r["group"] for r in runs}) == 1 and runs[0]["group"].startswith("demo-")
+    assert {r["project"] for r in runs} == {"lightning-fedmut-demo"}
+    fedmut = next(r for r in runs if r["name"] == "fedmut-seed1")
+    assert fedmut["config"]["demo.method"] == "FedMut" and fedmut["config"]["demo.radius"] == 4.0
+    assert fedmut["config"]["demo.clients"] == 6 and fedmut["config"]["demo.alpha"] == 0.1
+    assert "W&B: WANDB_MODE=offline, so 4 runs were logged offline in" in out
+    assert "Upload later with: wandb sync " in out
+
+
+def test_demo_defaults_are_the_paper_setting_on_digits():
+    cfg = parse(demo_parser(), [])
+    assert cfg.as_dict() == {
+        "rounds": 30, "clients": 50, "clients_per_round": 10, "alpha": 0.1, "seeds": 3, "local_epochs": 5,
+        "batch_size": 50, "lr": 0.01, "momentum": 0.5, "radius": 4.0, "acceleration": 0.3, "min_size": 2,
+        "output_dir": "fedmut_demo", "logger": "wandb", "project": "lightning-fedmut-demo",
+    }
+
+
+def test_demo_bad_sizes_exit_2(capsys, tmp_path):
+    assert main(["demo", "--clients=4", "--clients_per_round=5", "--logger=none", f"--output_dir={tmp_path}"]) == 2
+    assert capsys.readouterr().err == (
+        "lightning-fedmut demo: error: --clients_per_round: expected at most --clients (4), got 5\n")
+    assert main(["demo", "--seeds=0"]) == 2
+    assert capsys.readouterr().err == "lightning-fedmut demo: error: --seeds: expected a value > 0, got '0'\n"
+
+
+def test_wandb_goes_offline_without_an_api_key(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_IDENTITY_TOKEN_FILE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # no file: no credentials
+    monkeypatch.setattr(_logging, "_AUTO_OFFLINE", False)
+    assert _logging.has_wandb_credentials() is False
+    assert _logging.choose_wandb_mode() == "offline"
+    assert _logging.os.environ["WANDB_MODE"] == "offline"
+    assert _logging.offline_notice("/x/wandb/offline-run-1") == (
+        "W&B: no W&B API key is configured, so the run was logged offline in /x/wandb/offline-run-1\n"
+        "Upload later with: wandb sync /x/wandb/offline-run-1")
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password not-a-real-key\n")
+    assert _logging.has_wandb_credentials() is True
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert _logging.choose_wandb_mode() == "disabled"
