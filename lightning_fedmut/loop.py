@@ -8,8 +8,8 @@ import os
 import random
 import signal
 import threading
-import warnings
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path

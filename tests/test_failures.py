@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from helpers import StartModelRecorder, TinyModule, state_of
 from torch.utils.data import DataLoader
 
-from helpers import StartModelRecorder, TinyModule, state_of
 from lightning_fedmut import (
     DivergenceError,
     FedAvg,

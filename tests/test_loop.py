@@ -1,11 +1,11 @@
 import pytest
 import torch
+from helpers import NoValidationModule, Recorder, TinyDataModule, TinyModule, state_of
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
-from helpers import NoValidationModule, Recorder, TinyDataModule, TinyModule, state_of
 from lightning_fedmut import Client, FedAvg, FederatedLoop, MutationCallback, make_clients
 from lightning_fedmut.data import partition_dirichlet, partition_iid
 
@@ -187,7 +187,8 @@ def test_csv_logger_gets_round_steps(synthetic, tmp_path):
         TinyModule(), _clients(train), val_dataloaders=DataLoader(val, batch_size=60))
     import csv
 
-    rows = list(csv.DictReader(open(logger.experiment.metrics_file_path)))
+    with open(logger.experiment.metrics_file_path) as f:
+        rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [0, 1, 2]
     assert [float(r["val_acc"]) for r in rows] == pytest.approx(result.metric("val_acc"), abs=1e-6)
 

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from helpers import StartModelRecorder, TinyModule, state_of
 from torch.utils.data import DataLoader
 
-from helpers import StartModelRecorder, TinyModule, state_of
 from lightning_fedmut import FedAvg, FederatedLoop, MutationCallback, make_clients
 from lightning_fedmut.data import partition_iid
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TinyModule, state_of
 from torch.utils.data import DataLoader
 
-from helpers import TinyModule, state_of
 from lightning_fedmut import FedAvg, FederatedCallback, FederatedLoop, MutationCallback, make_clients
 from lightning_fedmut.checkpoint import list_checkpoints, load_checkpoint
 from lightning_fedmut.data import partition_iid

@@ -5,13 +5,13 @@ import json
 
 import pytest
 import torch
+from helpers import TinyModule
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from torch.utils.data import DataLoader
+from wandb_records import offline_runs, summarize
 
-from helpers import TinyModule
 from lightning_fedmut import FedAvg, FederatedCallback, FederatedLoop, MutationCallback, make_clients
 from lightning_fedmut.data import partition_iid
-from wandb_records import offline_runs, summarize
 
 
 def _fit(synthetic, logger, rounds=4, callbacks=(), **kwargs):
@@ -23,7 +23,7 @@ def _fit(synthetic, logger, rounds=4, callbacks=(), **kwargs):
                          callbacks=[MutationCallback(radius=3.0, acceleration=0.2, acceleration_rounds=10),
                                     *callbacks],
                          logger=logger, seed=0, enable_progress_bar=False, **kwargs)
-    return loop.fit(model, clients, val_dataloaders=DataLoader(val, batch_size=60), **({}))
+    return loop.fit(model, clients, val_dataloaders=DataLoader(val, batch_size=60))
 
 
 def test_wandb_offline_run_holds_rounds_metrics_table_and_config(synthetic, tmp_path):
@@ -99,7 +99,8 @@ def test_wandb_resume_continues_the_same_run(synthetic, tmp_path):
 def test_csv_logger_has_every_round_metric(synthetic, tmp_path):
     logger = CSVLogger(tmp_path, name="csv")
     result = _fit(synthetic, logger)
-    rows = list(csv.DictReader(open(logger.experiment.metrics_file_path)))
+    with open(logger.experiment.metrics_file_path) as f:
+        rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [0, 1, 2, 3]
     for row, expected in zip(rows, result.history):
         for key, value in expected.items():
