@@ -11,6 +11,8 @@ Usage (from the repository root, with the ``docs`` extra installed):
     python docs/build.py --skip-examples  # build with the outputs of the last run
     python docs/build.py --serve          # run the examples, then serve the site with live reload
     python docs/build.py --only hook_order --skip-build
+
+It also writes the command line's ``--help`` texts into ``docs/assets/generated/cli/`` for the CLI page.
 """
 
 from __future__ import annotations
@@ -27,6 +29,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATED = ROOT / "docs" / "assets" / "generated"
+CLI_COMMANDS = ("fit", "demo", "sweep")
+# writes `lightning-fedmut COMMAND --help` into GENERATED/cli/COMMAND.txt, in one interpreter
+_CLI_HELP = """
+import contextlib, io, sys
+from pathlib import Path
+from lightning_fedmut.cli import USAGE, main
+out = Path(sys.argv[1])
+(out / "usage.txt").write_text(USAGE + "\\n", encoding="utf-8")
+for command in sys.argv[2:]:
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = main([command, "--help"])
+    if code != 0:
+        raise SystemExit(f"lightning-fedmut {command} --help exited with {code}")
+    (out / f"{command}.txt").write_text(buffer.getvalue(), encoding="utf-8")
+"""
 
 
 def examples() -> list[Path]:
@@ -68,12 +86,28 @@ def run_example(path: Path) -> tuple[Path, int, float, str]:
     return path, proc.returncode, time.perf_counter() - start, proc.stderr
 
 
-def run_examples(selected: list[Path], jobs: int) -> bool:
+def cli_help() -> tuple[str, int, float, str]:
+    """Write the command line's usage and each command's ``--help`` into ``GENERATED/cli/``."""
+    output_dir = GENERATED / "cli"
+    shutil.rmtree(output_dir, ignore_errors=True)
+    output_dir.mkdir(parents=True)
+    start = time.perf_counter()
+    env = {**os.environ, "COLUMNS": "100", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", _CLI_HELP, str(output_dir), *CLI_COMMANDS], cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=False)
+    return "lightning-fedmut COMMAND --help", proc.returncode, time.perf_counter() - start, proc.stderr
+
+
+def run_examples(selected: list[Path], jobs: int, with_cli: bool) -> bool:
     print(f"running {len(selected)} example(s) at small size, {jobs} at a time, into {GENERATED.relative_to(ROOT)}/")
     ok = True
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for path, code, seconds, stderr in pool.map(run_example, selected):
-            name = path.relative_to(ROOT)
+        futures = [pool.submit(run_example, path) for path in selected]
+        if with_cli:
+            futures.append(pool.submit(cli_help))
+        for future in futures:
+            path, code, seconds, stderr = future.result()
+            name = path.relative_to(ROOT) if isinstance(path, Path) else path
             print(f"  {seconds:6.1f} s  {name}{'' if code == 0 else f'  FAILED (exit code {code})'}", flush=True)
             if code != 0:
                 ok = False
@@ -104,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and len(selected) != len(args.only):
             known = ", ".join(p.stem for p in examples())
             parser.error(f"--only names unknown examples; the examples are: {known}")
-        if not run_examples(selected, max(1, args.jobs)):
+        if not run_examples(selected, max(1, args.jobs), with_cli=not args.only):
             print("an example failed: the site is not built", file=sys.stderr)
             return 1
     if args.skip_build:

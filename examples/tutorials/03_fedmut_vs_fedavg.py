@@ -38,12 +38,15 @@ OUTPUT = Path(os.environ.get("FEDMUT_OUTPUT_DIR", "outputs/03_fedmut_vs_fedavg")
 ROUNDS = 5 if SMALL else 30
 SEEDS = (0,) if SMALL else (0, 1, 2, 3, 4)
 
-METHODS = {
-    "FedMut": dict(aggregator=lambda: FedAvg(weighted=False),
-                   callbacks=lambda: [MutationCallback(radius=4.0, acceleration=0.3, acceleration_rounds=50)]),
-    "FedAvg (uniform)": dict(aggregator=lambda: FedAvg(weighted=False), callbacks=lambda: []),
-    "FedAvg (weighted)": dict(aggregator=lambda: FedAvg(weighted=True), callbacks=lambda: []),
-}
+METHODS = ("FedMut", "FedAvg (uniform)", "FedAvg (weighted)")
+
+
+# --8<-- [start:run]
+def plugins(method: str):
+    """The aggregator and callbacks of a method, built fresh for every run: they hold state."""
+    if method == "FedMut":
+        return FedAvg(weighted=False), [MutationCallback(radius=4.0, acceleration=0.3, acceleration_rounds=50)]
+    return FedAvg(weighted=method == "FedAvg (weighted)"), []
 
 
 def run(method: str, seed: int):
@@ -53,16 +56,18 @@ def run(method: str, seed: int):
     clients = make_clients(train, parts, batch_size=50)
     torch.manual_seed(seed)
     model = DigitsCNN(lr=0.01, momentum=0.5)
+    aggregator, callbacks = plugins(method)
     loop = FederatedLoop(
         rounds=ROUNDS,
         clients_per_round=10,
         local_epochs=5,
-        aggregator=METHODS[method]["aggregator"](),  # fresh plugins for every run: they hold state
-        callbacks=METHODS[method]["callbacks"](),
+        aggregator=aggregator,
+        callbacks=callbacks,
         enable_progress_bar=False,
         seed=seed,
     )
     return loop.fit(model, clients, val_dataloaders=DataLoader(test, batch_size=500))
+# --8<-- [end:run]
 
 
 def main() -> None:

@@ -83,10 +83,9 @@ def main() -> None:
     # configuration with the file's command, as `wandb agent` would, with WANDB_MODE=offline and one group.
     sweep_dir = OUTPUT / "sweep"
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "lightning_fedmut.cli", "sweep", str(SWEEP_FILE.resolve()), "--group", "tutorial-4"]
+    command = [sys.executable, "-m", "lightning_fedmut.cli", "sweep", str(SWEEP_FILE), "--group", "tutorial-4"]
     sys.stdout.flush()  # keep this program's output ahead of the sweep's when both go to one file
-    # run from sweep_dir, with the runs written there: ./wandb/offline-run-*
-    subprocess.run(command, cwd=sweep_dir, env={**os.environ, "WANDB_DIR": "."}, check=True)
+    subprocess.run(command, env={**os.environ, "WANDB_DIR": str(sweep_dir)}, check=True)
     # --8<-- [end:sweep]
     runs = sorted(p.name for p in (sweep_dir / "wandb").glob("offline-run-*"))
     print(f"sweep runs in {sweep_dir / 'wandb'}: {len(runs)}")

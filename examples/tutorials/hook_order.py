@@ -229,7 +229,7 @@ def main() -> None:
     x = torch.randn(64, 4)
     y = (x[:, 0] > 0).long()
     dataset = TensorDataset(x, y)
-    clients = make_clients(dataset, [range(0, 20), range(20, 40)], batch_size=10)
+    clients = make_clients(dataset, [range(20), range(20, 40)], batch_size=10)
     clients.append(Client(id="flaky", data=DataLoader(UnreadableShard(), batch_size=4)))
 
     tree = Tree()
