@@ -27,7 +27,6 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from jsonargparse import ActionYesNo
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 
 from lightning_fedmut.cli._parser import CLIError, make_parser, parse, plain
@@ -241,13 +240,19 @@ def build_command(template: Sequence[Any], values: Mapping[str, Any], program: s
 
 
 def _local(command: list[str], history: Path) -> list[str]:
-    """Run ``lightning-fedmut`` with this interpreter, and have ``fit`` write its history for the summary."""
+    """Run ``lightning-fedmut`` with this interpreter, and have ``fit`` write its history for the summary.
+
+    Example:
+        >>> _local(["/usr/bin/env", "lightning-fedmut", "fit", "--seed=1"], Path("h.json"))[1:]
+        ['-m', 'lightning_fedmut.cli', 'fit', '--seed=1', '--history_file=h.json']
+    """
     for i, part in enumerate(command):
         if os.path.basename(part) == "lightning-fedmut":
-            rest = command[i + 1 :]
-            if rest[:1] == ["fit"]:
-                rest = [*rest, f"--history_file={history}"]
-            return [sys.executable, "-m", "lightning_fedmut.cli", *rest]
+            command = [sys.executable, "-m", "lightning_fedmut.cli", *command[i + 1 :]]
+            break
+    for i, part in enumerate(command[:-1]):
+        if part == "lightning_fedmut.cli" and command[i + 1] == "fit":
+            return [*command, f"--history_file={history}"]
     return command
 
 
@@ -367,9 +372,10 @@ def sweep_parser() -> Any:
     parser.add_argument("--group", type=str | None, default=None,
                         help="W&B group of the runs; default: <file name>-<time>.")
     parser.add_argument("--seed", type=NonNegativeInt, default=0, help="Seed of the random draws.")
-    parser.add_argument("--dry_run", action=ActionYesNo, default=False, help="Print the commands, run nothing.")
-    parser.add_argument("--keep_going", action=ActionYesNo, default=True,
-                        help="Run the remaining configurations after one fails (--no_keep_going stops).")
+    parser.add_argument("--dry_run", type=bool, nargs="?", const=True, default=False,
+                        help="Print the commands, run nothing (--dry_run or --dry_run=true).")
+    parser.add_argument("--keep_going", type=bool, nargs="?", const=True, default=True,
+                        help="Run the remaining configurations after one fails (--keep_going=false stops).")
     return parser
 
 
