@@ -123,6 +123,16 @@ def test_fit_federates_a_module_outside_the_package(tmp_path, capsys, monkeypatc
     assert "Finished 3 rounds" in out
 
 
+def test_fit_without_validation_step_trains_without_evaluating(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(FIXTURES))
+    out_file = tmp_path / "h.json"
+    code, out, _ = run([*TINY, "--model=external_models.NoValidation", f"--history_file={out_file}"], capsys)
+    assert code == 0
+    assert "NoValidation has no validation_step: the global model is not evaluated" in out
+    rows = history(out_file)["history"]
+    assert [r["clients/trained"] for r in rows] == [2, 2] and not any("val_acc" in r for r in rows)
+
+
 def test_fit_takes_a_lightning_datamodule(tmp_path, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(FIXTURES))
     out_file = tmp_path / "h.json"

@@ -265,7 +265,10 @@ def run_fit(cfg: Namespace) -> FederatedResult:
         clients = make_clients(train, parts, batch_size=cfg.batch_size, **kwargs)
     except (ValueError, TypeError) as err:
         raise CLIError(f"--partition: {err}") from None
-    loop_args = cfg.loop.as_dict()
+    if val is not None and not is_overridden("validation_step", model, LightningModule):
+        print(f"{type(model).__name__} has no validation_step: the global model is not evaluated")
+        val = None
+    loop_args = plain(cfg.loop.as_dict())
     if loop_args["clients_per_round"] > len(clients):
         raise CLIError(f"--loop.clients_per_round: expected at most the number of clients ({len(clients)}),"
                        f" got {loop_args['clients_per_round']}")

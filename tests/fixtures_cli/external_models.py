@@ -55,5 +55,11 @@ class SyntheticDataModule(LightningDataModule):
         return DataLoader(self.test, batch_size=40)
 
 
+class NoValidation(ExternalMLP):
+    """An ExternalMLP without ``validation_step``: trained, never evaluated."""
+
+    validation_step = None  # type: ignore[assignment]
+
+
 class NotAModule(nn.Module):
     """A plain torch module: ``--model`` must refuse it."""
