@@ -66,13 +66,15 @@ def run_small(path: Path, out: Path, wandb_dir: Path) -> subprocess.CompletedPro
 
 
 @pytest.fixture(scope="module")
-def small_runs(tmp_path_factory):
-    """Run every example once, as many at a time as there are usable cores (each is single-threaded)."""
+def small_runs(request, tmp_path_factory):
+    """Run the selected examples once, as many at a time as there are usable cores (each uses one thread)."""
+    selected = {item.callspec.params["path"] for item in request.session.items
+                if item.module is request.module and "path" in getattr(getattr(item, "callspec", None), "params", {})}
     base = tmp_path_factory.mktemp("examples")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=max(1, cores)) as pool:
         futures = {path.stem: pool.submit(run_small, path, base / path.stem, base / f"{path.stem}-wandb")
-                   for path in EXAMPLES}
+                   for path in EXAMPLES if path in selected}
         return {stem: (future.result(), base / stem) for stem, future in futures.items()}
 
 
