@@ -3,7 +3,7 @@
 from lightning_fedmut.aggregators import Aggregator, FedAvg
 from lightning_fedmut.callbacks import FederatedCallback, MutationCallback
 from lightning_fedmut.data import Client, make_clients
-from lightning_fedmut.exceptions import DivergenceError, RoundFailedError
+from lightning_fedmut.exceptions import DivergenceError, NonFiniteWeightsError, RoundFailedError
 from lightning_fedmut.loop import FederatedLoop, FederatedResult
 
 __version__ = "0.1.0"
@@ -17,6 +17,7 @@ __all__ = [
     "FederatedLoop",
     "FederatedResult",
     "MutationCallback",
+    "NonFiniteWeightsError",
     "RoundFailedError",
     "make_clients",
 ]

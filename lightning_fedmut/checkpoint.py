@@ -17,7 +17,7 @@ _NAME = re.compile(r"^round-(\d+)\.ckpt$")
 def checkpoint_name(rounds_done: int) -> str:
     """File name of the checkpoint taken after ``rounds_done`` completed rounds.
 
-    Example:
+    Examples:
         >>> checkpoint_name(12)
         'round-00012.ckpt'
     """

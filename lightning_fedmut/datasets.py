@@ -93,7 +93,7 @@ class ImageDataset(Dataset):
         mean: per-channel mean of the ``[0, 1]``-scaled pixels.
         std: per-channel standard deviation.
 
-    Example:
+    Examples:
         >>> ds = ImageDataset(np.full((2, 1, 2, 2), 255, dtype=np.uint8), np.array([3, 1]), mean=(0.5,), std=(0.5,))
         >>> x, y = ds[0]
         >>> x.tolist(), y
@@ -125,7 +125,7 @@ def labels_of(dataset: Dataset) -> np.ndarray:
     Reads ``tensors[-1]`` of a ``TensorDataset``, ``targets`` of torchvision-style datasets (and of
     :class:`ImageDataset`), follows ``Subset`` indices, and otherwise reads item ``[1]`` of every example.
 
-    Example:
+    Examples:
         >>> labels_of(TensorDataset(torch.zeros(3, 2), torch.tensor([2, 0, 1]))).tolist()
         [2, 0, 1]
         >>> labels_of(Subset(TensorDataset(torch.zeros(3, 2), torch.tensor([2, 0, 1])), [2, 0])).tolist()
@@ -147,7 +147,7 @@ def load_digits_split(test_fraction: float = 0.25, seed: int = 0) -> tuple[Tenso
 
     Pixels are scaled to ``[0, 1]``; images have shape ``1x8x8``. The split is a seeded random permutation.
 
-    Example:
+    Examples:
         >>> train, test = load_digits_split()
         >>> len(train), len(test), tuple(train[0][0].shape)
         (1348, 449, (1, 8, 8))
@@ -172,7 +172,7 @@ def load_mnist1d_split(seed: int = 42) -> tuple[TensorDataset, TensorDataset]:
     global numpy and ``random`` states, which the generator reseeds, are restored afterwards. The
     generated arrays are cached per seed for the rest of the process.
 
-    Example:
+    Examples:
         >>> train, test = load_mnist1d_split()
         >>> len(train), len(test), tuple(train[0][0].shape)
         (4000, 1000, (40,))
@@ -211,7 +211,7 @@ def make_synthetic_split(
 
     Small, deterministic and learnable in a few steps, for tests and smoke runs.
 
-    Example:
+    Examples:
         >>> train, test = make_synthetic_split(num_train=30, num_test=10, num_classes=3)
         >>> len(train), len(test), tuple(train[0][0].shape), sorted(set(labels_of(train).tolist()))
         (30, 10, (1, 8, 8), [0, 1, 2])
@@ -232,7 +232,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     The header is two zero bytes, a type code (``0x08`` for uint8), the number of dimensions, and one
     big-endian 32-bit size per dimension.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as d:
         ...     p = os.path.join(d, "labels-idx1-ubyte")
@@ -396,7 +396,7 @@ def load_dataset(name: str, root: str | os.PathLike = "data", download: bool = T
         seed: seed of the generated or split data sets (``digits``' test split, ``synthetic``); it is
             not the run's seed, so runs with different seeds see the same data.
 
-    Example:
+    Examples:
         >>> split = load_dataset("digits")
         >>> split.num_classes, split.input_shape, len(split.train)
         (10, (1, 8, 8), 1348)

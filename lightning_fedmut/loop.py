@@ -24,12 +24,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from lightning_fedmut import checkpoint as ckpt
-from lightning_fedmut import tracking
+from lightning_fedmut import _tracking as tracking
 from lightning_fedmut.aggregators.base import Aggregator
 from lightning_fedmut.aggregators.fedavg import FedAvg
 from lightning_fedmut.callbacks.base import FederatedCallback
 from lightning_fedmut.data.client import Client
-from lightning_fedmut.exceptions import DivergenceError, RoundFailedError
+from lightning_fedmut.exceptions import DivergenceError, NonFiniteWeightsError, RoundFailedError
 from lightning_fedmut.functional.state import copy_, is_floating
 from lightning_fedmut.utilities.seed import CLIENT_STREAM, SAMPLING_STREAM, derive_seed
 from lightning_fedmut.utilities.trainer import (
@@ -41,10 +41,6 @@ from lightning_fedmut.utilities.trainer import (
 from lightning_fedmut.utilities.validation import check_int
 
 _ROUND_FAILURE_POLICIES = ("skip", "raise")
-
-
-class NonFiniteWeightsError(FloatingPointError):
-    """A client returned weights with NaN or Inf (recorded as the client's failure, never raised)."""
 
 
 @dataclass
@@ -72,7 +68,7 @@ class FederatedResult:
     def metric(self, name: str) -> list[float]:
         """The values of one metric over the rounds that logged it.
 
-        Example:
+        Examples:
             >>> FederatedResult(history=[{"round": 0, "val_acc": 0.5}, {"round": 1}]).metric("val_acc")
             [0.5]
         """
@@ -116,7 +112,7 @@ class FederatedLoop:
         enable_progress_bar: show one progress bar over rounds and clients with the latest metric.
         client_table_every: log the per-client table to W&B every this many rounds (and at the end).
 
-    Example:
+    Examples:
         >>> from lightning_fedmut import MutationCallback
         >>> loop = FederatedLoop(rounds=2, clients_per_round=2, aggregator=FedAvg(weighted=False),
         ...                      callbacks=[MutationCallback(radius=4.0)], seed=0)
@@ -379,11 +375,12 @@ class FederatedLoop:
         summary = "; ".join(f"client {f['client_id']!r}: {f['type']}: {f['message']}" for f in failures[:5])
         message = (
             f"Round {self.round}: {len(rows)} of {len(self.sampled_clients)} clients succeeded, fewer than"
-            f" `min_clients_per_round`={self.min_clients_per_round}. Failures: {summary}"
+            f" `min_clients_per_round`={self.min_clients_per_round}. Failures: {summary}."
         )
         if self.on_round_failure == "raise":
             raise RoundFailedError(message)
-        warnings.warn(message + " The round is skipped; the global model is unchanged.", RuntimeWarning, stacklevel=2)
+        # stacklevel 4: the user's call of fit (fit -> _run_round -> _round_failed -> warn)
+        warnings.warn(message + " The round is skipped; the global model is unchanged.", RuntimeWarning, stacklevel=4)
 
     def _check_start_model(self, slot: int) -> None:
         name = _first_non_finite(self._working)

@@ -137,7 +137,7 @@ def plot_metric(
         ValueError: ``runs`` (or a run in it) is empty, no run logged ``metric``, or ``band`` is unknown.
         TypeError: a run is not one of the accepted forms.
 
-    Example:
+    Examples:
         >>> fedavg = [{"round": 0, "val_acc": 0.50}, {"round": 1}, {"round": 2, "val_acc": 0.70}]
         >>> fedmut = [[{"round": 0, "val_acc": 0.50}, {"round": 2, "val_acc": 0.75}],  # seed 0
         ...           [{"round": 0, "val_acc": 0.25}, {"round": 2, "val_acc": 0.50}]]  # seed 1
@@ -184,6 +184,9 @@ def plot_metric(
                 low, high = mean - std, mean + std
             ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlabel("round")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(metric)
     if title is not None:
         ax.set_title(title)
@@ -262,7 +265,7 @@ def label_distribution(labels: Any, partitions: Any, num_classes: int | None = N
         An ``int64`` array of shape ``(clients, classes)``: entry ``[i, c]`` counts the examples of
         class ``c`` in client ``i``'s partition.
 
-    Example:
+    Examples:
         >>> label_distribution([0, 1, 1, 2, 0], [[0, 1], [2, 3, 4]])
         array([[1, 1, 0],
                [1, 1, 1]])
@@ -297,7 +300,7 @@ def plot_label_distribution(
     Returns:
         The ``matplotlib.figure.Figure`` that holds the plot.
 
-    Example:
+    Examples:
         >>> fig = plot_label_distribution([0, 1, 1, 2, 0], [[0, 1], [2, 3, 4]])
         >>> ax = fig.axes[0]
         >>> ax.images[0].get_array().tolist()

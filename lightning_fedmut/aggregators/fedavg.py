@@ -24,7 +24,7 @@ class FedAvg(Aggregator):
     Args:
         weighted: weight each client by its number of examples.
 
-    Example:
+    Examples:
         >>> a, b = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
         >>> _ = a.weight.data.fill_(1.0), b.weight.data.fill_(4.0)
         >>> agg = FedAvg(weighted=True)

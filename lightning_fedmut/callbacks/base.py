@@ -31,7 +31,7 @@ class FederatedCallback:
         on_validation_start / on_validation_end   (every ``evaluate_every`` rounds)
         on_round_end              (may set ``loop.should_stop = True``)
 
-    Example:
+    Examples:
         >>> class CountRounds(FederatedCallback):
         ...     def __init__(self):
         ...         self.rounds = 0

@@ -43,7 +43,7 @@ class MutationCallback(FederatedCallback):
             never mutated.
         seed: seed of the coefficient generator; ``None`` derives it from the loop's ``seed``.
 
-    Example:
+    Examples:
         >>> MutationCallback(radius=4.0, acceleration=0.3).hparams
         {'radius': 4.0, 'acceleration': 0.3, 'acceleration_rounds': 50, 'mutate_buffers': False, 'seed': None}
     """

@@ -30,7 +30,7 @@ USAGE = "usage: lightning-fedmut {fit,demo,sweep} [options]   (lightning-fedmut 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``lightning-fedmut`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit code.
 
-    Example:
+    Examples:
         >>> main(["nope"])
         2
     """

@@ -121,7 +121,7 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any
     form ``--mutation.radius=2`` takes), so a W&B sweep parameter named ``mutation.radius`` is the same
     key in the run config.
 
-    Example:
+    Examples:
         >>> flatten_config({"seed": 0, "mutation": {"class_path": "m.M", "init_args": {"radius": 2.0}},
         ...                 "loop": {"rounds": 3}})
         {'seed': 0, 'mutation.class_path': 'm.M', 'mutation.radius': 2.0, 'loop.rounds': 3}

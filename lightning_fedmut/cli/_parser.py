@@ -33,7 +33,7 @@ def normalize_argv(argv: Sequence[str], none_flags: Collection[str] = ()) -> lis
     """Read a value ``None`` (how ``wandb agent`` writes Python's None) as YAML's ``null``, and ``none``
     too for the flags in ``none_flags``.
 
-    Example:
+    Examples:
         >>> normalize_argv(["--mutation=None", "--loop.local_steps", "None", "--logger=none"])
         ['--mutation=null', '--loop.local_steps', 'null', '--logger=none']
         >>> normalize_argv(["--mutation", "none"], none_flags={"--mutation"})
@@ -69,7 +69,7 @@ def plain(value: Any) -> Any:
     """``value`` with jsonargparse's restricted numbers (``PositiveInt`` ...) as plain ``int``/``float``,
     so that loggers store numbers, not their string form.
 
-    Example:
+    Examples:
         >>> from jsonargparse.typing import PositiveInt
         >>> type(plain({"n": [PositiveInt(3)]})["n"][0])
         <class 'int'>
@@ -102,7 +102,7 @@ def one_line_error(message: str, parser: ArgumentParser | None = None) -> str:
     """Condense a (multi-line, nested) jsonargparse error into one line naming the flag, the expected
     and the received value.
 
-    Example:
+    Examples:
         >>> one_line_error('Parser key "loop.rounds":\\n  Expected a <class \\'int\\'>. Got value: abc')
         "--loop.rounds: expected an integer, got 'abc'"
     """

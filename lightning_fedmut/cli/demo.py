@@ -148,7 +148,7 @@ def _one_run(method: str, seed: int, federation: list, val: DataLoader, settings
 def mean_curves(results: dict[str, list[FederatedResult]], metric: str = "val_acc") -> dict[str, np.ndarray]:
     """The per-round mean of ``metric`` over seeds, per method.
 
-    Example:
+    Examples:
         >>> r = {"A": [FederatedResult(history=[{"round": 0, "val_acc": 0.2}]),
         ...            FederatedResult(history=[{"round": 0, "val_acc": 0.4}])]}
         >>> mean_curves(r)["A"].round(3).tolist()
@@ -160,7 +160,7 @@ def mean_curves(results: dict[str, list[FederatedResult]], metric: str = "val_ac
 def comparison_table(results: dict[str, list[FederatedResult]], metric: str = "val_acc") -> str:
     """The per-round table the demo prints: each method's mean ``metric`` over seeds and the difference.
 
-    Example:
+    Examples:
         >>> r = {"FedMut": [FederatedResult(history=[{"round": 0, "val_acc": 0.5}])],
         ...      "FedAvg": [FederatedResult(history=[{"round": 0, "val_acc": 0.25}])]}
         >>> print(comparison_table(r))

@@ -74,7 +74,7 @@ def data_choice(argv: Sequence[str]) -> str | None:
     It picks the default ``--model`` before parsing, so that ``--data mnist1d`` alone trains the 1-D
     CNN and ``--model.lr=0.05`` applies to it.
 
-    Example:
+    Examples:
         >>> data_choice(["--data", "mnist1d", "--loop.rounds=3"]), data_choice(["--data=my.DataModule"])
         ('mnist1d', None)
     """
@@ -88,7 +88,7 @@ def model_given(argv: Sequence[str]) -> bool:
     Then the parser has no default model, whose arguments (say ``lr``) would otherwise carry over to the
     given class.
 
-    Example:
+    Examples:
         >>> model_given(["--model=my.Module"]), model_given(["--model.lr=0.1"])
         (True, False)
     """

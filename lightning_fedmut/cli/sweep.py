@@ -56,7 +56,7 @@ def load_sweep(path: str | os.PathLike) -> dict[str, Any]:
 def check_sweep(config: Any, where: str = "sweep") -> dict[str, Any]:
     """Check a sweep config against W&B's sweep schema (the parts that matter to run it).
 
-    Example:
+    Examples:
         >>> check_sweep({"method": "grid", "parameters": {}}, "s.yaml")
         Traceback (most recent call last):
         ...
@@ -137,7 +137,7 @@ def _infer_distribution(spec: Mapping[str, Any]) -> str | None:
 def grid(parameters: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Every combination of the ``values`` (and fixed ``value``) of a grid sweep, first parameter slowest.
 
-    Example:
+    Examples:
         >>> grid({"a": {"values": [1, 2]}, "b": {"value": "x"}, "c": {"values": [0.1, 0.2]}})
         [{'a': 1, 'b': 'x', 'c': 0.1}, {'a': 1, 'b': 'x', 'c': 0.2}, {'a': 2, 'b': 'x', 'c': 0.1}, {'a': 2, 'b': 'x', 'c': 0.2}]
     """
@@ -149,7 +149,7 @@ def grid(parameters: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
 def sample(parameters: Mapping[str, Mapping[str, Any]], count: int, seed: int = 0) -> list[dict[str, Any]]:
     """``count`` random configurations drawn from the parameters' values and distributions.
 
-    Example:
+    Examples:
         >>> runs = sample({"a": {"values": [1, 2]}, "lr": {"distribution": "log_uniform_values", "min": 1e-3, "max": 1e-1}}, 3)
         >>> len(runs), all(1e-3 <= r["lr"] <= 1e-1 and r["a"] in (1, 2) for r in runs)
         (3, True)
@@ -194,7 +194,7 @@ def command_args(values: Mapping[str, Any]) -> dict[str, list[str]]:
     """The macros ``wandb agent`` fills from one configuration: ``args`` (``--name=value``),
     ``args_no_hyphens``, ``args_no_boolean_flags``, ``args_no_equals`` and ``args_json``.
 
-    Example:
+    Examples:
         >>> command_args({"mutation.radius": 2.0, "mutation": None})["args"]
         ['--mutation.radius=2.0', '--mutation=None']
     """
@@ -221,7 +221,7 @@ def build_command(template: Sequence[Any], values: Mapping[str, Any], program: s
     ``${program}`` the file's ``program``, ``${envvar:NAME}`` the variable's value; a macro list such as
     ``${args}`` is spliced in.
 
-    Example:
+    Examples:
         >>> build_command(["${env}", "lightning-fedmut", "fit", "${args}"], {"loop.rounds": 3})
         ['/usr/bin/env', 'lightning-fedmut', 'fit', '--loop.rounds=3']
     """
@@ -242,7 +242,7 @@ def build_command(template: Sequence[Any], values: Mapping[str, Any], program: s
 def _local(command: list[str], history: Path) -> list[str]:
     """Run ``lightning-fedmut`` with this interpreter, and have ``fit`` write its history for the summary.
 
-    Example:
+    Examples:
         >>> _local(["/usr/bin/env", "lightning-fedmut", "fit", "--seed=1"], Path("h.json"))[1:]
         ['-m', 'lightning_fedmut.cli', 'fit', '--seed=1', '--history_file=h.json']
     """

@@ -23,7 +23,7 @@ class Client:
         num_examples: the number of training examples (the FedAvg weight). Inferred from a
             ``DataLoader`` over a sized dataset; required for a ``LightningDataModule``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch.utils.data import TensorDataset
         >>> loader = DataLoader(TensorDataset(torch.zeros(7, 2)), batch_size=4)
@@ -82,7 +82,7 @@ def check_partitions(partitions: Partitions, num_examples: int | None = None) ->
     A sequence gives ids ``0..n-1``; a mapping keeps its keys. Raises if a client is empty, an index is
     outside ``[0, num_examples)`` or an index belongs to two clients.
 
-    Example:
+    Examples:
         >>> check_partitions([[0, 2], [1]], num_examples=3)
         {0: array([0, 2]), 1: array([1])}
     """
@@ -124,7 +124,7 @@ def make_clients(
             training from the run seed.
         **dataloader_kwargs: passed to every ``DataLoader`` (``num_workers``, ``pin_memory``, ...).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch.utils.data import TensorDataset
         >>> ds = TensorDataset(torch.arange(10.0))

@@ -22,7 +22,7 @@ def _labels(labels: Any) -> np.ndarray:
 def partition_iid(num_examples: int, num_clients: int, seed: int = 0) -> list[np.ndarray]:
     """Split ``range(num_examples)`` into ``num_clients`` random parts of (almost) equal size.
 
-    Example:
+    Examples:
         >>> [len(p) for p in partition_iid(10, 3, seed=0)]
         [4, 3, 3]
     """
@@ -54,7 +54,7 @@ def partition_dirichlet(
         seed: seed of the partition's own generator.
         max_tries: draws before giving up with an error.
 
-    Example:
+    Examples:
         >>> labels = np.repeat(np.arange(4), 50)
         >>> parts = partition_dirichlet(labels, num_clients=5, alpha=0.5, min_size=5, seed=0)
         >>> sum(len(p) for p in parts), min(len(p) for p in parts) >= 5
@@ -98,7 +98,7 @@ def partition_shards(
 ) -> list[np.ndarray]:
     """Pathological non-IID split (McMahan et al.): sort by label, cut into shards, deal ``k`` per client.
 
-    Example:
+    Examples:
         >>> labels = np.repeat(np.arange(5), 20)
         >>> parts = partition_shards(labels, num_clients=5, shards_per_client=2, seed=0)
         >>> [len(p) for p in parts], [len(np.unique(labels[p])) <= 2 for p in parts].count(True)
@@ -123,7 +123,7 @@ def load_partition_json(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     Keys stay strings, in file order.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as d:
         ...     p = os.path.join(d, "parts.json")

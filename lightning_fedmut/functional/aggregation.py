@@ -14,7 +14,7 @@ from lightning_fedmut.functional.state import _groups
 def accumulate_(acc: Sequence[Tensor], tensors: Sequence[Tensor], weight: float) -> None:
     """``acc[i] += weight * tensors[i]`` in place.
 
-    Example:
+    Examples:
         >>> acc = [torch.zeros(2)]
         >>> accumulate_(acc, [torch.tensor([1.0, 2.0])], 3.0); acc
         [tensor([3., 6.])]
@@ -30,7 +30,7 @@ def accumulate_(acc: Sequence[Tensor], tensors: Sequence[Tensor], weight: float)
 def finalize_mean_(acc: Sequence[Tensor], total_weight: float) -> None:
     """Divide every accumulated sum by ``total_weight`` in place.
 
-    Example:
+    Examples:
         >>> acc = [torch.tensor([3.0, 6.0])]
         >>> finalize_mean_(acc, 3.0); acc
         [tensor([1., 2.])]
@@ -48,7 +48,7 @@ def integer_max_(acc: Sequence[Tensor], tensors: Sequence[Tensor]) -> None:
     Integer state is a count, never a weight: averaging it would turn it into a float. The maximum keeps
     its dtype and is independent of client order.
 
-    Example:
+    Examples:
         >>> acc = [torch.tensor(3)]
         >>> integer_max_(acc, [torch.tensor(5)]); acc
         [tensor(5)]

@@ -16,7 +16,7 @@ from torch import Tensor
 def acceleration_at(round_index: int, acceleration: float, acceleration_rounds: int) -> float:
     """The acceleration ``beta_t = beta_0 * max(0, 1 - t / T_b)`` after aggregating round ``t`` (0-based).
 
-    Example:
+    Examples:
         >>> [acceleration_at(t, 0.3, 50) for t in (0, 25, 50, 80)]
         [0.3, 0.15, 0.0, 0.0]
     """
@@ -36,7 +36,7 @@ def mutation_coefficients(
     ``num_slots // 2`` entries ``-1 + beta``. With an odd ``num_slots`` the last column is ``0``: that
     slot starts from the un-mutated global model. With one slot the table is all zeros (FedAvg).
 
-    Example:
+    Examples:
         >>> g = torch.Generator().manual_seed(0)
         >>> c = mutation_coefficients(3, 4, 0.0, generator=g)
         >>> c.sum(dim=1).tolist()
@@ -60,7 +60,7 @@ def mutation_coefficients(
 def global_delta_(buffer: Sequence[Tensor], current: Sequence[Tensor]) -> None:
     """Turn ``buffer`` (holding the previous global weights) into ``current - buffer``, in place.
 
-    Example:
+    Examples:
         >>> buf = [torch.tensor([1.0, 2.0])]
         >>> global_delta_(buf, [torch.tensor([1.5, 1.0])]); buf
         [tensor([ 0.5000, -1.0000])]
@@ -76,7 +76,7 @@ def mutate_(tensors: Sequence[Tensor], deltas: Sequence[Tensor], coefficients: S
     Entries whose scaled coefficient is exactly zero are left untouched, so ``radius=0`` and the odd slot
     reproduce the global model bit for bit.
 
-    Example:
+    Examples:
         >>> w = [torch.tensor([1.0]), torch.tensor([2.0])]
         >>> mutate_(w, [torch.tensor([0.5]), torch.tensor([0.5])], [1.0, -0.7], radius=4.0); w
         [tensor([3.]), tensor([0.6000])]

@@ -11,7 +11,7 @@ from torch import Tensor
 def is_floating(tensor: Tensor) -> bool:
     """Whether ``tensor`` takes part in arithmetic (floating point or complex).
 
-    Example:
+    Examples:
         >>> is_floating(torch.zeros(2)), is_floating(torch.zeros(2, dtype=torch.long))
         (True, False)
     """
@@ -28,7 +28,7 @@ def floating_keys(
         parameter_names: names of the module's parameters; needed only when ``include_buffers`` is False.
         include_buffers: keep floating buffers (e.g. BatchNorm running statistics) too.
 
-    Example:
+    Examples:
         >>> bn = torch.nn.BatchNorm1d(2)
         >>> floating_keys(bn.state_dict())
         ['weight', 'bias', 'running_mean', 'running_var']
@@ -57,7 +57,7 @@ def _groups(dst: Sequence[Tensor], src: Sequence[Tensor]) -> bool:
 def copy_(dst: Sequence[Tensor], src: Sequence[Tensor]) -> None:
     """Copy ``src`` into ``dst`` element-wise, in place (across devices and dtypes if needed).
 
-    Example:
+    Examples:
         >>> a, b = [torch.zeros(2)], [torch.ones(2)]
         >>> copy_(a, b); a
         [tensor([1., 1.])]

@@ -45,7 +45,7 @@ _DEFAULTS: dict[str, tuple[type, dict[str, Any]]] = {
 def default_model(dataset: str) -> tuple[type, dict[str, Any]]:
     """The built-in model class for a built-in data set, and the arguments that fit it to the data.
 
-    Example:
+    Examples:
         >>> cls, kwargs = default_model("cifar100")
         >>> cls.__name__, kwargs
         ('LeNetCNN', {'num_classes': 100})

@@ -14,7 +14,7 @@ def lenet_cnn(num_classes: int = 10, in_channels: int = 3, image_size: int = 32)
     With ``in_channels=3, image_size=32`` it is the CIFAR model (``16*5*5`` features); with
     ``in_channels=1, image_size=28`` the same network fits MNIST (``16*4*4``).
 
-    Example:
+    Examples:
         >>> import torch
         >>> lenet_cnn()(torch.zeros(2, 3, 32, 32)).shape, lenet_cnn(in_channels=1, image_size=28)[7].in_features
         (torch.Size([2, 10]), 256)
@@ -35,7 +35,7 @@ def lenet_cnn(num_classes: int = 10, in_channels: int = 3, image_size: int = 32)
 class LeNetCNN(Classifier):
     """:class:`Classifier` around :func:`lenet_cnn`: the built-in model for CIFAR and (1x28x28) MNIST.
 
-    Example:
+    Examples:
         >>> LeNetCNN(num_classes=100).hparams.num_classes
         100
     """
@@ -73,7 +73,7 @@ class BasicBlock(nn.Module):
 def resnet18_cifar(num_classes: int = 10, in_channels: int = 3) -> nn.Sequential:
     """ResNet-18 in its CIFAR form: a 3x3 stride-1 stem without max-pool, stages of 64-128-256-512.
 
-    Example:
+    Examples:
         >>> import torch
         >>> net = resnet18_cifar()
         >>> net(torch.zeros(2, 3, 32, 32)).shape, sum(p.numel() for p in net.parameters())
@@ -93,7 +93,7 @@ def resnet18_cifar(num_classes: int = 10, in_channels: int = 3) -> nn.Sequential
 class ResNet18(Classifier):
     """:class:`Classifier` around :func:`resnet18_cifar` (the paper trains it with ``acceleration=0.5``).
 
-    Example:
+    Examples:
         >>> ResNet18(num_classes=100).hparams.num_classes
         100
     """
@@ -114,7 +114,7 @@ _VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 51
 def vgg16_bn(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.5) -> nn.Sequential:
     """VGG-16 with BatchNorm for 32x32 inputs: 13 conv-BN-ReLU layers, then 512-4096-4096-classes.
 
-    Example:
+    Examples:
         >>> import torch
         >>> net = vgg16_bn()
         >>> net(torch.zeros(2, 3, 32, 32)).shape, sum(isinstance(m, nn.BatchNorm2d) for m in net)
@@ -140,7 +140,7 @@ def vgg16_bn(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.5) 
 class VGG16(Classifier):
     """:class:`Classifier` around :func:`vgg16_bn`.
 
-    Example:
+    Examples:
         >>> VGG16().hparams.dropout
         0.5
     """

@@ -19,7 +19,7 @@ class Classifier(LightningModule):
         momentum: SGD momentum (FedMut's reference code: 0.5).
         weight_decay: SGD weight decay.
 
-    Example:
+    Examples:
         >>> model = Classifier(torch.nn.Linear(4, 3), num_classes=3)
         >>> model(torch.zeros(2, 4)).shape
         torch.Size([2, 3])

@@ -10,7 +10,7 @@ from lightning_fedmut.models.classifier import Classifier
 def digits_cnn(num_classes: int = 10, batch_norm: bool = True, width: int = 16) -> nn.Sequential:
     """Two 3x3 conv blocks (optionally with BatchNorm) and a linear head for ``1x8x8`` inputs.
 
-    Example:
+    Examples:
         >>> import torch
         >>> digits_cnn()(torch.zeros(5, 1, 8, 8)).shape
         torch.Size([5, 10])
@@ -27,7 +27,7 @@ def digits_cnn(num_classes: int = 10, batch_norm: bool = True, width: int = 16) 
 class DigitsCNN(Classifier):
     """:class:`Classifier` around :func:`digits_cnn`, the quickstart's model.
 
-    Example:
+    Examples:
         >>> DigitsCNN(batch_norm=False).hparams.lr
         0.01
     """

@@ -17,7 +17,7 @@ class _AddChannel(nn.Module):
 def mnist1d_cnn(num_classes: int = 10, channels: int = 25, length: int = 40) -> nn.Sequential:
     """Three strided 1-D convolutions and a linear head, the convolutional baseline of MNIST-1D.
 
-    Example:
+    Examples:
         >>> import torch
         >>> mnist1d_cnn()(torch.zeros(5, 40)).shape
         torch.Size([5, 10])
@@ -39,7 +39,7 @@ def mnist1d_cnn(num_classes: int = 10, channels: int = 25, length: int = 40) -> 
 class MNIST1DCNN(Classifier):
     """:class:`Classifier` around :func:`mnist1d_cnn`, the built-in model for ``--data mnist1d``.
 
-    Example:
+    Examples:
         >>> MNIST1DCNN().hparams.channels
         25
     """

@@ -12,7 +12,7 @@ CLIENT_STREAM = 2
 def derive_seed(seed: int, *path: int) -> int:
     """A 32-bit seed for the stream named by ``path``, independent of the others.
 
-    Example:
+    Examples:
         >>> derive_seed(0, 1) == derive_seed(0, 1), derive_seed(0, 1) == derive_seed(0, 2)
         (True, False)
     """

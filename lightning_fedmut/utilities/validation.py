@@ -9,7 +9,7 @@ from typing import Any
 def check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
     """Return ``value`` if it is an int in ``[low, high]``; raise a message naming ``name`` otherwise.
 
-    Example:
+    Examples:
         >>> check_int("rounds", 3, low=1)
         3
         >>> check_int("rounds", 0, low=1)
@@ -32,7 +32,7 @@ def check_real(
 ) -> float:
     """Return ``value`` as a float if it is a finite real in range; raise a message naming ``name`` otherwise.
 
-    Example:
+    Examples:
         >>> check_real("acceleration", 1.0, low=0.0, high=1.0, high_open=True)
         Traceback (most recent call last):
         ...
