@@ -262,6 +262,10 @@ class FederatedLoop:
                 self._working = copy.deepcopy(model, memo={id(trainer): None} if trainer is not None else None)
                 tracking.start_run(self.logger, self._run_config(model))
                 self._call("on_fit_start", model)
+                # a start model can only differ from the (checked) global one if a callback writes it
+                self._start_models_change = any(
+                    type(cb).on_client_fit_start is not FederatedCallback.on_client_fit_start for cb in self.callbacks
+                )
                 self._progress = tqdm(
                     total=self.rounds * self.clients_per_round,
                     initial=start_round * self.clients_per_round,
@@ -313,7 +317,8 @@ class FederatedLoop:
             working_tensors = list(self._working.state_dict().values())
             copy_(working_tensors, global_tensors)
             self._call("on_client_fit_start", model, self._working, client, slot)
-            self._check_start_model(slot)
+            if self._start_models_change:
+                self._check_start_model(slot)
             try:
                 metrics = self._fit_client(client)
                 bad = _first_non_finite(self._working)
@@ -500,6 +505,9 @@ class FederatedLoop:
             raise ValueError(
                 f"Expected `model` to have floating-point parameters to federate; {type(model).__name__} has none."
             )
+        bad_key = _first_non_finite(model)
+        if bad_key is not None:
+            raise ValueError(f"Expected `model` to hold finite weights, got NaN or Inf in {bad_key!r}.")
         if isinstance(clients, Client) or not isinstance(clients, Sequence):
             raise TypeError(f"Expected `clients` to be a list of Client, got {type(clients).__name__}.")
         clients = list(clients)
@@ -605,11 +613,29 @@ def _check_trainer_kwargs(trainer_kwargs: Any) -> dict[str, Any]:
 
 @torch.no_grad()
 def _first_non_finite(module: torch.nn.Module) -> str | None:
-    """The first state key holding NaN or Inf, or ``None``."""
-    for name, tensor in module.state_dict().items():
-        if is_floating(tensor) and not bool(torch.isfinite(tensor).all()):
+    """The first state key holding NaN or Inf, or ``None``.
+
+    One fused test (the max-norm of every floating tensor, which is NaN or Inf exactly when the tensor holds
+    one) answers the common case with a single host sync; the per-tensor scan runs only to name the culprit.
+    """
+    state = module.state_dict()
+    floats = [(k, v) for k, v in state.items() if is_floating(v) and v.numel()]
+    if not floats:
+        return None
+    tensors = [v for _, v in floats]
+    if _same_device_and_dtype(tensors) and not tensors[0].is_complex():
+        norms = torch._foreach_norm(tensors, float("inf"))
+        if bool(torch.stack(norms).isfinite().all()):
+            return None
+    for name, tensor in floats:
+        if not bool(torch.isfinite(tensor).all()):
             return name
     return None
+
+
+def _same_device_and_dtype(tensors: list[torch.Tensor]) -> bool:
+    device, dtype = tensors[0].device, tensors[0].dtype
+    return all(t.device == device and t.dtype == dtype for t in tensors)
 
 
 def _check_global_finite(model: torch.nn.Module, round_index: int) -> None:

@@ -246,6 +246,11 @@ def test_bad_fit_arguments(synthetic):
         loop.fit(NoValidationModule(), clients, val_dataloaders=DataLoader(val))
     with pytest.raises(ValueError, match="floating-point parameters"):
         loop.fit(IntOnly(), clients)
+    nan_model = TinyModule()
+    with torch.no_grad():
+        nan_model.net[2].bias[0] = float("nan")
+    with pytest.raises(ValueError, match=r"`model` to hold finite weights, got NaN or Inf in 'net.2.bias'"):
+        loop.fit(nan_model, clients)
     with pytest.raises(TypeError, match="`model` to be a LightningModule, got Linear"):
         loop.fit(torch.nn.Linear(2, 2), clients)
     with pytest.raises(TypeError, match="`val_dataloaders` to be a DataLoader or a list of DataLoaders, got TensorDataset"):
@@ -264,3 +269,31 @@ def test_bad_clients(synthetic):
         Client(id="c", data=TinyDataModule(train))
     with pytest.raises(TypeError, match="DataLoader or a LightningDataModule, got list"):
         Client(id="d", data=[1, 2])
+
+
+def test_skipping_redundant_metric_moves_changes_nothing(synthetic, monkeypatch):
+    """quiet_lightning() skips Lightning's no-op metric moves; the run must be the same without that."""
+    import contextlib
+
+    from lightning_fedmut.data import partition_iid as iid
+    from lightning_fedmut.models import DigitsCNN  # logs a torchmetrics Metric and a tensor
+    from lightning_fedmut.utilities import trainer as trainer_utils
+
+    del synthetic
+    from lightning_fedmut.datasets import load_digits_split
+
+    train, test = load_digits_split()
+
+    def run():
+        torch.manual_seed(0)
+        model = DigitsCNN()
+        clients = make_clients(train, iid(len(train), 20, seed=0), batch_size=50)
+        result = FederatedLoop(rounds=2, clients_per_round=3, local_epochs=2, seed=0, enable_progress_bar=False).fit(
+            model, clients, val_dataloaders=DataLoader(test, batch_size=500))
+        return state_of(model), result.history, result.client_history
+
+    fast = run()
+    monkeypatch.setattr(trainer_utils, "_skip_redundant_metric_moves", contextlib.nullcontext)
+    plain = run()
+    assert fast[1] == plain[1] and fast[2] == plain[2]
+    assert all(torch.equal(fast[0][k], plain[0][k]) for k in fast[0])
