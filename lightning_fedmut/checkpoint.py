@@ -38,6 +38,17 @@ def save_checkpoint(state: dict[str, Any], directory: str | os.PathLike, keep_la
 
     The file is written to a temporary name in the same directory, flushed to disk, then renamed, so a
     crash during the write never leaves a truncated checkpoint behind.
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     for r in (1, 2, 3):
+        ...         _ = save_checkpoint({"format": "lightning_fedmut", "version": CHECKPOINT_VERSION,
+        ...                              "rounds_done": r}, d, keep_last=2)
+        ...     [p.name for p in list_checkpoints(d)], resolve_checkpoint("last", d).name
+        ...     load_checkpoint(resolve_checkpoint("last", d))["rounds_done"]
+        (['round-00002.ckpt', 'round-00003.ckpt'], 'round-00003.ckpt')
+        3
     """
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)

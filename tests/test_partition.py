@@ -103,3 +103,14 @@ def test_make_clients_batches_and_bad_batch_size():
     assert [len(c.data) for c in clients] == [3, 1]
     with pytest.raises(ValueError, match="`batch_size`.*got 0"):
         make_clients(ds, [[0]], batch_size=0)
+
+
+def test_json_wrapped_train_data_form(tmp_path):
+    path = tmp_path / "wrapped.json"
+    path.write_text(json.dumps({"dataset": "cifar10", "train_data": {"7": [4, 5], "9": [0]}}))
+    loaded = load_partition_json(path)
+    assert list(loaded) == ["7", "9"] and loaded["7"].tolist() == [4, 5] and loaded["9"].tolist() == [0]
+    bad = tmp_path / "list.json"
+    bad.write_text("[[0, 1]]")
+    with pytest.raises(ValueError, match=r"Expected a JSON object \{client_id: \[indices\]\}.*got list"):
+        load_partition_json(bad)

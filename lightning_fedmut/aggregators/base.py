@@ -15,6 +15,28 @@ class Aggregator:
     and :meth:`compute` once; it then copies the returned tensors into the global module in place.
     Subclasses override these three verbs, and :meth:`state_dict` / :meth:`load_state_dict` if they keep
     state across rounds.
+
+    Examples:
+        A coordinate-wise median (robust to a few bad clients); it keeps every client's state, so its
+        memory grows with the number of clients, unlike :class:`~lightning_fedmut.aggregators.FedAvg`:
+
+        >>> import torch
+        >>> class Median(Aggregator):
+        ...     def reset(self):
+        ...         self.states = []
+        ...     def update(self, module, weight):
+        ...         self.states.append({k: v.detach().clone() for k, v in module.state_dict().items()
+        ...                             if v.is_floating_point()})
+        ...     def compute(self):
+        ...         return {k: torch.stack([s[k] for s in self.states]).median(dim=0).values for k in self.states[0]}
+        >>> agg = Median()
+        >>> agg.reset()
+        >>> for w in (1.0, 2.0, 10.0):
+        ...     m = torch.nn.Linear(1, 1)
+        ...     _ = m.weight.data.fill_(w)
+        ...     agg.update(m, weight=1)
+        >>> agg.compute()["weight"]
+        tensor([[2.]])
     """
 
     def setup(self, module: Module) -> None:

@@ -121,7 +121,7 @@ def partition_shards(
 def load_partition_json(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read a ``{client_id: [indices]}`` JSON map, the format of FedMut's reference partitions.
 
-    Keys stay strings, in file order.
+    Keys stay strings, in file order. A map wrapped as ``{"dataset": ..., "train_data": {...}}`` is unwrapped.
 
     Examples:
         >>> import tempfile
@@ -135,13 +135,24 @@ def load_partition_json(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"Expected `path` to be a JSON partition file, got {str(path)!r}: no such file.")
     with open(path) as f:
         data = json.load(f)
+    if isinstance(data, dict) and isinstance(data.get("train_data"), dict):
+        data = data["train_data"]  # the wrapped form {"dataset": ..., "train_data": {client_id: [indices]}}
     if not isinstance(data, dict):
         raise ValueError(f"Expected a JSON object {{client_id: [indices]}} in {str(path)!r}, got {type(data).__name__}.")
     return {str(k): np.asarray(v, dtype=np.int64) for k, v in data.items()}
 
 
 def save_partition_json(partitions: Sequence[Sequence[int]] | Mapping[Any, Sequence[int]], path: str | os.PathLike) -> None:
-    """Write partitions as a ``{client_id: [indices]}`` JSON map (ids are written as strings)."""
+    """Write partitions as a ``{client_id: [indices]}`` JSON map (ids are written as strings).
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     path = os.path.join(d, "parts.json")
+        ...     save_partition_json([[0, 2], [1]], path)
+        ...     open(path).read()
+        '{"0": [0, 2], "1": [1]}'
+    """
     items = partitions.items() if isinstance(partitions, Mapping) else enumerate(partitions)
     with open(path, "w") as f:
         json.dump({str(k): [int(i) for i in v] for k, v in items}, f)
