@@ -296,6 +296,19 @@ def _read_cifar(paths: list[Path], label_key: str) -> tuple[np.ndarray, np.ndarr
     return np.concatenate(images), np.asarray(labels, dtype=np.int64)
 
 
+def _find_or_download(name: str, root: Path, find: Any, download: bool, folder: Path) -> Any:
+    """The files ``find(root, name)`` locates, downloading them first if they are missing and allowed."""
+    files = find(root, name)
+    if files is None:
+        if not download:
+            raise DatasetDownloadError(f"{_VISION[name]['tv']} files not found in {str(folder)!r} and download=False.")
+        _download(name, root)
+        files = find(root, name)
+        if files is None:  # pragma: no cover - torchvision changed its layout
+            raise DatasetDownloadError(f"torchvision did not leave {_VISION[name]['tv']}'s files in {str(root)!r}.")
+    return files
+
+
 def _download(name: str, root: Path) -> None:
     """Download ``name`` into ``root`` with torchvision, as one clear error if that is not possible."""
     spec = _VISION[name]
@@ -335,17 +348,7 @@ def load_mnist_split(
     """
     name = "fashion_mnist" if fashion else "mnist"
     root = Path(root)
-    files = _mnist_files(root, name)
-    if files is None:
-        if not download:
-            raise DatasetDownloadError(
-                f"{_VISION[name]['tv']} files not found in {str(root / _VISION[name]['folder'] / 'raw')!r}"
-                " and download=False."
-            )
-        _download(name, root)
-        files = _mnist_files(root, name)
-        if files is None:  # pragma: no cover - torchvision changed its layout
-            raise DatasetDownloadError(f"torchvision did not leave {_VISION[name]['tv']}'s raw files in {str(root)!r}.")
+    files = _find_or_download(name, root, _mnist_files, download, root / _VISION[name]["folder"] / "raw")
     spec = _VISION[name]
     out = []
     for split in ("train", "test"):
@@ -369,16 +372,7 @@ def load_cifar_split(
     """
     name = "cifar100" if cifar100 else "cifar10"
     root = Path(root)
-    files = _cifar_files(root, name)
-    if files is None:
-        if not download:
-            raise DatasetDownloadError(
-                f"{_VISION[name]['tv']} files not found in {str(root / _VISION[name]['folder'])!r} and download=False."
-            )
-        _download(name, root)
-        files = _cifar_files(root, name)
-        if files is None:  # pragma: no cover - torchvision changed its layout
-            raise DatasetDownloadError(f"torchvision did not leave {_VISION[name]['tv']}'s batches in {str(root)!r}.")
+    files = _find_or_download(name, root, _cifar_files, download, root / _VISION[name]["folder"])
     spec = _VISION[name]
     label_key = "fine_labels" if cifar100 else "labels"
     train, test = (_read_cifar(files[split], label_key) for split in ("train", "test"))
