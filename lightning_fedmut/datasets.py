@@ -18,8 +18,10 @@ import io
 import os
 import pickle
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -296,7 +298,7 @@ def _read_cifar(paths: list[Path], label_key: str) -> tuple[np.ndarray, np.ndarr
     return np.concatenate(images), np.asarray(labels, dtype=np.int64)
 
 
-def _find_or_download(name: str, root: Path, find: Any, download: bool, folder: Path) -> Any:
+def _find_or_download(name: str, root: Path, find: Callable[[Path, str], Any], download: bool, folder: Path) -> Any:
     """The files ``find(root, name)`` locates, downloading them first if they are missing and allowed."""
     files = find(root, name)
     if files is None:
