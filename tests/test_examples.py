@@ -69,7 +69,7 @@ def run_small(path: Path, out: Path, wandb_dir: Path) -> subprocess.CompletedPro
 def small_runs(request, tmp_path_factory):
     """Run the selected examples once, as many at a time as there are usable cores (each uses one thread)."""
     selected = {item.callspec.params["path"] for item in request.session.items
-                if item.module is request.module and "path" in getattr(getattr(item, "callspec", None), "params", {})}
+                if getattr(item, "module", None) is request.module and "path" in getattr(getattr(item, "callspec", None), "params", {})}
     base = tmp_path_factory.mktemp("examples")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=max(1, cores)) as pool:
