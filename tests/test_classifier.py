@@ -1,5 +1,6 @@
 """The built-in Classifier logs the example-weighted epoch mean of its loss and accuracy, computed by hand here."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Trainer
@@ -9,6 +10,7 @@ from lightning_fedmut.datasets import load_digits_split
 from lightning_fedmut.models import DigitsCNN
 
 
+@pytest.mark.filterwarnings("ignore:.*(val_dataloader|many workers|logging interval).*")
 def test_epoch_metrics_equal_a_hand_written_replay():
     train, _ = load_digits_split()
     data = Subset(train, list(range(130)))  # batches of 50, 50, 30: the weighting matters
