@@ -23,14 +23,14 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from lightning_fedmut import checkpoint as ckpt
 from lightning_fedmut import _tracking as tracking
+from lightning_fedmut import checkpoint as ckpt
 from lightning_fedmut.aggregators.base import Aggregator
 from lightning_fedmut.aggregators.fedavg import FedAvg
 from lightning_fedmut.callbacks.base import FederatedCallback
 from lightning_fedmut.data.client import Client
 from lightning_fedmut.exceptions import DivergenceError, NonFiniteWeightsError, RoundFailedError
-from lightning_fedmut.functional.state import copy_, is_floating
+from lightning_fedmut.functional.state import copy_, is_floating, same_device_and_dtype
 from lightning_fedmut.utilities.seed import CLIENT_STREAM, SAMPLING_STREAM, derive_seed
 from lightning_fedmut.utilities.trainer import (
     QUIET_TRAINER_DEFAULTS,
@@ -41,6 +41,8 @@ from lightning_fedmut.utilities.trainer import (
 from lightning_fedmut.utilities.validation import check_int
 
 _ROUND_FAILURE_POLICIES = ("skip", "raise")
+#: Evaluation Trainers are as quiet as client ones but do validate.
+_EVAL_TRAINER_DEFAULTS = {k: v for k, v in QUIET_TRAINER_DEFAULTS.items() if k != "limit_val_batches"}
 
 
 @dataclass
@@ -240,15 +242,15 @@ class FederatedLoop:
         saved = None if resume is None else ckpt.load_checkpoint(resume)
         self._clients = clients
         self._val = val_dataloaders
-        self._model = model
         self._client_index = {id(c): i for i, c in enumerate(clients)}
         self.history, self.client_history, self.failures, self.timings = [], [], [], []
         self.should_stop = False
         self._sampler.manual_seed(derive_seed(self.seed, SAMPLING_STREAM))
         self._last_saved = 0
         start_round = 0
+        self._run_fingerprint = self._fingerprint(model, clients)  # what a checkpoint of this run must match
         if saved is not None:
-            ckpt.compare_fingerprints(saved["fingerprint"], self._fingerprint(model, clients))
+            ckpt.compare_fingerprints(saved["fingerprint"], self._run_fingerprint)
             tracking.prepare_resume(self.logger, saved.get("run_id"))
 
         with quiet_lightning():
@@ -409,8 +411,7 @@ class FederatedLoop:
         return _scalars(trainer.callback_metrics)
 
     def _validate(self, model: LightningModule) -> dict[str, float]:
-        defaults = {k: v for k, v in QUIET_TRAINER_DEFAULTS.items() if k != "limit_val_batches"}
-        trainer = Trainer(**{**defaults, **self.trainer_kwargs})
+        trainer = Trainer(**{**_EVAL_TRAINER_DEFAULTS, **self.trainer_kwargs})
         results = _interruptible(trainer, trainer.validate, model, dataloaders=self._val, verbose=False)
         merged: dict[str, float] = {}
         for d in results:
@@ -433,7 +434,7 @@ class FederatedLoop:
             "format": "lightning_fedmut",
             "version": ckpt.CHECKPOINT_VERSION,
             "rounds_done": rounds_done,
-            "fingerprint": self._fingerprint(model, self._clients),
+            "fingerprint": self._run_fingerprint,
             "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
             "sampler": self._sampler.get_state() if sampler_state is None else sampler_state,
             "aggregator": self.aggregator.state_dict(),
@@ -623,7 +624,7 @@ def _first_non_finite(module: torch.nn.Module) -> str | None:
     if not floats:
         return None
     tensors = [v for _, v in floats]
-    if _same_device_and_dtype(tensors) and not tensors[0].is_complex():
+    if same_device_and_dtype(tensors) and not tensors[0].is_complex():
         norms = torch._foreach_norm(tensors, float("inf"))
         if bool(torch.stack(norms).isfinite().all()):
             return None
@@ -631,11 +632,6 @@ def _first_non_finite(module: torch.nn.Module) -> str | None:
         if not bool(torch.isfinite(tensor).all()):
             return name
     return None
-
-
-def _same_device_and_dtype(tensors: list[torch.Tensor]) -> bool:
-    device, dtype = tensors[0].device, tensors[0].dtype
-    return all(t.device == device and t.dtype == dtype for t in tensors)
 
 
 def _check_global_finite(model: torch.nn.Module, round_index: int) -> None:

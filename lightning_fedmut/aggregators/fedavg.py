@@ -37,6 +37,7 @@ class FedAvg(Aggregator):
         if not isinstance(weighted, bool):
             raise TypeError(f"Expected `weighted` to be a bool, got {weighted!r}.")
         self.weighted = weighted
+        self._keys: set[str] = set()
         self._float_keys: list[str] = []
         self._int_keys: list[str] = []
         self._sums: list[Tensor] = []
@@ -63,7 +64,7 @@ class FedAvg(Aggregator):
         if weight <= 0:
             raise ValueError(f"Expected a client weight > 0, got {weight}.")
         state = module.state_dict()
-        if not self._sums or set(self._float_keys) | set(self._int_keys) != set(state):
+        if not self._sums or state.keys() != self._keys:
             self._allocate(state)
         floats = [state[k] for k in self._float_keys]
         ints = [state[k] for k in self._int_keys]
@@ -87,6 +88,7 @@ class FedAvg(Aggregator):
         return out
 
     def _allocate(self, state: dict[str, Tensor]) -> None:
+        self._keys = set(state)
         self._float_keys = [k for k, v in state.items() if is_floating(v)]
         self._int_keys = [k for k, v in state.items() if not is_floating(v)]
         self._sums = [

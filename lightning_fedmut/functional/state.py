@@ -43,14 +43,24 @@ def floating_keys(
     return [k for k in keys if k in parameter_names]
 
 
-def _groups(dst: Sequence[Tensor], src: Sequence[Tensor]) -> bool:
-    """True when ``dst`` and ``src`` pair up on one device and dtype, so one ``_foreach`` call fits."""
-    if not dst:
+def same_device_and_dtype(tensors: Sequence[Tensor]) -> bool:
+    """Whether all ``tensors`` (at least one) share one device and dtype, so one ``_foreach`` call fits.
+
+    Examples:
+        >>> same_device_and_dtype([torch.zeros(1), torch.ones(2)])
+        True
+        >>> same_device_and_dtype([torch.zeros(1, dtype=torch.float64), torch.zeros(1)])
+        False
+    """
+    if not tensors:
         return False
-    device, dtype = dst[0].device, dst[0].dtype
-    return all(d.device == device and d.dtype == dtype for d in dst) and all(
-        s.device == device and s.dtype == dtype for s in src
-    )
+    device, dtype = tensors[0].device, tensors[0].dtype
+    return all(t.device == device and t.dtype == dtype for t in tensors)
+
+
+def _groups(dst: Sequence[Tensor], src: Sequence[Tensor]) -> bool:
+    """True when ``dst`` and ``src`` pair up on one device and dtype."""
+    return bool(dst) and same_device_and_dtype([*dst, *src])
 
 
 @torch.no_grad()
