@@ -1,42 +1,49 @@
-"""The aggregator interface: a streaming accumulator over client models."""
+"""The aggregator interface: an accumulator over client results that computes the next global state."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 from torch.nn import Module
 
+if TYPE_CHECKING:
+    from lightning_fedmut.tasks import ClientResult
+
 
 class Aggregator:
-    """Accumulates client models one at a time and computes the new global state.
+    """Accumulates client results one at a time and computes the new global state.
 
-    The loop calls :meth:`reset` at the start of a round, :meth:`update` once per client that trained,
-    and :meth:`compute` once; it then copies the returned tensors into the global module in place.
-    Subclasses override these three verbs, and :meth:`state_dict` / :meth:`load_state_dict` if they keep
-    state across rounds.
+    The loop calls :meth:`reset` at the start of a round, :meth:`update` once per client that trained (in
+    slot order) and :meth:`compute` once with the current global state; it then copies the returned tensors
+    into the global module in place. :meth:`merge` folds another accumulator of the same kind, fed with
+    other clients of the same round, into this one: parallel workers each accumulate their own clients
+    and are reduced this way. Subclasses override these verbs, and :meth:`state_dict` /
+    :meth:`load_state_dict` if they keep state across rounds (a server optimizer's moments, say).
 
     Examples:
         A coordinate-wise median (robust to a few bad clients); it keeps every client's state, so its
         memory grows with the number of clients, unlike :class:`~lightning_fedmut.aggregators.FedAvg`:
 
         >>> import torch
+        >>> from types import SimpleNamespace
         >>> class Median(Aggregator):
         ...     def reset(self):
         ...         self.states = []
-        ...     def update(self, module, weight):
-        ...         self.states.append({k: v.detach().clone() for k, v in module.state_dict().items()
+        ...     def update(self, result):
+        ...         self.states.append({k: v.detach().clone() for k, v in result.state.items()
         ...                             if v.is_floating_point()})
-        ...     def compute(self):
+        ...     def merge(self, other):
+        ...         self.states.extend(other.states)
+        ...     def compute(self, global_state):
         ...         return {k: torch.stack([s[k] for s in self.states]).median(dim=0).values for k in self.states[0]}
         >>> agg = Median()
         >>> agg.reset()
         >>> for w in (1.0, 2.0, 10.0):
-        ...     m = torch.nn.Linear(1, 1)
-        ...     _ = m.weight.data.fill_(w)
-        ...     agg.update(m, weight=1)
-        >>> agg.compute()["weight"]
-        tensor([[2.]])
+        ...     agg.update(SimpleNamespace(state={"weight": torch.tensor([w])}, num_examples=1))
+        >>> agg.compute({"weight": torch.tensor([0.0])})["weight"]
+        tensor([2.])
     """
 
     def setup(self, module: Module) -> None:
@@ -46,12 +53,20 @@ class Aggregator:
         """Forget the clients of the previous round."""
         raise NotImplementedError
 
-    def update(self, module: Module, weight: float) -> None:
-        """Add one client's trained ``module`` with ``weight`` (its number of examples)."""
+    def update(self, result: ClientResult) -> None:
+        """Add one client's :class:`~lightning_fedmut.tasks.ClientResult` (its ``state``, ``num_examples``
+        and ``payload``)."""
         raise NotImplementedError
 
-    def compute(self) -> dict[str, Tensor]:
-        """The aggregated state, keyed like the module's ``state_dict``; may be a subset of its keys."""
+    def merge(self, other: Aggregator) -> None:
+        """Fold ``other`` (same kind and settings, fed with other clients of this round) into this accumulator."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement merge(), which parallel workers need.")
+
+    def compute(self, global_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The new global state, keyed like the module's ``state_dict`` (may be a subset of its keys).
+
+        ``global_state`` is the global model before this round's update (server optimizers step from it).
+        """
         raise NotImplementedError
 
     @property

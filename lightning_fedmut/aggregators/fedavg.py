@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from torch.nn import Module
 
 from lightning_fedmut.aggregators.base import Aggregator
 from lightning_fedmut.functional.aggregation import accumulate_, finalize_mean_, integer_max_
-from lightning_fedmut.functional.state import is_floating
+from lightning_fedmut.functional.state import copy_, is_floating
+
+if TYPE_CHECKING:
+    from lightning_fedmut.tasks import ClientResult
 
 
 class FedAvg(Aggregator):
@@ -21,16 +24,29 @@ class FedAvg(Aggregator):
     kept in at least float32. Integer state (e.g. BatchNorm's ``num_batches_tracked``) is never averaged:
     it takes the element-wise maximum over clients and keeps its dtype.
 
+    Partial accumulators :meth:`merge` by adding their sums and weights (and taking the maximum of the
+    integer state). Floating-point addition is not associative, so a merge is bit-for-bit equal to one
+    accumulator fed with every client exactly when it adds the same sums in the same order; otherwise the
+    two differ by rounding (a few units in the last place).
+
     Args:
         weighted: weight each client by its number of examples.
 
     Examples:
-        >>> a, b = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
-        >>> _ = a.weight.data.fill_(1.0), b.weight.data.fill_(4.0)
+        >>> from types import SimpleNamespace
+        >>> def result(w, n):
+        ...     return SimpleNamespace(state={"weight": torch.tensor([w])}, num_examples=n)
         >>> agg = FedAvg(weighted=True)
-        >>> agg.reset(); agg.update(a, 2); agg.update(b, 1)
-        >>> agg.compute()["weight"]
-        tensor([[2.]])
+        >>> agg.reset(); agg.update(result(1.0, 2)); agg.update(result(4.0, 1))
+        >>> agg.compute({"weight": torch.tensor([0.0])})["weight"]
+        tensor([2.])
+
+        Two partial accumulators, merged:
+
+        >>> a, b = FedAvg(weighted=True), FedAvg(weighted=True)
+        >>> a.reset(); b.reset(); a.update(result(1.0, 2)); b.update(result(4.0, 1))
+        >>> a.merge(b); a.num_updates, a.compute({"weight": torch.tensor([0.0])})["weight"]
+        (2, tensor([2.]))
     """
 
     def __init__(self, weighted: bool = True) -> None:
@@ -51,19 +67,24 @@ class FedAvg(Aggregator):
 
     @property
     def num_updates(self) -> int:
-        """Clients accumulated since the last :meth:`reset`."""
+        """Clients accumulated since the last :meth:`reset` (merged accumulators included)."""
         return self._count
+
+    @property
+    def total_weight(self) -> float:
+        """The sum of the accumulated clients' weights."""
+        return self._total
 
     def reset(self) -> None:
         self._total = 0.0
         self._count = 0
 
     @torch.no_grad()
-    def update(self, module: Module, weight: float) -> None:
-        weight = float(weight) if self.weighted else 1.0
+    def update(self, result: ClientResult) -> None:
+        weight = float(result.num_examples) if self.weighted else 1.0
         if weight <= 0:
             raise ValueError(f"Expected a client weight > 0, got {weight}.")
-        state = module.state_dict()
+        state = result.state
         if not self._sums or state.keys() != self._keys:
             self._allocate(state)
         floats = [state[k] for k in self._float_keys]
@@ -79,7 +100,33 @@ class FedAvg(Aggregator):
         self._total += weight
         self._count += 1
 
-    def compute(self) -> dict[str, Tensor]:
+    @torch.no_grad()
+    def merge(self, other: Aggregator) -> None:
+        if not isinstance(other, FedAvg) or other.weighted != self.weighted:
+            raise TypeError(
+                f"Expected to merge a FedAvg(weighted={self.weighted}), got {type(other).__name__}"
+                f"{'(weighted=' + str(other.weighted) + ')' if isinstance(other, FedAvg) else ''}."
+            )
+        if other._count == 0:
+            return
+        if self._count == 0:
+            if not self._sums or self._keys != other._keys:
+                self._keys, self._float_keys, self._int_keys = set(other._keys), list(other._float_keys), list(
+                    other._int_keys)
+                self._sums = [s.clone() for s in other._sums]
+                self._ints = [t.clone() for t in other._ints]
+            else:
+                copy_(self._sums, other._sums)
+                copy_(self._ints, other._ints)
+        else:
+            if other._float_keys != self._float_keys or other._int_keys != self._int_keys:
+                raise ValueError("Cannot merge FedAvg accumulators of models with other state keys.")
+            accumulate_(self._sums, other._sums, 1.0)
+            integer_max_(self._ints, other._ints)
+        self._total += other._total
+        self._count += other._count
+
+    def compute(self, global_state: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
         if self._count == 0:
             raise RuntimeError("FedAvg.compute() called before any update(): no client has been aggregated.")
         finalize_mean_(self._sums, self._total)
@@ -87,7 +134,7 @@ class FedAvg(Aggregator):
         out.update(zip(self._int_keys, self._ints))
         return out
 
-    def _allocate(self, state: dict[str, Tensor]) -> None:
+    def _allocate(self, state: Mapping[str, Tensor]) -> None:
         self._keys = set(state)
         self._float_keys = [k for k, v in state.items() if is_floating(v)]
         self._int_keys = [k for k, v in state.items() if not is_floating(v)]

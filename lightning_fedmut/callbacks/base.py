@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from torch.nn import Module
-
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule
 
     from lightning_fedmut.aggregators.base import Aggregator
-    from lightning_fedmut.data.client import Client
     from lightning_fedmut.loop import FederatedLoop
+    from lightning_fedmut.tasks import ClientResult, ClientTask
 
 
 class FederatedCallback:
@@ -19,17 +17,26 @@ class FederatedCallback:
 
     Hooks receive the :class:`~lightning_fedmut.FederatedLoop` and the *global* module first, as
     Lightning's hooks receive the ``Trainer`` and the ``LightningModule``. The round in progress is
-    ``loop.round`` (0-based). Order within a round::
+    ``loop.round`` (0-based). Hooks about one client receive its
+    :class:`~lightning_fedmut.tasks.ClientTask` or :class:`~lightning_fedmut.tasks.ClientResult`, so they
+    work wherever the client trains. The order (the documentation's call-order tree is printed by a real
+    run)::
 
-        on_round_start
-        for each sampled client:
-            on_client_fit_start   (working module holds the global weights; change them in place)
-            ... client Trainer.fit ...
-            on_client_fit_end     (or on_client_fit_failure: the client is left out of the aggregate)
-        on_before_aggregate   (skipped, with on_after_aggregate, when too few clients succeeded)
-        on_after_aggregate        (global module holds the new global weights)
-        on_validation_start / on_validation_end   (every ``evaluate_every`` rounds)
-        on_round_end              (may set ``loop.should_stop = True``)
+        setup
+        on_fit_start
+        for each round:
+            on_round_start
+            for each sampled client:
+                on_client_fit_start(task)     task.start_state holds the client's start model: change it in
+                                              place (FedMut); add Lightning callbacks to task.callbacks
+                ... client Trainer.fit ...
+                on_client_fit_end(result)     or on_client_fit_failure(result): not aggregated
+            on_before_aggregate               (skipped, with on_after_aggregate, when too few clients succeeded)
+            on_after_aggregate                module holds the new global weights
+            on_validation_start / on_validation_end   (every ``evaluate_every`` rounds)
+            on_round_end                      may set ``loop.should_stop = True``
+        on_fit_end
+        teardown                              also after an exception, which first calls on_exception
 
     Examples:
         >>> class CountRounds(FederatedCallback):
@@ -68,25 +75,24 @@ class FederatedCallback:
     def on_round_end(self, loop: FederatedLoop, module: LightningModule) -> None:
         """Called at the end of a round, after evaluation and logging."""
 
-    def on_client_fit_start(
-        self, loop: FederatedLoop, module: LightningModule, client_module: Module, client: Client, slot: int
-    ) -> None:
-        """Called before a client trains; ``client_module`` holds the global weights and may be changed in place.
+    def on_client_fit_start(self, loop: FederatedLoop, module: LightningModule, task: ClientTask) -> None:
+        """Called just before a client trains, where it trains.
 
-        ``slot`` is the client's position among this round's sampled clients.
+        ``task.start_state`` holds the client model's own tensors, loaded with the global weights: change
+        them in place to give the client another start model. Append Lightning callbacks to
+        ``task.callbacks`` to add them to this client's Trainer, and server data to ``task.payload``.
         """
 
-    def on_client_fit_end(
-        self, loop: FederatedLoop, module: LightningModule, client_module: Module, client: Client, slot: int
-    ) -> None:
-        """Called after a client trained; ``client_module`` holds its trained weights."""
+    def on_client_fit_end(self, loop: FederatedLoop, module: LightningModule, result: ClientResult) -> None:
+        """Called after a client trained, before the aggregator sees it; ``result.state`` holds its weights.
 
-    def on_client_fit_failure(
-        self, loop: FederatedLoop, module: LightningModule, client: Client, slot: int, exception: BaseException
-    ) -> None:
+        Fill ``result.payload`` for the aggregator and ``result.client_state`` for the client's next task.
+        """
+
+    def on_client_fit_failure(self, loop: FederatedLoop, module: LightningModule, result: ClientResult) -> None:
         """Called instead of ``on_client_fit_end`` when a client's training raised or returned non-finite weights.
 
-        The client is not aggregated; the round goes on with the others.
+        ``result.error`` is the exception. The client is not aggregated; the round goes on with the others.
         """
 
     def on_before_aggregate(self, loop: FederatedLoop, module: LightningModule, aggregator: Aggregator) -> None:
@@ -103,6 +109,10 @@ class FederatedCallback:
 
     def on_exception(self, loop: FederatedLoop, module: LightningModule, exception: BaseException) -> None:
         """Called when ``fit`` is interrupted by an exception."""
+
+    def divergence_hint(self, loop: FederatedLoop) -> str | None:
+        """A likely cause of divergence this callback knows of, for the loop's error messages (or ``None``)."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         """The callback's state to save in a federated checkpoint."""

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from torch.nn import Module
 
 from lightning_fedmut.callbacks.base import FederatedCallback
 from lightning_fedmut.functional.mutation import acceleration_at, global_delta_, mutate_, mutation_coefficients
@@ -20,8 +19,8 @@ if TYPE_CHECKING:
     from lightning.pytorch import LightningModule
 
     from lightning_fedmut.aggregators.base import Aggregator
-    from lightning_fedmut.data.client import Client
     from lightning_fedmut.loop import FederatedLoop
+    from lightning_fedmut.tasks import ClientTask
 
 
 class MutationCallback(FederatedCallback):
@@ -109,13 +108,11 @@ class MutationCallback(FederatedCallback):
     def teardown(self, loop: FederatedLoop, module: LightningModule, stage: str) -> None:
         self._delta = []  # release the model-sized buffer; the coefficient table stays for inspection
 
-    def on_client_fit_start(
-        self, loop: FederatedLoop, module: LightningModule, client_module: Module, client: Client, slot: int
-    ) -> None:
+    def on_client_fit_start(self, loop: FederatedLoop, module: LightningModule, task: ClientTask) -> None:
         if self._coefficients is None:
             return
-        state = client_module.state_dict()
-        mutate_([state[k] for k in self._keys], self._delta, self._coefficients[:, slot].tolist(), self.radius)
+        state = task.start_state
+        mutate_([state[k] for k in self._keys], self._delta, self._coefficients[:, task.slot].tolist(), self.radius)
 
     def on_before_aggregate(self, loop: FederatedLoop, module: LightningModule, aggregator: Aggregator) -> None:
         # every client has trained: the buffer may now hold w_glb(t-1) instead of the last delta
@@ -139,6 +136,11 @@ class MutationCallback(FederatedCallback):
                 "fedmut/delta_norm": math.sqrt(float(squared.sum())),
                 "fedmut/start_model_distance": float(distances.mean()),
             }
+        )
+
+    def divergence_hint(self, loop: FederatedLoop) -> str | None:
+        return (
+            f"a mutation radius too large for this learning rate (radius={self.radius:g}; try a smaller `radius`)"
         )
 
     def state_dict(self) -> dict[str, Any]:

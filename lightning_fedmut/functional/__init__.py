@@ -11,13 +11,14 @@ from lightning_fedmut.functional.mutation import (
     mutate_,
     mutation_coefficients,
 )
-from lightning_fedmut.functional.state import copy_, floating_keys, is_floating
+from lightning_fedmut.functional.state import copy_, first_non_finite, floating_keys, is_floating
 
 __all__ = [
     "acceleration_at",
     "accumulate_",
     "copy_",
     "finalize_mean_",
+    "first_non_finite",
     "floating_keys",
     "global_delta_",
     "integer_max_",

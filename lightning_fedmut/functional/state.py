@@ -77,3 +77,30 @@ def copy_(dst: Sequence[Tensor], src: Sequence[Tensor]) -> None:
         return
     for d, s in zip(dst, src):
         d.copy_(s)
+
+
+@torch.no_grad()
+def first_non_finite(state: Mapping[str, Tensor]) -> str | None:
+    """The first key of ``state`` whose floating tensor holds NaN or Inf, or ``None``.
+
+    One fused test (the max-norm of every floating tensor, which is NaN or Inf exactly when the tensor holds
+    one) answers the common case with a single host sync; the per-tensor scan runs only to name the culprit.
+
+    Examples:
+        >>> first_non_finite({"a": torch.ones(2), "b": torch.tensor([1.0, float("nan")]), "n": torch.tensor(3)})
+        'b'
+        >>> first_non_finite({"a": torch.ones(2)}) is None
+        True
+    """
+    floats = [(k, v) for k, v in state.items() if is_floating(v) and v.numel()]
+    if not floats:
+        return None
+    tensors = [v for _, v in floats]
+    if same_device_and_dtype(tensors) and not tensors[0].is_complex():
+        norms = torch._foreach_norm(tensors, float("inf"))
+        if bool(torch.stack(norms).isfinite().all()):
+            return None
+    for name, tensor in floats:
+        if not bool(torch.isfinite(tensor).all()):
+            return name
+    return None

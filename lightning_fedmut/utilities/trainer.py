@@ -45,14 +45,15 @@ def trainer_parameters() -> set[str]:
 
 
 @contextmanager
-def quiet_lightning() -> Iterator[None]:
+def quiet_lightning(entry_point_cache: dict[str, list[Any]] | None = None) -> Iterator[None]:
     """Silence the console chatter of per-client Trainers and cache the entry-point scan of their ``__init__``.
 
     Lightning logs device banners and tips at INFO level and warns about worker counts and logging
     intervals for every Trainer; with one Trainer per client per round that drowns the console. Inside
     this context those messages are dropped; warnings about the user's own code still show. Building a
     Trainer also scans every installed package's entry points for external callbacks (most of its
-    construction time); the scan result cannot change during a run, so it is done once here. Every
+    construction time); the scan result cannot change during a run, so it is kept in ``entry_point_cache``
+    (a dict the caller owns and passes again for the next Trainer; without one, each context scans once). Every
     ``self.log`` also moves Lightning's result metric to the device it is already on, rebuilding its
     metadata each time (about 10% of a small client's step); here that move is skipped when nothing would move.
     """
@@ -61,7 +62,7 @@ def quiet_lightning() -> Iterator[None]:
     for lg in loggers:
         lg.setLevel(logging.WARNING)
     try:
-        with warnings.catch_warnings(), _cached_external_callbacks(), _skip_redundant_metric_moves():
+        with warnings.catch_warnings(), _cached_external_callbacks(entry_point_cache), _skip_redundant_metric_moves():
             for pattern in _QUIET_WARNINGS:
                 warnings.filterwarnings("ignore", message=pattern)
             yield
@@ -70,18 +71,40 @@ def quiet_lightning() -> Iterator[None]:
             lg.setLevel(level)
 
 
+#: What the two patches replace; ``tests/test_lightning_patches.py`` fails when a Lightning release moves them.
+PATCH_TARGETS = (
+    ("lightning.pytorch.trainer.connectors.callback_connector", "_load_external_callbacks"),
+    ("lightning.pytorch.trainer.connectors.logger_connector.result", "_ResultMetric.to"),
+)
+_warned_missing: set[str] = set()
+
+
+def _missing_target(what: str) -> None:
+    """Warn once that a patch target is gone: the run is correct but slower, never silently so."""
+    if what not in _warned_missing:
+        _warned_missing.add(what)
+        warnings.warn(
+            f"lightning_fedmut could not find Lightning's `{what}` to speed up client Trainers; this Lightning"
+            " release moved it. Runs stay correct but each client Trainer is slower.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
 @contextmanager
-def _cached_external_callbacks() -> Iterator[None]:
+def _cached_external_callbacks(cache: dict[str, list[Any]] | None = None) -> Iterator[None]:
     try:
         from lightning.pytorch.trainer.connectors import callback_connector
     except ImportError:  # pragma: no cover - layout of another Lightning release
+        _missing_target("callback_connector._load_external_callbacks")
         yield
         return
     original = getattr(callback_connector, "_load_external_callbacks", None)
     if original is None:  # pragma: no cover
+        _missing_target("callback_connector._load_external_callbacks")
         yield
         return
-    factories: dict[str, list[Any]] = {}
+    factories: dict[str, list[Any]] = {} if cache is None else cache
 
     def load_external_callbacks(group: str) -> list[Any]:
         if group not in factories:
@@ -104,10 +127,15 @@ def _skip_redundant_metric_moves() -> Iterator[None]:
     try:
         from lightning.pytorch.trainer.connectors.logger_connector.result import _ResultMetric
     except ImportError:  # pragma: no cover - layout of another Lightning release
+        _missing_target("_ResultMetric.to")
         yield
         return
-    original = getattr(_ResultMetric, "to", None)
-    if original is None or getattr(original, "_lightning_fedmut", False):  # pragma: no cover
+    original = _ResultMetric.__dict__.get("to")
+    if original is None:  # pragma: no cover
+        _missing_target("_ResultMetric.to")
+        yield
+        return
+    if getattr(original, "_lightning_fedmut", False):  # already patched by an enclosing context
         yield
         return
 

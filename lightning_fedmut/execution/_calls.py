@@ -1,0 +1,49 @@
+"""Calling a short-lived Trainer: Ctrl+C handed back to the caller, and metrics as plain floats."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+import torch
+from lightning.pytorch import Trainer
+
+
+def interruptible(trainer: Trainer, method: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call ``trainer.fit``/``validate`` and turn Lightning's handling of Ctrl+C back into ``KeyboardInterrupt``.
+
+    Lightning answers Ctrl+C inside ``fit`` with ``sys.exit(1)`` and ignores SIGINT from then on; the loop
+    needs the interrupt itself (to checkpoint and stop) and the user's SIGINT handler back.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        out = method(*args, **kwargs)
+    except SystemExit:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if handler is not None and signal.getsignal(signal.SIGINT) is not handler:
+            signal.signal(signal.SIGINT, handler)
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+    return out
+
+
+def scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    """The scalar entries of ``metrics`` as floats.
+
+    Examples:
+        >>> scalars({"loss": torch.tensor(0.5), "vec": torch.zeros(2), "n": 3})
+        {'loss': 0.5, 'n': 3.0}
+    """
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, torch.Tensor):
+            if v.numel() == 1:
+                out[k] = float(v)
+        elif isinstance(v, (int, float)):
+            out[k] = float(v)
+    return out

@@ -1,0 +1,74 @@
+"""The executor interface: client tasks in, client results out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule
+
+from lightning_fedmut.tasks import ClientResult, ClientTask
+from lightning_fedmut.utilities.trainer import QUIET_TRAINER_DEFAULTS
+
+__all__ = ["ClientExecutor", "ClientTraining"]
+
+
+@dataclass(frozen=True)
+class ClientTraining:
+    """How every client trains, from the loop's arguments: local epochs or steps and the Trainer arguments.
+
+    Examples:
+        >>> plan = ClientTraining(local_epochs=5, trainer_kwargs={"gradient_clip_val": 1.0})
+        >>> kwargs = plan.trainer_kwargs_for([])
+        >>> kwargs["max_epochs"], kwargs["gradient_clip_val"], kwargs["logger"]
+        (5, 1.0, False)
+    """
+
+    local_epochs: int = 1
+    local_steps: int | None = None
+    trainer_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def trainer_kwargs_for(self, extra_callbacks: list[Callback]) -> dict[str, Any]:
+        """Arguments of one client's ``Trainer``: quiet defaults, the user's, the length, and the task's callbacks."""
+        kwargs = {**QUIET_TRAINER_DEFAULTS, **self.trainer_kwargs}
+        if self.local_steps is not None:
+            kwargs.update(max_steps=self.local_steps, max_epochs=-1)
+        else:
+            kwargs.update(max_epochs=self.local_epochs)
+        if extra_callbacks:
+            user = kwargs.get("callbacks") or []
+            kwargs["callbacks"] = [*([user] if isinstance(user, Callback) else user), *extra_callbacks]
+        return kwargs
+
+
+class ClientExecutor:
+    """Turns a round's :class:`~lightning_fedmut.tasks.ClientTask` objects into results.
+
+    The loop calls :meth:`setup` once per ``fit`` (after any checkpoint is restored), :meth:`run` once per
+    round and :meth:`teardown` at the end, also after an exception. It hands over nothing but tasks and
+    takes back nothing but :class:`~lightning_fedmut.tasks.ClientResult` objects, so an executor may train
+    clients wherever it likes. ``run`` must call ``on_task_start(task)`` just before a client trains, with
+    ``task.start_state`` holding the client model's own tensors (FedMut writes its start model there), and
+    should yield each result as soon as it is ready: the loop aggregates it before asking for the next one.
+    A client that fails is a result with ``error`` set, never an exception out of ``run``; exceptions raised
+    by ``on_task_start`` and ``KeyboardInterrupt`` propagate.
+
+    Examples:
+        >>> ClientExecutor().run([], on_task_start=print)
+        Traceback (most recent call last):
+        ...
+        NotImplementedError
+    """
+
+    def setup(self, module: LightningModule, training: ClientTraining) -> None:
+        """Called once per ``fit`` with the global module and how clients train."""
+
+    def run(
+        self, tasks: Iterable[ClientTask], on_task_start: Callable[[ClientTask], None]
+    ) -> Iterator[ClientResult]:
+        """Train every task's client; yield one result per task, in task order."""
+        raise NotImplementedError
+
+    def teardown(self) -> None:
+        """Called when ``fit`` ends, also after an exception; release what ``setup`` made."""
