@@ -1,17 +1,83 @@
-"""Federated checkpoints: one file per saved round, written atomically, the last ``k`` kept."""
+"""Federated checkpoints: one checksummed file per saved round, written atomically, the last ``k`` kept.
+
+A checkpoint is data, never code. Its file is a short text header followed by a body::
+
+    lightning_fedmut checkpoint\\n
+    sha256 <64 hex digits> bytes <n>\\n
+    <body: n bytes>
+
+and the body (checkpoint version 2) is ``version 2\\n`` followed by the run's state as written by
+``torch.save``. Loading checks the header, the length of the body (a truncated file says so) and its
+SHA-256 (any flipped byte after the first line is detected) before anything is unpickled, then reads the
+state with ``torch.load(..., weights_only=True)`` only: tensors, numbers, strings, booleans, ``None``,
+lists, tuples and dicts, never an arbitrary pickled object, so a file that carries one is refused
+without running it. :func:`save_checkpoint` refuses such a state before writing it, naming the entry.
+
+A file is written to ``.tmp-<pid>@<host>-<random>.ckpt`` in the same folder, flushed, renamed into place
+and the folder synced, so a crash during the write never leaves a truncated ``round-NNNNN.ckpt``; the
+temporary file a killed writer leaves behind is removed at the next save or resume (at once when its
+process is gone, after an hour when it cannot tell). When the newest checkpoint is truncated or corrupt
+all the same (a disk that filled up, a copy that broke off), :func:`load_resume_checkpoint` falls back to
+the previous one with a warning that names both files.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import logging
 import os
+import pickle
 import re
+import socket
 import tempfile
+import time
+import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-CHECKPOINT_VERSION = 1
+from lightning_fedmut.utilities.validation import check_int
+
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "CorruptCheckpointError",
+    "UnsafeCheckpointError",
+    "checkpoint_name",
+    "compare_fingerprints",
+    "list_checkpoints",
+    "load_checkpoint",
+    "load_resume_checkpoint",
+    "remove_orphaned_temporaries",
+    "resolve_checkpoint",
+    "save_checkpoint",
+]
+
+CHECKPOINT_VERSION = 2
 _NAME = re.compile(r"^round-(\d+)\.ckpt$")
+_TMP = re.compile(r"^\.tmp-.*\.ckpt$")
+_TMP_OWNER = re.compile(r"^\.tmp-(\d+)@([A-Za-z0-9._]*)-[^@]*\.ckpt$")
+_STALE_AFTER_S = 3600.0  # a temporary file nobody wrote to for this long is an orphan, whoever made it
+_MAGIC = b"lightning_fedmut checkpoint\n"
+_FRAME = re.compile(rb"sha256 ([0-9a-f]{64}) bytes (\d{1,20})")
+_VERSION = re.compile(rb"version (\d{1,9})")
+_LEAVES = frozenset(
+    {bool, int, float, complex, str, bytes, type(None), torch.Tensor, torch.nn.Parameter, torch.Size, torch.dtype,
+     torch.device}
+)
+_KINDS = "tensors, numbers, strings, booleans, None, lists, tuples and dicts"
+
+log = logging.getLogger("lightning_fedmut")
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file is truncated or its bytes changed after it was written."""
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint file holds a pickled object besides plain data; it is refused without being unpickled."""
 
 
 def checkpoint_name(rounds_done: int) -> str:
@@ -25,19 +91,59 @@ def checkpoint_name(rounds_done: int) -> str:
 
 
 def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
-    """Checkpoints in ``directory``, oldest first (by completed rounds)."""
+    """Checkpoints in ``directory``, oldest first (by completed rounds); orphaned temporary files are removed."""
     d = Path(directory)
     if not d.is_dir():
         return []
+    remove_orphaned_temporaries(d)
     found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name))]
     return [p for _, p in sorted(found)]
+
+
+def remove_orphaned_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the ``.tmp-*.ckpt`` files that an interrupted write left in ``directory``; return them.
+
+    A temporary file is an orphan when the process named in it is gone (or is this one: a save here is
+    never in flight while this runs), or when nothing wrote to it for an hour (another machine's, or an
+    older name). A file another live process is writing right now is left alone.
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     orphan = Path(d, f".tmp-{os.getpid()}@{_host()}-abcd1234.ckpt")
+        ...     _ = orphan.write_bytes(b"half a checkpoint")
+        ...     [p.name == orphan.name for p in remove_orphaned_temporaries(d)], orphan.exists()
+        ([True], False)
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    removed = []
+    now = time.time()
+    for p in d.iterdir():
+        if not _TMP.match(p.name):
+            continue
+        try:
+            if not p.is_file():
+                continue
+            idle = now - p.stat().st_mtime
+        except OSError:  # removed meanwhile
+            continue
+        if idle >= _STALE_AFTER_S or _writer_is_gone(p.name):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    if removed:
+        log.info(f"Removed {len(removed)} temporary file(s) left by an interrupted checkpoint write in {str(d)!r}.")
+    return removed
 
 
 def save_checkpoint(state: dict[str, Any], directory: str | os.PathLike, keep_last: int) -> Path:
     """Write ``state`` to ``directory/round-NNNNN.ckpt`` atomically and delete all but the ``keep_last`` newest.
 
-    The file is written to a temporary name in the same directory, flushed to disk, then renamed, so a
-    crash during the write never leaves a truncated checkpoint behind.
+    ``state`` must hold ``rounds_done`` and only tensors, numbers, strings, booleans, ``None``, lists, tuples
+    and dicts; anything else raises a ``TypeError`` naming the entry, before a byte is written. The file is
+    written to a temporary name in the same directory, flushed to disk, then renamed, so a crash during the
+    write never leaves a truncated checkpoint behind.
 
     Examples:
         >>> import tempfile
@@ -50,13 +156,26 @@ def save_checkpoint(state: dict[str, Any], directory: str | os.PathLike, keep_la
         (['round-00002.ckpt', 'round-00003.ckpt'], 'round-00003.ckpt')
         3
     """
+    keep_last = check_int("keep_last", keep_last, low=1)
+    if not isinstance(state, dict) or "rounds_done" not in state:
+        raise ValueError("Expected `state` to be a dict holding `rounds_done`, got " + _short(state) + ".")
+    rounds_done = check_int("state['rounds_done']", state["rounds_done"], low=0)
+    _check_plain(state)
+    buffer = io.BytesIO()
+    buffer.write(b"version %d\n" % CHECKPOINT_VERSION)
+    torch.save(state, buffer)
+    body = buffer.getbuffer()
+    header = _MAGIC + b"sha256 %s bytes %d\n" % (hashlib.sha256(body).hexdigest().encode(), len(body))
+
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    path = d / checkpoint_name(int(state["rounds_done"]))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".ckpt")
+    remove_orphaned_temporaries(d)
+    path = d / checkpoint_name(rounds_done)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".tmp-{os.getpid()}@{_host()}-", suffix=".ckpt")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            f.write(header)
+            f.write(body)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -64,22 +183,33 @@ def save_checkpoint(state: dict[str, Any], directory: str | os.PathLike, keep_la
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    finally:
+        body.release()
+    _sync_directory(d)
     for old in list_checkpoints(d)[:-keep_last]:
         old.unlink(missing_ok=True)
     return path
 
 
-def resolve_checkpoint(ckpt_path: str | os.PathLike, directory: str | os.PathLike | None) -> Path:
-    """Turn ``ckpt_path`` (a file, or ``"last"`` for the newest in ``directory``) into an existing path."""
+def resolve_checkpoint(ckpt_path: str | os.PathLike, directory: str | os.PathLike | None) -> Path | None:
+    """Turn ``ckpt_path`` (a file, or ``"last"`` for the newest in ``directory``) into an existing path.
+
+    ``"last"`` with no checkpoint in ``directory`` yet (a first launch) returns ``None`` and logs that the
+    run starts fresh; a missing file raises ``FileNotFoundError``.
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     resolve_checkpoint("last", d) is None
+        True
+    """
     if str(ckpt_path) == "last":
         if directory is None:
             raise ValueError("`ckpt_path='last'` needs the loop's `checkpoint_dir`; pass a file path instead.")
         found = list_checkpoints(directory)
         if not found:
-            raise FileNotFoundError(
-                f"`ckpt_path='last'` found no checkpoint in `checkpoint_dir`={str(directory)!r}."
-                " Start without `ckpt_path`, or pass the file to resume from."
-            )
+            log.info(f"`ckpt_path='last'` found no checkpoint in `checkpoint_dir`={str(directory)!r}: starting fresh.")
+            return None
         return found[-1]
     path = Path(ckpt_path)
     if not path.is_file():
@@ -87,18 +217,85 @@ def resolve_checkpoint(ckpt_path: str | os.PathLike, directory: str | os.PathLik
     return path
 
 
+def load_resume_checkpoint(
+    ckpt_path: str | os.PathLike, directory: str | os.PathLike | None
+) -> tuple[Path, dict[str, Any]] | None:
+    """Resolve and load the checkpoint to resume from: ``(path, state)``, or ``None`` to start fresh.
+
+    With ``ckpt_path="last"``, a newest checkpoint that is truncated or corrupt is skipped with a warning
+    naming it and the previous one, which is loaded instead; ``None`` means there is no checkpoint yet. An
+    explicit file that is truncated or corrupt raises :class:`CorruptCheckpointError`.
+
+    Examples:
+        >>> import tempfile, warnings
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     for r in (1, 2):
+        ...         newest = save_checkpoint({"rounds_done": r}, d, keep_last=2)
+        ...     _ = newest.write_bytes(newest.read_bytes()[:-10])  # the newest breaks off
+        ...     with warnings.catch_warnings(record=True) as caught:
+        ...         warnings.simplefilter("always")
+        ...         path, state = load_resume_checkpoint("last", d)
+        ...     path.name, state["rounds_done"], "truncated" in str(caught[0].message)
+        ('round-00001.ckpt', 1, True)
+    """
+    if str(ckpt_path) != "last":
+        path = resolve_checkpoint(ckpt_path, directory)
+        assert path is not None
+        return path, load_checkpoint(path)
+    if resolve_checkpoint("last", directory) is None:
+        return None
+    candidates = list_checkpoints(directory)[::-1]  # type: ignore[arg-type]
+    errors: list[CorruptCheckpointError] = []
+    for i, path in enumerate(candidates):
+        try:
+            return path, load_checkpoint(path)
+        except CorruptCheckpointError as exc:
+            errors.append(exc)
+            if i + 1 < len(candidates):
+                warnings.warn(f"{exc} Resuming from the previous checkpoint, {str(candidates[i + 1])!r}, instead.",
+                              UserWarning, stacklevel=2)
+    raise CorruptCheckpointError(
+        f"Cannot resume from `checkpoint_dir`={str(directory)!r}: every checkpoint in it is truncated or corrupt.\n  "
+        + "\n  ".join(str(e) for e in errors)
+        + "\nStart the run afresh without `ckpt_path`, or pass a good checkpoint file."
+    )
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a federated checkpoint written by :func:`save_checkpoint`."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or state.get("format") != "lightning_fedmut":
-        raise ValueError(f"{str(path)!r} is not a lightning_fedmut federated checkpoint.")
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{str(path)!r} has checkpoint version {state.get('version')}, expected {CHECKPOINT_VERSION}.")
+    """Read a federated checkpoint written by :func:`save_checkpoint`, checking it before unpickling anything.
+
+    Raises :class:`CorruptCheckpointError` for a truncated or altered file, :class:`UnsafeCheckpointError`
+    for one that holds anything but plain data (refused without unpickling it), and ``ValueError`` for a
+    file that is not a checkpoint of this version.
+    """
+    p = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"Cannot read checkpoint {p!r}: {exc.strerror or exc}.") from exc
+    body = _verified_body(p, data)
+    end = body.find(b"\n", 0, 32)
+    m = _VERSION.fullmatch(body[:end]) if end > 0 else None
+    if m is None:
+        raise ValueError(f"{p!r} is not a lightning_fedmut checkpoint: its body does not start with a version line.")
+    if int(m.group(1)) != CHECKPOINT_VERSION:
+        raise ValueError(_version_message(p, int(m.group(1))))
+    state = _load_plain(p, io.BytesIO(body[end + 1:]))
+    if not isinstance(state, dict) or state.get("format", "lightning_fedmut") != "lightning_fedmut":
+        raise ValueError(f"{p!r} is not a lightning_fedmut federated checkpoint: it holds no run state.")
     return state
 
 
 def compare_fingerprints(saved: dict[str, Any], current: dict[str, Any]) -> None:
-    """Raise a ``ValueError`` naming every setting in which a checkpoint differs from the run resuming it."""
+    """Raise a ``ValueError`` naming every setting in which a checkpoint differs from the run resuming it.
+
+    Examples:
+        >>> compare_fingerprints({"seed": 0, "clients": 10}, {"seed": 1, "clients": 10})
+        Traceback (most recent call last):
+        ...
+        ValueError: Cannot resume: the checkpoint was made with other settings.
+          seed: checkpoint has 0, this run has 1
+    """
     mismatches = []
     for key in sorted(set(saved) | set(current)):
         if saved.get(key) != current.get(key):
@@ -106,6 +303,179 @@ def compare_fingerprints(saved: dict[str, Any], current: dict[str, Any]) -> None
             mismatches.append(f"{key}: checkpoint has {a}, this run has {b}")
     if mismatches:
         raise ValueError("Cannot resume: the checkpoint was made with other settings.\n  " + "\n  ".join(mismatches))
+
+
+# ------------------------------------------------------------------ helpers
+def _verified_body(p: str, data: bytes) -> bytes:
+    """The body of a checkpoint file, once its header, length and checksum hold."""
+    if not data:
+        raise CorruptCheckpointError(f"Checkpoint {p!r} is truncated: the file is empty.")
+    if not data.startswith(_MAGIC):
+        head = data[: len(_MAGIC)]
+        if data.startswith(b"PK\x03\x04"):  # a bare torch.save zip: an older checkpoint, or not one
+            _refuse_bare_torch_file(p, data)
+        if _MAGIC.startswith(data):
+            raise CorruptCheckpointError(f"Checkpoint {p!r} is truncated: it ends inside its header.")
+        if len(head) == len(_MAGIC) and sum(a != b for a, b in zip(head, _MAGIC)) <= 2:
+            raise CorruptCheckpointError(f"Checkpoint {p!r} is corrupt: its header is damaged.")
+        raise ValueError(f"{p!r} is not a lightning_fedmut checkpoint: it does not start with {_MAGIC[:-1].decode()!r}.")
+    start = len(_MAGIC)
+    end = data.find(b"\n", start, start + 128)
+    if end < 0:
+        what = "truncated: it ends inside its header" if len(data) < start + 128 else "corrupt: its header is damaged"
+        raise CorruptCheckpointError(f"Checkpoint {p!r} is {what}.")
+    m = _FRAME.fullmatch(data[start:end])
+    if m is None:
+        raise CorruptCheckpointError(f"Checkpoint {p!r} is corrupt: its header is damaged.")
+    body, size = data[end + 1:], int(m.group(2))
+    if len(body) < size:
+        raise CorruptCheckpointError(f"Checkpoint {p!r} is truncated: it holds {len(body)} of its {size} bytes.")
+    if len(body) > size:
+        raise CorruptCheckpointError(f"Checkpoint {p!r} is corrupt: {len(body) - size} bytes follow its end.")
+    if hashlib.sha256(body).hexdigest().encode() != m.group(1):
+        raise CorruptCheckpointError(
+            f"Checkpoint {p!r} is corrupt: its SHA-256 checksum does not match its contents (bytes changed after"
+            " it was written)."
+        )
+    return body
+
+
+def _load_plain(p: str, source: Any, verified: bool = True) -> Any:
+    """``torch.load(source, weights_only=True)``, its errors said in our words.
+
+    ``verified``: the bytes passed their checksum, so an object ``weights_only`` refuses was written on
+    purpose (refused as unsafe) rather than damaged.
+    """
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found or verified:
+            what = f" ({found.group(1)})" if found else ""
+            raise UnsafeCheckpointError(
+                f"Refusing to load {p!r}: it holds a pickled object{what} besides plain data, and unpickling it"
+                f" could run code. A lightning_fedmut checkpoint holds only {_KINDS}; load only files you trust."
+            ) from exc
+        raise ValueError(f"Cannot load {p!r}: its contents do not unpickle.") from exc
+    except Exception as exc:
+        raise ValueError(
+            f"Cannot load {p!r}: torch cannot read its contents ({type(exc).__name__})"
+            + ("; was it written by a newer torch?" if verified else ".")
+        ) from exc
+
+
+def _refuse_bare_torch_file(p: str, data: bytes) -> None:
+    """Raise the right error for a plain ``torch.save`` file: an older checkpoint, or a file of something else."""
+    try:
+        state = _load_plain(p, io.BytesIO(data), verified=False)
+    except UnsafeCheckpointError:
+        raise
+    except ValueError as exc:
+        raise ValueError(
+            f"{p!r} is not a lightning_fedmut checkpoint: it has no checkpoint header, and it does not read as an"
+            " older checkpoint either (a truncated or foreign torch file)."
+        ) from exc.__cause__
+    if isinstance(state, dict) and state.get("format") == "lightning_fedmut":
+        raise ValueError(_version_message(p, state.get("version")))
+    raise ValueError(f"{p!r} is not a lightning_fedmut checkpoint: it is a plain torch file without the checkpoint header.")
+
+
+def _version_message(p: str, version: Any) -> str:
+    return (
+        f"Checkpoint {p!r} has checkpoint version {version}; this lightning_fedmut reads version {CHECKPOINT_VERSION}"
+        " (checksummed) only. Start the run afresh without `ckpt_path`, or finish it with the release that wrote it."
+    )
+
+
+def _check_plain(state: dict[str, Any]) -> None:
+    """Raise a ``TypeError`` naming the first entry of ``state`` that ``weights_only`` loading would refuse."""
+    stack: list[Any] = [state]
+    while stack:
+        obj = stack.pop()
+        kind = type(obj)
+        if kind in _LEAVES:
+            continue
+        if kind is dict or kind is OrderedDict:
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif kind is list or kind is tuple:
+            stack.extend(obj)
+        else:
+            break
+    else:
+        return
+    where, what = _find_unplain(state, "state")
+    raise TypeError(
+        f"Cannot checkpoint `{where}`: it is a {what}, and a checkpoint holds only {_KINDS}."
+        " Convert it in the `state_dict` that returns it (for example with `.item()`, `.tolist()` or `torch.as_tensor`)."
+    )
+
+
+def _find_unplain(obj: Any, where: str) -> tuple[str, str]:
+    kind = type(obj)
+    if kind is dict or kind is OrderedDict:
+        for k, v in obj.items():
+            found = _find_unplain(k, f"a key of {where}")
+            if found[0]:
+                return found
+            found = _find_unplain(v, f"{where}[{k!r}]")
+            if found[0]:
+                return found
+    elif kind is list or kind is tuple:
+        for i, v in enumerate(obj):
+            found = _find_unplain(v, f"{where}[{i}]")
+            if found[0]:
+                return found
+    elif kind not in _LEAVES:
+        return where, _type_name(obj)
+    return "", ""
+
+
+def _type_name(obj: Any) -> str:
+    kind = type(obj)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _writer_is_gone(name: str) -> bool:
+    """Whether the process that named this temporary file is known to have ended (or is this one)."""
+    m = _TMP_OWNER.match(name)
+    if m is None or m.group(2) != _host() or os.name == "nt":
+        return False
+    pid = int(m.group(1))
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, but someone else's
+        return False
+    return False
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:64] or "host"
+
+
+def _sync_directory(d: Path) -> None:
+    """Make a rename in ``d`` durable (POSIX); a no-op where directories cannot be opened."""
+    if os.name == "nt":
+        return
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:160] if text else type(exc).__name__
 
 
 def _short(value: Any) -> str:
