@@ -91,11 +91,11 @@ class Recorder(FederatedCallback):
     def on_round_end(self, loop, module):
         self._rec("on_round_end", loop)
 
-    def on_client_fit_start(self, loop, module, client_module, client, slot):
-        self.calls.append(f"on_client_fit_start:{loop.round}:{slot}")
+    def on_client_fit_start(self, loop, module, task):
+        self.calls.append(f"on_client_fit_start:{loop.round}:{task.slot}")
 
-    def on_client_fit_end(self, loop, module, client_module, client, slot):
-        self.calls.append(f"on_client_fit_end:{loop.round}:{slot}")
+    def on_client_fit_end(self, loop, module, result):
+        self.calls.append(f"on_client_fit_end:{loop.round}:{result.task.slot}")
 
     def on_before_aggregate(self, loop, module, aggregator):
         self._rec("on_before_aggregate", loop)
@@ -120,8 +120,8 @@ class StartModelRecorder(FederatedCallback):
         self.starts: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
         self.globals: dict[int, dict[str, torch.Tensor]] = {}
 
-    def on_client_fit_start(self, loop, module, client_module, client, slot):
-        self.starts[(loop.round, slot)] = {k: v.detach().clone() for k, v in client_module.state_dict().items()}
+    def on_client_fit_start(self, loop, module, task):
+        self.starts[(loop.round, task.slot)] = {k: v.detach().clone() for k, v in task.start_state.items()}
 
     def on_after_aggregate(self, loop, module):
         self.globals[loop.round] = {k: v.detach().clone() for k, v in module.state_dict().items()}
@@ -129,3 +129,13 @@ class StartModelRecorder(FederatedCallback):
 
 def state_of(module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def make_result(state, num_examples=1, slot=0, client_id=0, payload=None):
+    """A ClientResult holding ``state`` (a state dict), as an executor returns it."""
+    from lightning_fedmut import Client
+    from lightning_fedmut.tasks import ClientResult, ClientTask
+
+    client = Client(id=client_id, data=DataLoader(TensorDataset(torch.zeros(max(num_examples, 1), 1))))
+    task = ClientTask(round=0, slot=slot, client=client, seed=0, start_state={})
+    return ClientResult(task=task, num_examples=num_examples, state=state, payload=dict(payload or {}))

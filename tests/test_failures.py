@@ -3,6 +3,7 @@
 import pytest
 import torch
 from helpers import StartModelRecorder, TinyModule, state_of
+from lightning.pytorch import Callback
 from torch.utils.data import DataLoader
 
 from lightning_fedmut import (
@@ -37,21 +38,32 @@ class FaultyModule(TinyModule):
                 self.net[0].weight[0, 0] = float("nan")
 
 
+class _Flags(Callback):
+    """A per-task Lightning callback that tells the client's module what to do."""
+
+    def __init__(self, raise_now, nan_now):
+        self.raise_now, self.nan_now = raise_now, nan_now
+
+    def setup(self, trainer, pl_module, stage):
+        pl_module.raise_now, pl_module.nan_now = self.raise_now, self.nan_now
+
+
 class Inject(FederatedCallback):
     def __init__(self, raise_on=(), nan_on=()):
         self.raise_on, self.nan_on = set(raise_on), set(nan_on)
         self.trained: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
         self.failed = []
 
-    def on_client_fit_start(self, loop, module, client_module, client, slot):
-        client_module.raise_now = (loop.round, client.id) in self.raise_on or (loop.round, "*") in self.raise_on
-        client_module.nan_now = (loop.round, client.id) in self.nan_on or (loop.round, "*") in self.nan_on
+    def on_client_fit_start(self, loop, module, task):
+        cid = task.client.id
+        task.callbacks.append(_Flags(raise_now=(loop.round, cid) in self.raise_on or (loop.round, "*") in self.raise_on,
+                                     nan_now=(loop.round, cid) in self.nan_on or (loop.round, "*") in self.nan_on))
 
-    def on_client_fit_end(self, loop, module, client_module, client, slot):
-        self.trained[(loop.round, slot)] = state_of(client_module)
+    def on_client_fit_end(self, loop, module, result):
+        self.trained[(loop.round, result.task.slot)] = {k: v.detach().clone() for k, v in result.state.items()}
 
-    def on_client_fit_failure(self, loop, module, client, slot, exception):
-        self.failed.append((loop.round, client.id, slot, type(exception).__name__))
+    def on_client_fit_failure(self, loop, module, result):
+        self.failed.append((loop.round, result.client.id, result.task.slot, type(result.error).__name__))
 
 
 def _run(synthetic, inject, tmp_path=None, rounds=3, k=4, callbacks=(), **kwargs):
@@ -108,8 +120,8 @@ def test_failed_slot_does_not_shift_fedmut_start_models(synthetic):
                 self.glb = state_of(module)
 
     class FailSlot0(FederatedCallback):
-        def on_client_fit_start(self, loop, module, client_module, client, slot):
-            client_module.raise_now = loop.round == 1 and slot == 0
+        def on_client_fit_start(self, loop, module, task):
+            task.callbacks.append(_Flags(raise_now=loop.round == 1 and task.slot == 0, nan_now=False))
 
     table, rec = Table(), StartModelRecorder()
     model, clients, val, loop = _run(synthetic, FailSlot0(), callbacks=[mut, table, rec], rounds=2)

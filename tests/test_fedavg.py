@@ -2,6 +2,7 @@ import itertools
 
 import pytest
 import torch
+from helpers import make_result
 from torch import nn
 
 from lightning_fedmut import FedAvg
@@ -26,8 +27,8 @@ def test_fedavg_matches_float64_reference(weighted):
     agg = FedAvg(weighted=weighted)
     agg.reset()
     for m, w in zip(models, weights):
-        agg.update(m, w)
-    out = agg.compute()
+        agg.update(make_result(m.state_dict(), w))
+    out = agg.compute({})
     ws = [float(w) if weighted else 1.0 for w in weights]
     for key, value in models[0].state_dict().items():
         if value.is_floating_point():
@@ -47,8 +48,8 @@ def test_fedavg_permutation_invariant():
         agg = FedAvg(weighted=True)
         agg.reset()
         for i in order:
-            agg.update(models[i], weights[i])
-        results.append({k: v.clone() for k, v in agg.compute().items()})
+            agg.update(make_result(models[i].state_dict(), weights[i]))
+        results.append({k: v.clone() for k, v in agg.compute({}).items()})
     for r in results[1:]:
         for k in r:
             torch.testing.assert_close(r[k], results[0][k], rtol=0, atol=1e-6)
@@ -58,11 +59,11 @@ def test_fedavg_reset_between_rounds_and_single_client_identity():
     a, b = _models(2)
     agg = FedAvg(weighted=False)
     agg.reset()
-    agg.update(a, 1)
-    agg.compute()
+    agg.update(make_result(a.state_dict()))
+    agg.compute({})
     agg.reset()
-    agg.update(b, 1)
-    out = agg.compute()
+    agg.update(make_result(b.state_dict()))
+    out = agg.compute({})
     for k, v in b.state_dict().items():
         assert torch.equal(out[k], v)
 
@@ -73,6 +74,6 @@ def test_fedavg_errors():
     agg = FedAvg()
     agg.reset()
     with pytest.raises(RuntimeError, match="before any update"):
-        agg.compute()
+        agg.compute({})
     with pytest.raises(ValueError, match="weight > 0"):
-        agg.update(nn.Linear(1, 1), 0)
+        agg.update(make_result(nn.Linear(1, 1).state_dict(), 0))

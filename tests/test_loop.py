@@ -91,11 +91,12 @@ def test_global_rng_untouched_by_sampling_and_mutation(synthetic):
     """Client sampling and mutation draw from generators the loop and callback own."""
     train, _ = synthetic
     loop = FederatedLoop(rounds=1, clients_per_round=2, local_steps=1, seed=0)
-    loop._sampler.manual_seed(123)
-    a = torch.randperm(6, generator=loop._sampler)
+    clients = _clients(train)
+    loop.sampler.setup(seed=0)
+    a = [c.id for c in loop.sampler.sample(0, clients, 2)]
     torch.manual_seed(999)
-    loop._sampler.manual_seed(123)
-    assert torch.equal(a, torch.randperm(6, generator=loop._sampler))
+    loop.sampler.setup(seed=0)
+    assert a == [c.id for c in loop.sampler.sample(0, clients, 2)]
 
 
 @pytest.mark.parametrize("mutate_buffers", [False, True])
@@ -175,7 +176,7 @@ def test_working_copy_made_once(synthetic, monkeypatch):
             calls.append(type(obj).__name__)
         return real(obj, *a, **k)
 
-    monkeypatch.setattr("lightning_fedmut.loop.copy.deepcopy", counting)
+    monkeypatch.setattr("lightning_fedmut.execution.sequential.copy.deepcopy", counting)
     FederatedLoop(rounds=3, clients_per_round=3, local_steps=1, seed=0).fit(TinyModule(), _clients(train))
     assert calls == ["TinyModule"]
 
