@@ -1,4 +1,4 @@
-"""Figures for federated runs: a metric versus round, and the label distribution of a partition.
+"""Figures for federated runs: a metric versus round, the label distribution of a partition, loss landscapes.
 
 matplotlib is optional (``pip install 'lightning_fedmut[plot]'``) and imported only when a function
 draws. Figures are built with ``matplotlib.figure.Figure`` directly, never through ``pyplot``: no
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["label_distribution", "plot_label_distribution", "plot_metric"]
+__all__ = ["label_distribution", "plot_label_distribution", "plot_landscape_1d", "plot_landscape_2d", "plot_metric"]
 
 _BANDS = ("minmax", "std")
 _INSTALL_HINT = "pip install 'lightning_fedmut[plot]'"
@@ -319,6 +319,179 @@ def plot_label_distribution(
         ax.set_xticks(range(num_cols))
     if num_clients <= 40:
         ax.set_yticks(range(num_clients), [str(cid) for cid in ids])
+    if title is not None:
+        ax.set_title(title)
+    _save(fig, path)
+    return fig
+
+
+def _curves(curves: Any) -> list[tuple[str | None, list[Mapping[str, Any]]]]:
+    """Normalise to ``[(label, [curve per seed])]``; a single curve gets the label ``None``."""
+    def seeds(run: Any, where: str) -> list[Mapping[str, Any]]:
+        if isinstance(run, Mapping):
+            run = [run]
+        if not isinstance(run, Sequence) or isinstance(run, (str, bytes)) or not run:
+            raise TypeError(f"Expected {where} to be a curve of loss_landscape_1d or a non-empty list of them, got {run!r}.")
+        for curve in run:
+            if not isinstance(curve, Mapping) or "alpha" not in curve:
+                raise TypeError(f"Expected {where} to hold curves of loss_landscape_1d (dicts with 'alpha'), got {curve!r}.")
+        return list(run)
+
+    if isinstance(curves, Mapping) and "alpha" in curves:
+        return [(None, seeds(curves, "`curves`"))]
+    if isinstance(curves, Mapping):
+        if not curves:
+            raise ValueError("Expected `curves` to hold at least one curve, got an empty mapping.")
+        return [(str(label), seeds(run, f"curve {label!r} of `curves`")) for label, run in curves.items()]
+    return [(None, seeds(curves, "`curves`"))]
+
+
+def plot_landscape_1d(
+    curves: Any,
+    path: str | os.PathLike | None = None,
+    title: str | None = None,
+    ax: Any = None,
+    *,
+    metric: str = "loss",
+    band: str = "minmax",
+) -> Any:
+    """Draw loss curves along a direction (:func:`~lightning_fedmut.analysis.loss_landscape_1d`) on one axes.
+
+    Several models go on one axes, e.g. FedMut's and FedAvg's final global models; a model given as several
+    curves (seeds) is drawn as their mean, with a shaded band. A flatter minimum is a wider, lower bowl.
+
+    Args:
+        curves: a mapping ``{label: curve}`` or ``{label: [curve per seed]}``, or a single curve (drawn
+            without a legend). A curve is the dict that ``loss_landscape_1d`` returns; the curves of one
+            label share their ``alpha``.
+        path: if given, save the figure there (parent folders are created; PNG by default).
+        title: the axes title.
+        ax: draw into this matplotlib ``Axes`` instead of a new figure.
+        metric: the curve's key to draw: ``"loss"`` or ``"metric"``.
+        band: the band of several seeds: ``"minmax"`` or ``"std"`` (plus or minus one standard deviation).
+
+    Returns:
+        The ``matplotlib.figure.Figure`` that holds the plot.
+
+    Raises:
+        ImportError: matplotlib is not installed.
+        ValueError: ``curves`` is empty, a curve lacks ``metric``, the curves of a label differ in
+            ``alpha``, or ``band`` is unknown.
+        TypeError: ``curves`` is not one of the accepted forms.
+
+    Examples:
+        >>> import numpy as np
+        >>> alpha = np.array([-1.0, 0.0, 1.0])
+        >>> fedavg = {"alpha": alpha, "loss": np.array([2.0, 0.5, 2.0])}
+        >>> fedmut = [{"alpha": alpha, "loss": np.array([1.0, 0.4, 1.2])},  # seed 0
+        ...           {"alpha": alpha, "loss": np.array([1.2, 0.6, 1.0])}]  # seed 1
+        >>> fig = plot_landscape_1d({"FedAvg": fedavg, "FedMut": fedmut})
+        >>> ax = fig.axes[0]
+        >>> ax.get_legend_handles_labels()[1]
+        ['FedAvg', 'FedMut']
+        >>> ax.get_lines()[1].get_xydata().tolist()
+        [[-1.0, 1.1], [0.0, 0.5], [1.0, 1.1]]
+    """
+    if band not in _BANDS:
+        raise ValueError(f"Expected `band` to be one of {list(_BANDS)}, got {band!r}.")
+    normalised = _curves(curves)
+    fig, ax = _axes(ax, figsize=(6.0, 4.0))
+    for label, runs in normalised:
+        alpha = np.asarray(runs[0]["alpha"], dtype=float)
+        for curve in runs:
+            if metric not in curve:
+                raise ValueError(f"Curve {label!r} has no {metric!r}; it holds {sorted(curve)}.")
+            if not np.array_equal(np.asarray(curve["alpha"], dtype=float), alpha):
+                raise ValueError(f"The curves of {label!r} differ in `alpha`: draw them under separate labels.")
+        values = np.stack([np.asarray(curve[metric], dtype=float) for curve in runs])
+        mean = values.mean(axis=0)
+        (line,) = ax.plot(alpha, mean, label=label)
+        if len(runs) > 1:
+            if band == "minmax":
+                low, high = values.min(axis=0), values.max(axis=0)
+            else:
+                low, high = mean - values.std(axis=0), mean + values.std(axis=0)
+            ax.fill_between(alpha, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.axvline(0.0, color="0.6", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("alpha (step along the direction)")
+    ax.set_ylabel(metric)
+    if title is not None:
+        ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if any(label is not None for label, _ in normalised):
+        ax.legend()
+    _save(fig, path)
+    return fig
+
+
+def plot_landscape_2d(
+    surface: Mapping[str, Any],
+    path: str | os.PathLike | None = None,
+    title: str | None = None,
+    ax: Any = None,
+    *,
+    metric: str = "loss",
+    levels: int = 20,
+    log: bool = False,
+) -> Any:
+    """Draw a loss surface (:func:`~lightning_fedmut.analysis.loss_landscape_2d`) as a contour plot.
+
+    Filled contours of ``surface[metric]`` over the plane, with a colour bar and the model itself marked at
+    the origin.
+
+    Args:
+        surface: the dict that ``loss_landscape_2d`` returns (``"x"``, ``"y"`` and ``metric`` of shape
+            ``(len(y), len(x))``).
+        path: if given, save the figure there (parent folders are created; PNG by default).
+        title: the axes title.
+        ax: draw into this matplotlib ``Axes`` instead of a new figure.
+        metric: the key to draw: ``"loss"`` or ``"metric"``.
+        levels: the number of contour levels.
+        log: draw ``log10`` of the values (for losses spanning orders of magnitude; they must be > 0).
+
+    Returns:
+        The ``matplotlib.figure.Figure`` that holds the plot.
+
+    Raises:
+        ImportError: matplotlib is not installed.
+        ValueError: ``surface`` lacks a key, its shape does not match ``x`` and ``y``, or ``log`` is asked of
+            values that are not all positive.
+
+    Examples:
+        >>> import numpy as np
+        >>> x = y = np.linspace(-1.0, 1.0, 5)
+        >>> surface = {"x": x, "y": y, "loss": x[None, :] ** 2 + 2 * y[:, None] ** 2}
+        >>> fig = plot_landscape_2d(surface, levels=8)
+        >>> ax = fig.axes[0]
+        >>> ax.get_xlabel(), ax.get_ylabel()
+        ('x (direction 1)', 'y (direction 2)')
+        >>> len(fig.axes)  # the plot and its colour bar
+        2
+    """
+    if not isinstance(surface, Mapping):
+        raise TypeError(f"Expected `surface` to be the dict of loss_landscape_2d, got {type(surface).__name__}.")
+    missing = [k for k in ("x", "y", metric) if k not in surface]
+    if missing:
+        raise ValueError(f"`surface` has no {missing}; it holds {sorted(surface)}.")
+    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 2:
+        raise ValueError(f"Expected `levels` to be an integer >= 2, got {levels!r}.")
+    x, y = np.asarray(surface["x"], dtype=float), np.asarray(surface["y"], dtype=float)
+    z = np.asarray(surface[metric], dtype=float)
+    if z.shape != (len(y), len(x)):
+        raise ValueError(f"Expected `surface[{metric!r}]` of shape (len(y), len(x)) = {(len(y), len(x))}, got {z.shape}.")
+    label = metric
+    if log:
+        if not np.all(z > 0):
+            raise ValueError(f"`log=True` needs positive values of {metric!r}; the smallest is {z.min()}.")
+        z, label = np.log10(z), f"log10 {metric}"
+    fig, ax = _axes(ax, figsize=(5.5, 4.5))
+    filled = ax.contourf(x, y, z, levels=levels, cmap="viridis")
+    ax.contour(x, y, z, levels=filled.levels, colors="white", linewidths=0.4, alpha=0.6)
+    fig.colorbar(filled, ax=ax, label=label)
+    ax.plot([0.0], [0.0], marker="*", color="red", markersize=10, linestyle="none")
+    ax.set_xlabel("x (direction 1)")
+    ax.set_ylabel("y (direction 2)")
+    ax.set_aspect("equal", adjustable="box")
     if title is not None:
         ax.set_title(title)
     _save(fig, path)
