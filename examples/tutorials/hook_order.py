@@ -4,6 +4,7 @@ The tree on the "round loop" page of the documentation is this program's output,
 docs build, so it cannot drift from the loop. It records:
 
 - every FederatedCallback hook (a callback that overrides all of them),
+- the sampler's and the executor's verbs (subclasses of UniformSampler and SequentialExecutor),
 - the aggregator's verbs (a FedAvg subclass that records reset / update / compute),
 - what the short-lived client and evaluation Trainers do (a Lightning Callback in ``trainer_kwargs``),
 - what reaches the logger (a Lightning Logger that records its calls).
@@ -27,6 +28,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lightning_fedmut import Client, FedAvg, FederatedCallback, FederatedLoop, make_clients
+from lightning_fedmut.execution import SequentialExecutor
+from lightning_fedmut.sampling import UniformSampler
 
 OUTPUT = Path(os.environ.get("FEDMUT_OUTPUT_DIR", "outputs/hook_order"))
 
@@ -83,15 +86,16 @@ class RecordHooks(FederatedCallback):
         self.tree.add(0, f"round {loop.round}")
         self.tree.add(1, "on_round_start")
 
-    def on_client_fit_start(self, loop, module, client_module, client, slot):
-        self.tree.add(1, f"client {client.id!r} (slot {slot}): the working module now holds the global weights")
-        self.tree.add(2, "on_client_fit_start      ← MutationCallback writes this slot's start model here")
+    def on_client_fit_start(self, loop, module, task):
+        self.tree.add(2, f"task: client {task.client.id!r}, slot {task.slot}; task.start_state holds the global weights")
+        self.tree.add(3, "on_client_fit_start(task)  ← MutationCallback writes this slot's start model here")
 
-    def on_client_fit_end(self, loop, module, client_module, client, slot):
-        self.tree.add(2, "on_client_fit_end")
+    def on_client_fit_end(self, loop, module, result):
+        self.tree.add(2, f"on_client_fit_end(result)  (metrics: {', '.join(sorted(result.metrics))})")
 
-    def on_client_fit_failure(self, loop, module, client, slot, exception):
-        self.tree.add(2, f"on_client_fit_failure    ({type(exception).__name__}: {exception}; not aggregated)")
+    def on_client_fit_failure(self, loop, module, result):
+        error = result.error
+        self.tree.add(2, f"on_client_fit_failure(result)  ({type(error).__name__}: {error}; not aggregated)")
 
     def on_before_aggregate(self, loop, module, aggregator):
         self.tree.add(1, "on_before_aggregate")
@@ -119,31 +123,56 @@ class RecordHooks(FederatedCallback):
 
 
 class RecordingFedAvg(FedAvg):
-    """FedAvg that records its verbs; the loop hands it the module after each successful client."""
+    """FedAvg that records its verbs; the loop hands it each successful client's result."""
 
-    def __init__(self, tree: Tree, loop_ref: list) -> None:
+    def __init__(self, tree: Tree) -> None:
         super().__init__(weighted=False)
         self.tree = tree
-        self.loop_ref = loop_ref
 
     def setup(self, module):
         self.tree.add(0, "aggregator.setup(global module)")
         super().setup(module)
 
     def reset(self):
-        loop = self.loop_ref[0]
-        ids = [c.id for c in loop.sampled_clients]
-        self.tree.add(1, f"sample {loop.clients_per_round} of the clients with the loop's generator → {ids}")
         self.tree.add(1, "aggregator.reset()")
         super().reset()
 
-    def update(self, module, weight):
-        self.tree.add(2, f"aggregator.update(working module, weight={weight})")
-        super().update(module, weight)
+    def update(self, result):
+        self.tree.add(2, f"aggregator.update(result)  (num_examples={result.num_examples})")
+        super().update(result)
 
-    def compute(self):
-        self.tree.add(1, "aggregator.compute() → written into the global module in place")
-        return super().compute()
+    def compute(self, global_state):
+        self.tree.add(1, "aggregator.compute(global state) → written into the global module in place")
+        return super().compute(global_state)
+
+
+class RecordingSampler(UniformSampler):
+    """The default sampler, recording what it draws."""
+
+    def __init__(self, tree: Tree) -> None:
+        super().__init__()
+        self.tree = tree
+
+    def sample(self, round, clients, k):
+        picked = super().sample(round, clients, k)
+        self.tree.add(1, f"sampler.sample(round={round}, clients, k={k}) → {[c.id for c in picked]}")
+        return picked
+
+
+class RecordingExecutor(SequentialExecutor):
+    """The default executor, recording when the loop hands it a round's tasks."""
+
+    def __init__(self, tree: Tree) -> None:
+        super().__init__()
+        self.tree = tree
+
+    def setup(self, module, training):
+        self.tree.add(0, "executor.setup(global module, how clients train)  ← the one working copy")
+        super().setup(module, training)
+
+    def run(self, tasks, on_task_start):
+        self.tree.add(1, "executor.run(tasks) → one ClientResult per task, streamed")
+        yield from super().run(tasks, on_task_start)
 
 
 class RecordTrainers(Callback):
@@ -160,7 +189,7 @@ class RecordTrainers(Callback):
         self.batches += 1
 
     def on_fit_end(self, trainer, pl_module):
-        self.tree.add(2, f"client Trainer.fit (local epochs: {trainer.current_epoch}, steps: {self.batches})")
+        self.tree.add(3, f"client Trainer.fit (local epochs: {trainer.current_epoch}, steps: {self.batches})")
 
     def on_validation_start(self, trainer, pl_module):
         if trainer.state.fn == "validate":
@@ -233,12 +262,13 @@ def main() -> None:
     clients.append(Client(id="flaky", data=DataLoader(UnreadableShard(), batch_size=4)))
 
     tree = Tree()
-    loop_ref: list = []
     loop = FederatedLoop(
         rounds=2,
         clients_per_round=2,
         local_epochs=1,
-        aggregator=RecordingFedAvg(tree, loop_ref),
+        aggregator=RecordingFedAvg(tree),
+        sampler=RecordingSampler(tree),
+        executor=RecordingExecutor(tree),
         callbacks=[RecordHooks(tree)],
         trainer_kwargs={"callbacks": [RecordTrainers(tree)]},
         logger=RecordingLogger(tree),
@@ -246,7 +276,6 @@ def main() -> None:
         enable_progress_bar=False,
         seed=3,
     )
-    loop_ref.append(loop)
     loop.fit(TinyClassifier(), clients, val_dataloaders=DataLoader(dataset, batch_size=64))
 
     text = tree.render("FederatedLoop.fit(global module, clients, val_dataloaders)")
