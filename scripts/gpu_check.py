@@ -36,8 +36,8 @@ class Devices(FederatedCallback):
     def __init__(self) -> None:
         self.seen: set[str] = set()
 
-    def on_client_fit_end(self, loop, module, client_module, client, slot):
-        self.seen.add(f"client_end:{next(client_module.parameters()).device}")
+    def on_client_fit_end(self, loop, module, result):
+        self.seen.add(f"client_end:{next(iter(result.state.values())).device}")
 
     def on_after_aggregate(self, loop, module):
         self.seen.add(f"global:{next(module.parameters()).device}")

@@ -45,12 +45,16 @@ class ClientDrift(FederatedCallback):
     def on_round_start(self, loop, module):
         self.distances: list[float] = []
 
-    def on_client_fit_start(self, loop, module, client_module, client, slot):
-        # copy the start model (after any mutation: put this callback after MutationCallback)
-        self.start = [p.detach().clone() for p in client_module.parameters()]
+    def on_fit_start(self, loop, module):
+        self.names = [name for name, _ in module.named_parameters()]
 
-    def on_client_fit_end(self, loop, module, client_module, client, slot):
-        squared = sum(float((p.detach() - s).pow(2).sum()) for p, s in zip(client_module.parameters(), self.start))
+    def on_client_fit_start(self, loop, module, task):
+        # copy the start model (after any mutation: put this callback after MutationCallback)
+        self.start = [task.start_state[name].detach().clone() for name in self.names]
+
+    def on_client_fit_end(self, loop, module, result):
+        trained = [result.state[name] for name in self.names]
+        squared = sum(float((w - s).pow(2).sum()) for w, s in zip(trained, self.start))
         self.distances.append(squared**0.5)
 
     def on_before_aggregate(self, loop, module, aggregator):
@@ -102,12 +106,16 @@ class CoordinateMedian(Aggregator):
         self.states: list[dict[str, Tensor]] = []
 
     @torch.no_grad()
-    def update(self, module, weight) -> None:
-        # the loop reuses one working module for every client: copy, do not keep a reference
-        self.states.append({k: v.detach().clone() for k, v in module.state_dict().items()})
+    def update(self, result) -> None:
+        # result.state may be the one working module's tensors, reused for the next client: copy them
+        self.states.append({k: v.detach().clone() for k, v in result.state.items()})
+
+    def merge(self, other: CoordinateMedian) -> None:
+        # a partial median cannot be summarised: merging keeps the other worker's client states too
+        self.states.extend(other.states)
 
     @torch.no_grad()
-    def compute(self) -> dict[str, Tensor]:
+    def compute(self, global_state) -> dict[str, Tensor]:
         out = {}
         for key, first in self.states[0].items():
             stacked = torch.stack([state[key] for state in self.states])
@@ -125,10 +133,11 @@ class CorruptClient(FederatedCallback):
         self.generator = torch.Generator().manual_seed(0)  # its own generator: never the global one
 
     @torch.no_grad()
-    def on_client_fit_end(self, loop, module, client_module, client, slot):
-        if client.id == self.client_id:
-            for p in client_module.parameters():
-                p.add_(self.scale * torch.randn(p.shape, generator=self.generator))
+    def on_client_fit_end(self, loop, module, result):
+        if result.client.id == self.client_id:
+            for name, _ in module.named_parameters():
+                weights = result.state[name]
+                weights.add_(self.scale * torch.randn(weights.shape, generator=self.generator))
 
 
 def federate(aggregator: Aggregator, corrupt: bool):

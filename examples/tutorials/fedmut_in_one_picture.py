@@ -65,15 +65,19 @@ class Trace(FederatedCallback):
     def point(module) -> tuple[float, float]:
         return module.a.item(), module.b.item()
 
+    @staticmethod
+    def point_of(state) -> tuple[float, float]:
+        return state["a"].item(), state["b"].item()
+
     def on_fit_start(self, loop, module):
         self.globals.append(self.point(module))
 
-    def on_client_fit_start(self, loop, module, client_module, client, slot):
+    def on_client_fit_start(self, loop, module, task):
         # listed after MutationCallback, so the start model is already mutated when this runs
-        self.starts.setdefault(loop.round, []).append(self.point(client_module))
+        self.starts.setdefault(loop.round, []).append(self.point_of(task.start_state))
 
-    def on_client_fit_end(self, loop, module, client_module, client, slot):
-        self.trained.setdefault(loop.round, []).append(self.point(client_module))
+    def on_client_fit_end(self, loop, module, result):
+        self.trained.setdefault(loop.round, []).append(self.point_of(result.state))
 
     def on_after_aggregate(self, loop, module):
         self.globals.append(self.point(module))
