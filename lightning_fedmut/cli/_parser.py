@@ -24,6 +24,16 @@ class CLIError(Exception):
         self.code = code
 
 
+def plural(count: int, word: str) -> str:
+    """``count`` and ``word``, with an ``s`` unless ``count`` is 1.
+
+    Examples:
+        >>> plural(1, "round"), plural(30, "round")
+        ('1 round', '30 rounds')
+    """
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def make_parser(prog: str, description: str) -> ArgumentParser:
     """A jsonargparse parser that raises on errors instead of printing usage and exiting."""
     return ArgumentParser(prog=prog, description=description, exit_on_error=False)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,9 +21,10 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader
 
 from lightning_fedmut.aggregators import Aggregator, FedAvg
-from lightning_fedmut.callbacks import MutationCallback
+from lightning_fedmut.callbacks import GlobalModelCheckpoint, MutationCallback
+from lightning_fedmut.checkpoint import list_checkpoints
 from lightning_fedmut.cli._logging import finish_logger, flatten_config, make_logger, offline_notice
-from lightning_fedmut.cli._parser import CLIError, make_parser, parse, plain
+from lightning_fedmut.cli._parser import CLIError, make_parser, parse, plain, plural
 from lightning_fedmut.data import (
     load_partition_json,
     make_clients,
@@ -165,6 +168,18 @@ def fit_parser(argv: Sequence[str] = ()) -> ArgumentParser:
     )
     parser.add_argument("--aggregator", type=Aggregator, default=lazy_instance(FedAvg, weighted=False),
                         help="How client models are combined; FedAvg(weighted=False) is FedMut's uniform mean.")
+    parser.add_argument(
+        "--model_checkpoint", type=GlobalModelCheckpoint | None, default=lazy_instance(GlobalModelCheckpoint),
+        help="Lightning checkpoints of the global model (last.ckpt, and the best rounds by"
+             " --model_checkpoint.monitor), written to --loop.checkpoint_dir or --model_checkpoint.dirpath when"
+             " one is set; null writes none.",
+    )
+    parser.add_argument(
+        "--ckpt_path", type=str | None, default=None,
+        help="Resume: last (the newest federated checkpoint in --loop.checkpoint_dir; with none there yet the"
+             " run starts at round 0) or a checkpoint file. Without it, a --loop.checkpoint_dir that already"
+             " holds checkpoints is refused rather than overwritten.",
+    )
     parser.add_argument("--logger", type=Literal["wandb", "csv", "none"], default="wandb",
                         help="wandb (offline when no API key is configured), csv or none.")
     parser.add_argument("--project", type=str | None, default=None,
@@ -179,12 +194,90 @@ def fit_parser(argv: Sequence[str] = ()) -> ArgumentParser:
 
 
 def fit_main(argv: Sequence[str]) -> int:
-    """Parse ``argv`` and run the federation; returns the exit code."""
+    """Parse ``argv`` and run the federation; returns the exit code (130 after Ctrl+C, with how to resume)."""
     argv = list(argv)
     parser = fit_parser(argv)
-    cfg = parse(parser, argv, none_flags={"--mutation"})
-    run_fit(cfg)
+    cfg = parse(parser, argv, none_flags={"--mutation", "--model_checkpoint"})
+    try:
+        run_fit(cfg)
+    except KeyboardInterrupt:
+        print(interrupt_message(argv, cfg.loop.checkpoint_dir), file=sys.stderr, flush=True)
+        return 130
     return 0
+
+
+def resume_command(argv: Sequence[str]) -> str:
+    """The command line that resumes the run of ``argv``: the same flags, with ``--ckpt_path last``.
+
+    Examples:
+        >>> resume_command(["--loop.rounds=30", "--ckpt_path", "old.ckpt", "--run_name=a b"])
+        "lightning-fedmut fit --loop.rounds=30 '--run_name=a b' --ckpt_path last"
+    """
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--ckpt_path":
+            skip = True
+        elif not arg.startswith("--ckpt_path="):
+            kept.append(arg)
+    return shlex.join(["lightning-fedmut", "fit", *kept, "--ckpt_path", "last"])
+
+
+def interrupt_message(argv: Sequence[str], checkpoint_dir: str | None) -> str:
+    """What ``fit`` prints after Ctrl+C: where the run was saved and the command that resumes it."""
+    if checkpoint_dir is None:
+        return ("Interrupted. No checkpoint was written: set --loop.checkpoint_dir=DIR to make a run resumable"
+                " (--ckpt_path last then continues it).")
+    return (f"Interrupted. The completed rounds are saved in {checkpoint_dir}; resume with:\n"
+            f"  {resume_command(argv)}")
+
+
+def resume_checkpoint(ckpt_path: str | None, checkpoint_dir: str | None) -> str | None:
+    """Apply the rerun rule: what ``FederatedLoop.fit(ckpt_path=...)`` gets, or a :class:`CLIError`.
+
+    - without ``--ckpt_path``, a ``--loop.checkpoint_dir`` that already holds ``.ckpt`` files is refused:
+      nothing is overwritten;
+    - ``--ckpt_path last`` resumes from the newest federated checkpoint there, and starts at round 0 when the
+      folder holds no ``.ckpt`` file yet (so one command line starts a run and resumes it);
+    - ``--ckpt_path FILE`` resumes from that file.
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     resume_checkpoint("last", d) is None
+        True
+    """
+    existing = _checkpoint_files(checkpoint_dir)
+    if ckpt_path is None:
+        if existing:
+            shown = ", ".join(p.name for p in existing[:3]) + (", ..." if len(existing) > 3 else "")
+            raise CLIError(
+                f"--loop.checkpoint_dir={checkpoint_dir} already holds checkpoints ({shown}): pass --ckpt_path last"
+                " to resume that run, or choose another --loop.checkpoint_dir (nothing is overwritten)"
+            )
+        return None
+    if ckpt_path == "last":
+        if checkpoint_dir is None:
+            raise CLIError("--ckpt_path last: expected --loop.checkpoint_dir, the folder to resume from, got none")
+        if list_checkpoints(checkpoint_dir):
+            return "last"
+        if existing:
+            raise CLIError(
+                f"--ckpt_path last: {checkpoint_dir} holds no federated checkpoint (round-NNNNN.ckpt) to resume,"
+                f" only {', '.join(p.name for p in existing[:3])}: choose another --loop.checkpoint_dir"
+            )
+        return None
+    if not os.path.isfile(ckpt_path):
+        raise CLIError(f"--ckpt_path: expected last or a checkpoint file, got {ckpt_path!r}: no such file")
+    return ckpt_path
+
+
+def _checkpoint_files(folder: str | None) -> list[Path]:
+    if folder is None or not os.path.isdir(folder):
+        return []
+    return sorted(p for p in Path(folder).iterdir() if p.suffix == ".ckpt" and not p.name.startswith("."))
 
 
 def config_dict(cfg: Namespace) -> dict[str, Any]:
@@ -253,9 +346,11 @@ def _data(cfg: Namespace, data: Any) -> tuple[Any, Any, Any]:
 def run_fit(cfg: Namespace) -> FederatedResult:
     """Build everything ``cfg`` describes and run the federation."""
     start = time.perf_counter()
+    ckpt_path = resume_checkpoint(cfg.ckpt_path, cfg.loop.checkpoint_dir)
     torch.manual_seed(cfg.seed)
     model = _build("model", LightningModule, cfg.model)
     mutation = _build("mutation", MutationCallback | None, cfg.mutation)
+    model_checkpoint = _build("model_checkpoint", GlobalModelCheckpoint | None, cfg.model_checkpoint)
     aggregator = _build("aggregator", Aggregator, cfg.aggregator)
     data = _build("data", LightningDataModule, cfg.data)
     train, val, collate_fn = _data(cfg, data)
@@ -273,22 +368,32 @@ def run_fit(cfg: Namespace) -> FederatedResult:
         raise CLIError(f"--loop.clients_per_round: expected at most the number of clients ({len(clients)}),"
                        f" got {loop_args['clients_per_round']}")
     logger = make_logger(cfg.logger, save_dir=cfg.save_dir, project=cfg.project, group=cfg.group, name=cfg.run_name)
+    callbacks: list[Any] = [mutation] if mutation else []
+    if model_checkpoint is not None and (model_checkpoint.dirpath is not None or loop_args["checkpoint_dir"]):
+        callbacks.append(model_checkpoint)
     try:
-        loop = FederatedLoop(**loop_args, aggregator=aggregator, callbacks=[mutation] if mutation else [],
-                             logger=logger, seed=cfg.seed)
+        loop = FederatedLoop(**loop_args, aggregator=aggregator, callbacks=callbacks, logger=logger, seed=cfg.seed)
     except (ValueError, TypeError) as err:
         finish_logger(logger)
         raise CLIError(f"--loop: {err}") from None
     config = config_dict(cfg)
-    for key, obj in (("model", model), ("mutation", mutation), ("aggregator", aggregator), ("data", data)):
+    for key, obj in (("model", model), ("mutation", mutation), ("aggregator", aggregator), ("data", data),
+                     ("model_checkpoint", model_checkpoint)):
         if isinstance(config.get(key), dict):  # the class path as the loop logs it (module.Class)
             config[key]["class_path"] = f"{type(obj).__module__}.{type(obj).__qualname__}"
     if logger is not None:
         logger.log_hyperparams(flatten_config(config))
     method = "FedMut" if mutation is not None else "FedAvg"
     print(f"{method}: {type(model).__name__} on {cfg.data if isinstance(cfg.data, str) else type(data).__name__},"
-          f" {len(clients)} clients, {loop.clients_per_round} per round, {loop.rounds} rounds")
-    result = loop.fit(model, clients, val_dataloaders=val)
+          f" {len(clients)} clients, {loop.clients_per_round} per round, {plural(loop.rounds, 'round')}"
+          + (f"; resuming from {ckpt_path}" if ckpt_path is not None else ""), flush=True)
+    try:
+        result = loop.fit(model, clients, val_dataloaders=val, ckpt_path=ckpt_path)
+    except ValueError as err:  # a checkpoint of another run: the loop names each setting that differs
+        if not str(err).startswith("Cannot resume"):
+            raise
+        finish_logger(logger)
+        raise CLIError(f"--ckpt_path: {err}") from None
     folder = finish_logger(logger)
     _report(result, time.perf_counter() - start)
     if folder is not None:
@@ -306,4 +411,4 @@ def _report(result: FederatedResult, seconds: float) -> None:
     last = result.history[-1]
     shown = {k: v for k, v in last.items() if k.startswith("val_") and isinstance(v, (int, float))}
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in shown.items()) or "no validation metrics"
-    print(f"Finished {last['round'] + 1} rounds in {seconds:.1f} s: {metrics}")
+    print(f"Finished {plural(len(result.history), 'round')} in {seconds:.1f} s; round {last['round']}: {metrics}")
