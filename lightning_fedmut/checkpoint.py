@@ -318,7 +318,8 @@ def _verified_body(p: str, data: bytes) -> bytes:
             raise CorruptCheckpointError(f"Checkpoint {p!r} is truncated: it ends inside its header.")
         if len(head) == len(_MAGIC) and sum(a != b for a, b in zip(head, _MAGIC)) <= 2:
             raise CorruptCheckpointError(f"Checkpoint {p!r} is corrupt: its header is damaged.")
-        raise ValueError(f"{p!r} is not a lightning_fedmut checkpoint: it does not start with {_MAGIC[:-1].decode()!r}.")
+        magic = _MAGIC[:-1].decode()
+        raise ValueError(f"{p!r} is not a lightning_fedmut checkpoint: it does not start with {magic!r}.")
     start = len(_MAGIC)
     end = data.find(b"\n", start, start + 128)
     if end < 0:
@@ -377,7 +378,9 @@ def _refuse_bare_torch_file(p: str, data: bytes) -> None:
         ) from exc.__cause__
     if isinstance(state, dict) and state.get("format") == "lightning_fedmut":
         raise ValueError(_version_message(p, state.get("version")))
-    raise ValueError(f"{p!r} is not a lightning_fedmut checkpoint: it is a plain torch file without the checkpoint header.")
+    raise ValueError(
+        f"{p!r} is not a lightning_fedmut checkpoint: it is a plain torch file without the checkpoint header."
+    )
 
 
 def _version_message(p: str, version: Any) -> str:
@@ -407,7 +410,8 @@ def _check_plain(state: dict[str, Any]) -> None:
     where, what = _find_unplain(state, "state")
     raise TypeError(
         f"Cannot checkpoint `{where}`: it is a {what}, and a checkpoint holds only {_KINDS}."
-        " Convert it in the `state_dict` that returns it (for example with `.item()`, `.tolist()` or `torch.as_tensor`)."
+        " Convert it in the `state_dict` that returns it (for example with `.item()`, `.tolist()` or"
+        " `torch.as_tensor`)."
     )
 
 

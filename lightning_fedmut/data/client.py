@@ -10,6 +10,8 @@ import numpy as np
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from lightning_fedmut.utilities.validation import check_int
+
 ClientData = Union[DataLoader, LightningDataModule]
 
 
@@ -131,8 +133,7 @@ def make_clients(
         >>> [c.num_examples for c in make_clients(ds, [[0, 1, 2], [3, 4]], batch_size=2)]
         [3, 2]
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"Expected `batch_size` to be an integer >= 1, got {batch_size!r}.")
+    batch_size = check_int("batch_size", batch_size, low=1)  # numpy integers too
     parts = check_partitions(partitions, len(dataset))  # type: ignore[arg-type]
     return [
         Client(
