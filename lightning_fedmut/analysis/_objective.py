@@ -284,16 +284,21 @@ def objective(
     dataloader: Iterable[Any],
     loss_fn: LossFn | None,
     max_batches: int | None = None,
+    seed: int = 0,
 ) -> Iterator[Objective]:
     """A session over ``module`` and ``dataloader``; the module is restored bit for bit when it closes.
 
     The batches are read once, moved to the module's device and kept for the session, so every evaluation
-    sees the same data (and the same order) whatever the loader's shuffling.
+    sees the same data. They are read with the global generators of torch, numpy and ``random`` seeded with
+    ``seed`` (inside the fork), so a shuffling loader gives the same batches for the same seed.
     """
     saved = [t.detach().clone() for t in [*module.parameters(), *module.buffers()]]
     modes = [(m, m.training) for m in module.modules()]
     try:
         with _forked_rng(module), _no_trainer(module):
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            random.seed(seed)
             batches = _read_batches(module, dataloader, max_batches)
             module.eval()
             session = Objective(module, loss_fn, batches)

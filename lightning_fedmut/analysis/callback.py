@@ -52,7 +52,7 @@ class FlatnessCallback(FederatedCallback):
             subset of the clients' training data.
         metrics: which figures, from ``"hessian_top"``, ``"hessian_trace"``, ``"sharpness"``, ``"loss"``.
         loss_fn: ``loss_fn(module, batch) -> scalar tensor``; by default the module's ``training_step``.
-        seed: the seed of every measurement's random draws.
+        seed: the seed of every measurement's random draws (and of a shuffling loader's order).
         rho: the sharpness radius.
         sharpness_method: ``"sam"`` or ``"random"`` (see :func:`~lightning_fedmut.analysis.sharpness`).
         max_iter: the most Hessian-vector products of the top eigenvalue, and of the trace.
@@ -145,6 +145,6 @@ class FlatnessCallback(FederatedCallback):
                 out[name] = sharpness(module, self.data, rho=self.rho, method=self.sharpness_method, seed=self.seed,
                                       **common)
             else:
-                with objective(module, self.data, self.loss_fn, self.max_batches) as session:
+                with objective(module, self.data, self.loss_fn, self.max_batches, self.seed) as session:
                     out[name] = session.loss()[0]
         return out

@@ -52,6 +52,7 @@ def hessian_vector_product(
     *,
     loss_fn: LossFn | None = None,
     max_batches: int | None = None,
+    seed: int = 0,
 ) -> dict[str, Tensor]:
     """The Hessian of the data's loss with respect to the trainable weights, times ``vector``.
 
@@ -65,6 +66,8 @@ def hessian_vector_product(
         vector: a dict ``{parameter name: tensor}`` over the trainable parameters.
         loss_fn: ``loss_fn(module, batch) -> scalar tensor`` instead of ``training_step``.
         max_batches: read at most this many batches.
+        seed: the global generators are seeded with it (inside a fork) while the batches are read, so a
+            shuffling loader gives the same batches for the same seed.
 
     Returns:
         ``H @ vector`` as a dict ``{parameter name: tensor}``.
@@ -80,9 +83,10 @@ def hessian_vector_product(
         {'w': tensor([2., 6.])}
     """
     loss_fn, max_batches = _check_common(module, dataloader, loss_fn, max_batches)
+    seed = check_seed(seed)
     named = trainable(module)
     v = check_direction(vector, named, "vector")
-    with objective(module, dataloader, loss_fn, max_batches) as session:
+    with objective(module, dataloader, loss_fn, max_batches, seed) as session:
         hv = session.hvp(v)
     return {name: t for (name, _), t in zip(named, hv)}
 
@@ -126,7 +130,7 @@ def hessian_eigenvalues(
         k: how many eigenvalues.
         max_iter: the most Hessian-vector products per eigenvalue.
         tol: the relative change of the eigenvalue between two iterations that ends the iteration.
-        seed: seed of the start vectors.
+        seed: seed of the start vectors and of a shuffling loader's order.
         loss_fn: ``loss_fn(module, batch) -> scalar tensor`` instead of ``training_step``.
         max_batches: read at most this many batches.
         return_eigenvectors: also return the unit eigenvectors, as dicts ``{parameter name: tensor}``.
@@ -160,7 +164,7 @@ def hessian_eigenvalues(
     generator = torch.Generator().manual_seed(seed)
     values: list[float] = []
     vectors: list[list[Tensor]] = []
-    with objective(module, dataloader, loss_fn, max_batches) as session:
+    with objective(module, dataloader, loss_fn, max_batches, seed) as session:
         for index in range(k):
             v = [draw(p.shape, generator, p) for p in session.params]
             _orthonormalise(v, vectors)
@@ -213,7 +217,7 @@ def hessian_trace(
         dataloader: the data (read once, kept on the module's device).
         max_iter: the most probes.
         tol: the relative standard error that ends the estimate.
-        seed: seed of the probes.
+        seed: seed of the probes and of a shuffling loader's order.
         loss_fn: ``loss_fn(module, batch) -> scalar tensor`` instead of ``training_step``.
         max_batches: read at most this many batches.
 
@@ -237,7 +241,7 @@ def hessian_trace(
     seed = check_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     samples: list[float] = []
-    with objective(module, dataloader, loss_fn, max_batches) as session:
+    with objective(module, dataloader, loss_fn, max_batches, seed) as session:
         for _ in range(max_iter):
             z = [draw(p.shape, generator, p, rademacher=True) for p in session.params]
             samples.append(dot(z, session.hvp(z)))

@@ -95,7 +95,7 @@ def loss_landscape_1d(
         steps: the number of points, at least 2.
         loss_fn: ``loss_fn(module, batch) -> scalar tensor`` instead of ``training_step``.
         metric_fn: ``metric_fn(module, batch) -> number`` (e.g. accuracy), averaged like the loss.
-        seed: seed of the default direction.
+        seed: seed of the default direction and of a shuffling loader's order.
         recompute_bn: at every point, reset the BatchNorm running statistics and re-estimate them on the
             data (as at the end of training at those weights) before measuring.
         max_batches: read at most this many batches.
@@ -128,7 +128,7 @@ def loss_landscape_1d(
     d = check_direction(direction, named, "direction")
     alphas = np.linspace(low, high, steps)
     losses, metrics = np.empty(steps), np.empty(steps)
-    with objective(module, dataloader, loss_fn, max_batches) as session:
+    with objective(module, dataloader, loss_fn, max_batches, seed) as session:
         for i, alpha in enumerate(alphas):
             losses[i], metric = _evaluate(session, ((float(alpha), d),), metric_fn, recompute_bn)
             metrics[i] = np.nan if metric is None else metric
@@ -166,7 +166,7 @@ def loss_landscape_2d(
         steps: the number of points along each axis, at least 2.
         loss_fn: ``loss_fn(module, batch) -> scalar tensor`` instead of ``training_step``.
         metric_fn: ``metric_fn(module, batch) -> number``, averaged like the loss.
-        seed: seed of the default directions.
+        seed: seed of the default directions and of a shuffling loader's order.
         recompute_bn: re-estimate the BatchNorm running statistics at every point.
         max_batches: read at most this many batches.
 
@@ -202,7 +202,7 @@ def loss_landscape_2d(
     d2 = check_direction(directions[1], named, "directions[1]")
     grid = np.linspace(low, high, steps)
     losses, metrics = np.empty((steps, steps)), np.empty((steps, steps))
-    with objective(module, dataloader, loss_fn, max_batches) as session:
+    with objective(module, dataloader, loss_fn, max_batches, seed) as session:
         for j, y in enumerate(grid):
             for i, x in enumerate(grid):
                 losses[j, i], metric = _evaluate(session, ((float(x), d1), (float(y), d2)), metric_fn, recompute_bn)

@@ -60,7 +60,7 @@ def sharpness(
         rho: the radius, a float > 0.
         method: ``"sam"`` or ``"random"``.
         num_directions: the number of random directions (``method="random"``).
-        seed: seed of the random directions (``method="random"``).
+        seed: seed of the random directions (``method="random"``) and of a shuffling loader's order.
         ignore_bias_bn: zero the random directions on biases and normalisation weights (``method="random"``).
         loss_fn: ``loss_fn(module, batch) -> scalar tensor`` instead of ``training_step``.
         max_batches: read at most this many batches.
@@ -92,7 +92,7 @@ def sharpness(
     if not isinstance(ignore_bias_bn, bool):
         raise TypeError(f"Expected `ignore_bias_bn` to be a bool, got {ignore_bias_bn!r}.")
 
-    with objective(module, dataloader, loss_fn, max_batches) as session:
+    with objective(module, dataloader, loss_fn, max_batches, seed) as session:
         if method == "sam":
             grad, base = session.gradient()
             size = norm(grad)
