@@ -55,6 +55,7 @@ __all__ = [
     "save_checkpoint",
 ]
 
+#: The version of the checkpoint format this release writes and reads (2: checksummed, plain data only).
 CHECKPOINT_VERSION = 2
 _NAME = re.compile(r"^round-(\d+)\.ckpt$")
 _TMP = re.compile(r"^\.tmp-.*\.ckpt$")
