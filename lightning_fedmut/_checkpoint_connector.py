@@ -11,6 +11,7 @@ from lightning.pytorch import LightningModule
 
 from lightning_fedmut import _tracking as tracking
 from lightning_fedmut import checkpoint as ckpt
+from lightning_fedmut._config import class_path
 from lightning_fedmut.functional.state import copy_
 
 if TYPE_CHECKING:
@@ -115,10 +116,6 @@ def fingerprint(loop: FederatedLoop, model: LightningModule, clients: list[Clien
         "aggregator": loop.hparams["aggregator"],
         "sampler": loop.hparams["sampler"],
     }
-
-
-def class_path(obj: Any) -> str:
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
 def _digest(items: list[str]) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule
@@ -20,6 +22,28 @@ def check_instance(name: str, value: Any, cls: type, what: str) -> Any:
     if not isinstance(value, cls):
         raise TypeError(f"Expected `{name}` to be {what}, got {type(value).__name__}.")
     return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"Expected `{name}` to be a bool, got {value!r}.")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"Expected `{name}` in {choices}, got {value!r}.")
+    return value
+
+
+def check_checkpoint_dir(checkpoint_dir: Any) -> Path | None:
+    if checkpoint_dir is None:
+        return None
+    if not isinstance(checkpoint_dir, (str, os.PathLike)):
+        raise TypeError(f"Expected `checkpoint_dir` to be a path or None, got {type(checkpoint_dir).__name__}.")
+    if not str(os.fspath(checkpoint_dir)).strip():
+        raise ValueError("Expected `checkpoint_dir` to be a folder path or None, got ''. Pass a folder name.")
+    return Path(checkpoint_dir)
 
 
 def check_callbacks(callbacks: Any) -> list[FederatedCallback]:
@@ -119,3 +143,16 @@ def check_fit(model: Any, clients: Any, val_dataloaders: Any, clients_per_round:
             " define one that logs metrics, or drop `val_dataloaders`."
         )
     return clients
+
+
+def check_sampled(sampler: Any, picked: list[Any], k: int, index: dict[int, int], round_index: int) -> list[Client]:
+    """``picked`` if it is ``k`` distinct clients of the federation (``index`` maps their ids), else an error."""
+    known = [id(c) in index for c in picked]
+    distinct = len({id(c) for c in picked})
+    if len(picked) != k or not all(known) or distinct != len(picked):
+        raise ValueError(
+            f"{type(sampler).__name__}.sample() must return `clients_per_round`={k} distinct clients of the"
+            f" federation; in round {round_index} it returned {len(picked)} clients ({sum(known)} of the"
+            f" federation, {distinct} distinct)."
+        )
+    return picked

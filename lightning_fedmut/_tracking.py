@@ -1,10 +1,20 @@
-"""Logging a federated run: the round as the step axis, per-client tables, and the run id for resuming."""
+"""Logging a federated run: the round as the step axis, per-client tables, and the run id for resuming.
+
+Rounds are numbered from 0 everywhere: ``result.history``'s ``round``, the logger's step, W&B's ``round``
+metric and the client table's ``round`` column hold the same number for the same round.
+"""
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from lightning.pytorch.loggers import Logger
+
+#: Key of the per-client W&B table.
+CLIENT_TABLE_KEY = "clients/table"
+# the incremental client table of each W&B run (a run's rows are logged once, in increments)
+_TABLES: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 def _wandb_logger(logger: Logger | None) -> Any:
@@ -45,25 +55,45 @@ def start_run(logger: Logger | None, config: dict[str, Any]) -> None:
 
 
 def log_round(logger: Logger | None, row: dict[str, Any]) -> None:
-    """Log one round's metrics with ``step = round`` (and ``round`` itself, W&B's step metric)."""
+    """Log one round's metrics with ``step = round`` (and ``round`` itself, W&B's step metric).
+
+    W&B gets the row as it is: ``round`` is its x-axis, so Lightning's extra ``trainer/global_step`` (the same
+    number again) is not logged.
+    """
     if logger is None:
         return
     metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    logger.log_metrics(metrics, step=int(row["round"]))
+    wandb_logger = _wandb_logger(logger)
+    if wandb_logger is not None:
+        wandb_logger.experiment.log(metrics)
+    else:
+        logger.log_metrics(metrics, step=int(row["round"]))
 
 
 def log_client_table(logger: Logger | None, rows: list[dict[str, Any]], round_index: int) -> None:
-    """Log the per-client rows so far as a W&B table ``clients/table`` (no-op for other loggers)."""
+    """Add ``rows``, the per-client rows since the previous call, to the W&B table ``clients/table``.
+
+    The table is an incremental W&B table: each call writes only the rows it is given, so a call costs the
+    same in round 10 and in round 1000, and the W&B UI shows the increments as one table. A column that
+    appears later (a metric some clients log) starts a new increment with every column so far; earlier rows
+    have no value there. No-op for loggers other than W&B (the rows are in ``result.client_history``).
+    """
     wandb_logger = _wandb_logger(logger)
     if wandb_logger is None or not rows:
         return
-    columns: list[str] = []
-    for row in rows:
-        columns.extend(k for k in row if k not in columns)
-    data = [[_cell(row.get(c)) for c in columns] for row in rows]
     import wandb
 
-    wandb_logger.experiment.log({"clients/table": wandb.Table(columns=columns, data=data), "round": round_index})
+    run = wandb_logger.experiment
+    table = _TABLES.get(run)
+    columns = list(table.columns) if table is not None else []
+    new = [k for row in rows for k in row if k not in columns]
+    if new:
+        columns.extend(dict.fromkeys(new))
+        table = _new_table(wandb, columns, previous=table)
+        _TABLES[run] = table
+    for row in rows:
+        table.add_data(*(_cell(row.get(c)) for c in columns))
+    run.log({CLIENT_TABLE_KEY: table, "round": round_index})
 
 
 def finish_run(logger: Logger | None, status: str) -> None:
@@ -74,7 +104,22 @@ def finish_run(logger: Logger | None, status: str) -> None:
     logger.finalize(status)
     wandb_logger = _wandb_logger(logger)
     if wandb_logger is not None and getattr(wandb_logger, "_experiment", None) is not None:
+        _TABLES.pop(wandb_logger.experiment, None)
         wandb_logger.experiment.finish(exit_code=0 if status == "success" else 1)
+
+
+def _new_table(wandb: Any, columns: list[str], previous: Any) -> Any:
+    """An incremental table with ``columns``; one that replaces ``previous`` goes on with its increments."""
+    table = wandb.Table(columns=columns, log_mode="INCREMENTAL", allow_mixed_types=True)
+    if previous is None or getattr(previous, "_increment_num", None) is None:
+        return table
+    try:  # what W&B does when a logged incremental table grows: the next increment refers to the earlier ones
+        last = previous._get_artifact_entry_ref_url() if previous._artifact_target is not None else None
+        paths = [*(previous._previous_increments_paths or []), *([last] if last else [])]
+        table._previous_increments_paths, table._increment_num = paths, previous._increment_num + 1
+    except AttributeError:  # another wandb version: the new columns start a table of their own
+        pass
+    return table
 
 
 def _cell(value: Any) -> Any:

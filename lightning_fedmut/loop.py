@@ -7,7 +7,6 @@ import time
 import warnings
 from collections.abc import Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningModule
@@ -17,8 +16,18 @@ from tqdm.auto import tqdm
 
 from lightning_fedmut import _tracking as tracking
 from lightning_fedmut import checkpoint as ckpt
-from lightning_fedmut._checkpoint_connector import CheckpointConnector, class_path, fingerprint
-from lightning_fedmut._checks import check_callbacks, check_fit, check_instance, check_trainer_kwargs
+from lightning_fedmut._checkpoint_connector import CheckpointConnector, fingerprint
+from lightning_fedmut._checks import (
+    check_bool,
+    check_callbacks,
+    check_checkpoint_dir,
+    check_choice,
+    check_fit,
+    check_instance,
+    check_sampled,
+    check_trainer_kwargs,
+)
+from lightning_fedmut._config import loop_hparams, run_config
 from lightning_fedmut.aggregators.base import Aggregator
 from lightning_fedmut.aggregators.fedavg import FedAvg
 from lightning_fedmut.callbacks.base import FederatedCallback
@@ -28,9 +37,9 @@ from lightning_fedmut.exceptions import DivergenceError, NonFiniteWeightsError, 
 from lightning_fedmut.execution import ClientExecutor, ClientTraining, Evaluator, SequentialExecutor
 from lightning_fedmut.functional.state import copy_, first_non_finite
 from lightning_fedmut.progress import FitProgress
-from lightning_fedmut.result import FederatedResult
+from lightning_fedmut.result import FederatedResult, weighted_client_means
 from lightning_fedmut.sampling import ClientSampler, UniformSampler
-from lightning_fedmut.tasks import ClientResult, ClientTask
+from lightning_fedmut.tasks import ClientTask
 from lightning_fedmut.utilities.seed import CLIENT_STREAM, derive_seed
 from lightning_fedmut.utilities.validation import check_int
 
@@ -42,14 +51,12 @@ _ROUND_FAILURE_POLICIES = ("skip", "raise")
 class FederatedLoop:
     r"""Federate a ``LightningModule``: rounds of local training on sampled clients, then aggregation.
 
-    Each round the ``sampler`` picks ``clients_per_round`` clients; each gets a
-    :class:`~lightning_fedmut.tasks.ClientTask` that the ``executor`` runs (by default one after another
-    on a working copy of the model, made once per ``fit`` and reloaded in place, in a short-lived, quiet
-    Lightning ``Trainer``: no logger, checkpointing, progress bar, model summary or sanity check unless
-    ``trainer_kwargs`` asks). The module's ``configure_optimizers`` gives a fresh optimizer per client per
-    round. Each :class:`~lightning_fedmut.tasks.ClientResult` streams into the ``aggregator``, whose result
-    is written into the global module in place; every ``evaluate_every`` rounds the global module is
-    evaluated with ``Trainer.validate``.
+    Each round the ``sampler`` picks ``clients_per_round`` clients, each gets a
+    :class:`~lightning_fedmut.tasks.ClientTask`, and the ``executor`` trains them (by default one after
+    another on one working copy of the model, each in a short-lived, quiet ``Trainer`` with a fresh
+    optimizer from ``configure_optimizers``). Each :class:`~lightning_fedmut.tasks.ClientResult` streams
+    into the ``aggregator``, whose result is written into the global module in place; every
+    ``evaluate_every`` rounds the global module is evaluated with ``Trainer.validate``.
 
     A client whose training raises, or returns NaN/Inf weights, is recorded as failed and left out of the
     aggregate; the round goes on with the others.
@@ -124,26 +131,14 @@ class FederatedLoop:
         self.aggregator = check_instance(
             "aggregator", FedAvg() if aggregator is None else aggregator, Aggregator, "a lightning_fedmut Aggregator")
         self.callbacks = check_callbacks(callbacks)
-        if logger is not None and not isinstance(logger, Logger):
-            raise TypeError(
-                f"Expected `logger` to be a Lightning Logger (e.g. WandbLogger, CSVLogger), got {type(logger).__name__}."
-            )
-        self.logger = logger
+        self.logger = None if logger is None else check_instance(
+            "logger", logger, Logger, "a Lightning Logger (e.g. WandbLogger, CSVLogger)")
         self.trainer_kwargs = check_trainer_kwargs(trainer_kwargs)
-        if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
-            raise TypeError(f"Expected `checkpoint_dir` to be a path or None, got {type(checkpoint_dir).__name__}.")
-        if checkpoint_dir is not None and not str(os.fspath(checkpoint_dir)).strip():
-            raise ValueError("Expected `checkpoint_dir` to be a folder path or None, got ''. Pass a folder name.")
-        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.checkpoint_dir = check_checkpoint_dir(checkpoint_dir)
         self.min_clients_per_round = check_int(
-            "min_clients_per_round", min_clients_per_round, low=1, high=self.clients_per_round
-        )
-        if on_round_failure not in _ROUND_FAILURE_POLICIES:
-            raise ValueError(f"Expected `on_round_failure` in {_ROUND_FAILURE_POLICIES}, got {on_round_failure!r}.")
-        self.on_round_failure = on_round_failure
-        if not isinstance(enable_progress_bar, bool):
-            raise TypeError(f"Expected `enable_progress_bar` to be a bool, got {enable_progress_bar!r}.")
-        self.enable_progress_bar = enable_progress_bar
+            "min_clients_per_round", min_clients_per_round, low=1, high=self.clients_per_round)
+        self.on_round_failure = check_choice("on_round_failure", on_round_failure, _ROUND_FAILURE_POLICIES)
+        self.enable_progress_bar = check_bool("enable_progress_bar", enable_progress_bar)
         self.client_table_every = check_int("client_table_every", client_table_every, low=1)
         self.sampler = check_instance(
             "sampler", UniformSampler() if sampler is None else sampler, ClientSampler, "a ClientSampler")
@@ -161,10 +156,8 @@ class FederatedLoop:
         self.should_stop = False
         self.round_metrics: dict[str, float] = {}
         self.sampled_clients: list[Client] = []
-        self.history: list[dict[str, Any]] = []
-        self.client_history: list[dict[str, Any]] = []
-        self.failures: list[dict[str, Any]] = []
-        self.timings: list[dict[str, Any]] = []
+        # one dict per round, per client that trained, per client that failed, per round: see FederatedResult
+        self.history, self.client_history, self.failures, self.timings = [], [], [], []  # type: ignore[var-annotated]
         self._clients: list[Client] = []
         self._val: DataLoader | Sequence[DataLoader] | None = None
         self._client_index: dict[int, int] = {}
@@ -181,25 +174,7 @@ class FederatedLoop:
     @property
     def hparams(self) -> dict[str, Any]:
         """The loop's arguments, with the aggregator's, sampler's and callbacks', for run configs."""
-        return {
-            "rounds": self.rounds,
-            "clients_per_round": self.clients_per_round,
-            "local_epochs": self.local_epochs,
-            "local_steps": self.local_steps,
-            "evaluate_every": self.evaluate_every,
-            "seed": self.seed,
-            "min_clients_per_round": self.min_clients_per_round,
-            "on_round_failure": self.on_round_failure,
-            "aggregator": {"class_path": class_path(self.aggregator), "init_args": self.aggregator.hparams},
-            "sampler": {"class_path": class_path(self.sampler), "init_args": self.sampler.hparams},
-            "callbacks": [
-                {"class_path": class_path(cb), "init_args": getattr(cb, "hparams", {})} for cb in self.callbacks
-            ],
-            "trainer_kwargs": {
-                k: v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)
-                for k, v in self.trainer_kwargs.items()
-            },
-        }
+        return loop_hparams(self)
 
     # ------------------------------------------------------------------ fit
     def fit(
@@ -268,12 +243,11 @@ class FederatedLoop:
         rows_logged = (self.progress.rounds_done // self.client_table_every) * self.client_table_every
         self._table_rows = sum(1 for row in self.client_history if row["round"] < rows_logged)
         self.executor.setup(model, ClientTraining(self.local_epochs, self.local_steps, self.trainer_kwargs))
-        tracking.start_run(self.logger, self._run_config(model))
+        tracking.start_run(self.logger, run_config(self, model, len(self._clients)))
         self._call("on_fit_start", model)
         # a start model can only differ from the (checked) global one if a callback writes it
-        self._start_models_change = any(
-            type(cb).on_client_fit_start is not FederatedCallback.on_client_fit_start for cb in self.callbacks
-        )
+        base = FederatedCallback.on_client_fit_start
+        self._start_models_change = any(type(cb).on_client_fit_start is not base for cb in self.callbacks)
         self._bar = tqdm(total=self.rounds * self.clients_per_round,
                          initial=self.progress.rounds_done * self.clients_per_round,
                          disable=not self.enable_progress_bar, desc="federated", unit="client", dynamic_ncols=True)
@@ -298,7 +272,9 @@ class FederatedLoop:
         self.round_metrics = {}
         self.checkpoint_connector.on_round_start(self)
         self._call("on_round_start", model)
-        self.sampled_clients = self._sample()
+        picked = list(self.sampler.sample(round_index, self._clients, self.clients_per_round))
+        self.sampled_clients = check_sampled(self.sampler, picked, self.clients_per_round, self._client_index,
+                                             round_index)
         self.aggregator.reset()
         trained, failed = self._train_clients(model)
         skipped = len(trained) < self.min_clients_per_round
@@ -313,17 +289,6 @@ class FederatedLoop:
         self._call("on_round_end", model)
         self.progress.complete_round()
 
-    def _sample(self) -> list[Client]:
-        picked = list(self.sampler.sample(self.round, self._clients, self.clients_per_round))
-        known = [id(c) in self._client_index for c in picked]
-        if len(picked) != self.clients_per_round or not all(known) or len({id(c) for c in picked}) != len(picked):
-            raise ValueError(
-                f"{type(self.sampler).__name__}.sample() must return `clients_per_round`={self.clients_per_round}"
-                f" distinct clients of the federation; in round {self.round} it returned {len(picked)} clients"
-                f" ({sum(known)} of the federation, {len({id(c) for c in picked})} distinct)."
-            )
-        return picked
-
     def _task(self, slot: int, client: Client, start_state: dict[str, Any]) -> ClientTask:
         seed = derive_seed(self.seed, CLIENT_STREAM, self.round, self._client_index[id(client)])
         return ClientTask(round=self.round, slot=slot, client=client, seed=seed, start_state=start_state,
@@ -333,22 +298,20 @@ class FederatedLoop:
         """Hand the round's tasks to the executor; stream each result into the aggregator."""
         global_state = model.state_dict()
         tasks = (self._task(slot, client, global_state) for slot, client in enumerate(self.sampled_clients))
-        trained: list[dict[str, Any]] = []
-        failed: list[dict[str, Any]] = []
-        new_states: list[tuple[Any, dict[str, Any]]] = []
+        trained: list[dict[str, Any]] = []  # client_history rows
+        failed: list[dict[str, Any]] = []  # failures rows
+        new_states = []
         self._bar.set_description(f"round {self.round + 1}/{self.rounds}")
         self._in_client_phase = True
         for result in self.executor.run(tasks, partial(self._on_task_start, model)):
-            task = result.task
+            task, row = result.task, {"round": self.round, "client_id": result.client.id, "slot": result.task.slot}
             if result.failed:
-                failed.append({"round": self.round, "client_id": task.client.id, "slot": task.slot,
-                               "type": type(result.error).__name__, "message": str(result.error)})
+                failed.append({**row, "type": type(result.error).__name__, "message": str(result.error)})
                 self._call("on_client_fit_failure", model, result)
             else:
                 self._call("on_client_fit_end", model, result)
                 self.aggregator.update(result)
-                trained.append({"round": self.round, "client_id": task.client.id, "slot": task.slot,
-                                "num_examples": result.num_examples, **result.metrics})
+                trained.append({**row, "num_examples": result.num_examples, **result.metrics})
                 new_states.append((task.client.id, result.client_state))
             self._bar.update(1)
         self._in_client_phase = False
@@ -391,7 +354,7 @@ class FederatedLoop:
 
     def _log_round(self, trained: list[dict[str, Any]], failed: list[dict[str, Any]], skipped: bool, start: float,
                    val_metrics: dict[str, float]) -> None:
-        row: dict[str, Any] = {"round": self.round, **_weighted_means(trained), "clients/trained": len(trained),
+        row: dict[str, Any] = {"round": self.round, **weighted_client_means(trained), "clients/trained": len(trained),
                                "clients/failed": len(failed), "round_skipped": int(skipped), **self.round_metrics}
         self.history.append(row)
         elapsed = time.perf_counter() - start
@@ -433,23 +396,3 @@ class FederatedLoop:
     def _call(self, hook: str, *args: Any) -> None:
         for cb in self.callbacks:
             getattr(cb, hook)(self, *args)
-
-    def _run_config(self, model: LightningModule) -> dict[str, Any]:
-        config = dict(self.hparams)
-        config["model"] = {"class_path": class_path(model), "init_args": dict(getattr(model, "hparams", {}))}
-        config["num_clients"] = len(self._clients)
-        return config
-
-
-def _weighted_means(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Example-weighted mean of each client training metric, as ``clients/<name>``."""
-    skip = {"round", "client_id", "slot", "num_examples"}
-    totals: dict[str, float] = {}
-    weights: dict[str, float] = {}
-    for row in rows:
-        for k, v in row.items():
-            if k in skip:
-                continue
-            totals[k] = totals.get(k, 0.0) + row["num_examples"] * v
-            weights[k] = weights.get(k, 0.0) + row["num_examples"]
-    return {f"clients/{k}": totals[k] / weights[k] for k in totals}

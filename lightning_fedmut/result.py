@@ -7,7 +7,7 @@ from typing import Any
 
 from lightning.pytorch import LightningModule
 
-__all__ = ["FederatedResult"]
+__all__ = ["FederatedResult", "weighted_client_means"]
 
 
 @dataclass
@@ -40,3 +40,23 @@ class FederatedResult:
             [0.5]
         """
         return [row[name] for row in self.history if name in row]
+
+
+def weighted_client_means(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Example-weighted mean of each client training metric, as ``clients/<name>``.
+
+    Examples:
+        >>> weighted_client_means([{"round": 0, "client_id": 1, "slot": 0, "num_examples": 3, "loss": 1.0},
+        ...                        {"round": 0, "client_id": 2, "slot": 1, "num_examples": 1, "loss": 5.0}])
+        {'clients/loss': 2.0}
+    """
+    skip = {"round", "client_id", "slot", "num_examples"}
+    totals: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for row in rows:
+        for k, v in row.items():
+            if k in skip:
+                continue
+            totals[k] = totals.get(k, 0.0) + row["num_examples"] * v
+            weights[k] = weights.get(k, 0.0) + row["num_examples"]
+    return {f"clients/{k}": totals[k] / weights[k] for k in totals}

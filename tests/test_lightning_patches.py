@@ -128,6 +128,6 @@ def test_a_moved_target_warns_instead_of_silently_doing_nothing(monkeypatch):
 
     monkeypatch.delattr(callback_connector, "_load_external_callbacks")
     monkeypatch.setattr(trainer_utils, "_warned_missing", set())
-    with pytest.warns(RuntimeWarning, match="could not find Lightning's `callback_connector._load_external_callbacks`"):
-        with trainer_utils.quiet_lightning():
-            pass
+    message = "could not find Lightning's `callback_connector._load_external_callbacks`"
+    with pytest.warns(RuntimeWarning, match=message), trainer_utils.quiet_lightning():
+        pass

@@ -6,10 +6,11 @@ import netrc
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from lightning.pytorch.loggers import Logger
+if TYPE_CHECKING:
+    from lightning.pytorch.loggers import Logger
 
 LOGGERS = ("wandb", "csv", "none")
 DEFAULT_PROJECT = "lightning-fedmut"
@@ -58,11 +59,14 @@ def make_logger(
     name: str | None = None,
     job_type: str | None = None,
     tags: list[str] | None = None,
+    silent: bool = False,
 ) -> Logger | None:
     """A Lightning logger: ``wandb`` (``WandbLogger``), ``csv`` (``CSVLogger``) or ``none``.
 
     The W&B project is ``project``, else ``WANDB_PROJECT``, else ``lightning-fedmut``; the group is
-    ``group``, else ``WANDB_RUN_GROUP`` (how ``lightning-fedmut sweep`` groups its runs).
+    ``group``, else ``WANDB_RUN_GROUP`` (how ``lightning-fedmut sweep`` groups its runs). W&B never prints
+    its per-run summary blocks: it runs ``quiet`` (its start lines only), or ``silent`` with ``silent=True``
+    (the demo, which prints one ``wandb sync`` hint for all its runs).
     """
     if kind == "none":
         return None
@@ -73,12 +77,14 @@ def make_logger(
         return CSVLogger(save_dir=str(save_dir), name=project, version=name)
     if kind != "wandb":
         raise ValueError(f"Expected a logger among {', '.join(LOGGERS)}, got {kind!r}.")
+    import wandb
     from lightning.pytorch.loggers import WandbLogger
 
     choose_wandb_mode()
     directory = wandb_dir(save_dir)
     Path(directory).mkdir(parents=True, exist_ok=True)
-    kwargs: dict[str, Any] = {"project": project, "save_dir": directory}
+    kwargs: dict[str, Any] = {"project": project, "save_dir": directory,
+                              "settings": wandb.Settings(silent=True) if silent else wandb.Settings(quiet=True)}
     group = group or os.environ.get("WANDB_RUN_GROUP")
     for key, value in (("group", group), ("name", name), ("job_type", job_type), ("tags", tags)):
         if value:

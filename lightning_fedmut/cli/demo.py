@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from lightning_fedmut.aggregators import FedAvg
 from lightning_fedmut.callbacks import MutationCallback
 from lightning_fedmut.cli._logging import finish_logger, make_logger, offline_notice
-from lightning_fedmut.cli._parser import CLIError, make_parser, parse, plain
+from lightning_fedmut.cli._parser import CLIError, make_parser, parse, plain, plural
 from lightning_fedmut.data import make_clients, partition_dirichlet
 from lightning_fedmut.datasets import labels_of, load_dataset
 from lightning_fedmut.loop import FederatedLoop, FederatedResult
@@ -45,9 +45,10 @@ def run_demo(
 ) -> dict[str, list[FederatedResult]]:
     """FedMut against uniform FedAvg on scikit-learn's digits, on the same seeds, clients and initial models.
 
-    Prints a per-round table of the global model's test accuracy (mean over seeds), writes
-    ``accuracy.png``, ``label_distribution.png`` and ``history.csv`` to ``output_dir``, and logs every
-    run to W&B (offline when no API key is configured).
+    Prints a per-round table of the global model's test accuracy (mean over seeds) and one progress bar per
+    run, writes ``accuracy.png``, ``label_distribution.png`` and ``history.csv`` to ``output_dir``, and logs
+    every run to W&B (offline when no API key is configured), W&B itself kept quiet. Rounds are numbered
+    from 0 in the table, the CSV, the plot and W&B alike, as in ``result.history``.
 
     Args:
         rounds: federated rounds.
@@ -76,9 +77,9 @@ def run_demo(
     val = DataLoader(split.test, batch_size=len(split.test))
     print(
         f"FedMut vs FedAvg on digits ({len(split.train)} train / {len(split.test)} test images): {clients} clients"
-        f" (Dirichlet alpha={alpha}), {clients_per_round} per round, {rounds} rounds, {local_epochs} local epochs,"
-        f" batch {batch_size}, SGD lr {lr} momentum {momentum}; FedMut radius {radius}, acceleration"
-        f" {acceleration}; uniform averaging; seeds 0-{seeds - 1}",
+        f" (Dirichlet alpha={alpha}), {clients_per_round} per round, {plural(rounds, 'round')},"
+        f" {plural(local_epochs, 'local epoch')}, batch {batch_size}, SGD lr {lr} momentum {momentum}; FedMut radius"
+        f" {radius}, acceleration {acceleration}; uniform averaging; {'seed 0' if seeds == 1 else f'seeds 0-{seeds - 1}'}",
         flush=True,
     )
     settings = {"dataset": "digits", "clients": clients, "alpha": alpha, "min_size": min_size,
@@ -128,11 +129,11 @@ def _one_run(method: str, seed: int, federation: list, val: DataLoader, settings
     try:
         loop = FederatedLoop(rounds=settings["rounds"], clients_per_round=settings["clients_per_round"],
                              local_epochs=settings["local_epochs"], aggregator=FedAvg(weighted=False),
-                             callbacks=callbacks, seed=seed, enable_progress_bar=False)
+                             callbacks=callbacks, seed=seed, enable_progress_bar=True)
     except (ValueError, TypeError) as err:
         raise CLIError(f"--rounds/--clients_per_round/--local_epochs: {err}") from None
     loop.logger = make_logger(logger, save_dir=save_dir, project=project, group=group,
-                              name=f"{method.lower()}-seed{seed}", job_type=method)
+                              name=f"{method.lower()}-seed{seed}", job_type=method, silent=True)
     if loop.logger is not None:
         loop.logger.log_hyperparams({"demo.method": method, "demo.seed": seed,
                                      **{f"demo.{k}": v for k, v in settings.items()}})
@@ -140,8 +141,8 @@ def _one_run(method: str, seed: int, federation: list, val: DataLoader, settings
     result = loop.fit(model, federation, val_dataloaders=val)
     folder = finish_logger(loop.logger)
     acc = result.metric("val_acc")
-    print(f"  {method} seed {seed}: val_acc {acc[-1]:.3f} after {len(acc)} rounds ({time.perf_counter() - start:.1f} s)",
-          flush=True)
+    print(f"  {method} seed {seed}: val_acc {acc[-1]:.3f} after {plural(len(acc), 'round')}"
+          f" ({time.perf_counter() - start:.1f} s)", flush=True)
     return result, folder
 
 
@@ -166,18 +167,20 @@ def comparison_table(results: dict[str, list[FederatedResult]], metric: str = "v
         >>> print(comparison_table(r))
         test accuracy of the global model (mean over 1 seed)
         round  FedMut  FedAvg  FedMut-FedAvg
-            1   0.500   0.250         +0.250
-        FedMut ahead in 1 of 1 rounds; last round 0.500 vs 0.250
+            0   0.500   0.250         +0.250
+        FedMut ahead in 1 of 1 round; last round (0) 0.500 vs 0.250
     """
     curves = mean_curves(results, metric)
     fedmut, fedavg = curves["FedMut"], curves["FedAvg"]
     n = len(results["FedMut"])
     lines = [f"test accuracy of the global model (mean over {n} seed{'s' if n != 1 else ''})",
              "round  FedMut  FedAvg  FedMut-FedAvg"]
-    for r, (a, b) in enumerate(zip(fedmut, fedavg)):
-        lines.append(f"{r + 1:>5}  {a:>6.3f}  {b:>6.3f}  {a - b:>+13.3f}")
+    rounds = [int(row["round"]) for row in results["FedMut"][0].history if metric in row]
+    for r, a, b in zip(rounds, fedmut, fedavg):
+        lines.append(f"{r:>5}  {a:>6.3f}  {b:>6.3f}  {a - b:>+13.3f}")
     ahead = int((fedmut > fedavg).sum())
-    lines.append(f"FedMut ahead in {ahead} of {len(fedmut)} rounds; last round {fedmut[-1]:.3f} vs {fedavg[-1]:.3f}")
+    lines.append(f"FedMut ahead in {ahead} of {plural(len(fedmut), 'round')}; last round ({rounds[-1]})"
+                 f" {fedmut[-1]:.3f} vs {fedavg[-1]:.3f}")
     return "\n".join(lines)
 
 
@@ -188,7 +191,7 @@ def _write_history(results: dict[str, list[FederatedResult]], path: Path) -> Non
         for method, runs in results.items():
             for seed, result in enumerate(runs):
                 for row in result.history:
-                    writer.writerow([method, seed, row["round"] + 1, row.get("val_acc"), row.get("val_loss")])
+                    writer.writerow([method, seed, row["round"], row.get("val_acc"), row.get("val_loss")])
     print(f"Per-round history: {path}")
 
 

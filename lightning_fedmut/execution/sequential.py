@@ -85,6 +85,6 @@ class SequentialExecutor(ClientExecutor):
             bad = first_non_finite(state)
             if bad is not None:
                 raise NonFiniteWeightsError(f"trained weights hold NaN or Inf in {bad!r}")
-        except Exception as exc:  # one client's failure never ends the round
+        except Exception as exc:  # noqa: BLE001 - one client's failure never ends the round
             return ClientResult(task=task, num_examples=client.num_examples, error=exc)
         return ClientResult(task=task, num_examples=client.num_examples, state=state, metrics=metrics)
