@@ -31,6 +31,7 @@ PROMISED = {
     "fedmut_in_one_picture": ["fedmut_in_one_picture.png"],
     "fedmut_radius": ["radius.png"],
     "hook_order": ["hook_order.txt"],
+    "extending": ["extending.txt"],
     "memory_footprint": ["memory.md"],
 }
 #: How many files some patterns must match (default: at least one).
