@@ -228,7 +228,7 @@ class FederatedLoop:
         self.history, self.client_history, self.failures, self.timings = [], [], [], []
         self.should_stop = False
         self.progress.reset()
-        self.sampler.setup(self.seed)
+        self.sampler.setup(self.seed, self.client_states)
         self.client_states.clear()
         self.checkpoint_connector.fingerprint = fingerprint(self, model, clients)
         if saved is not None:
@@ -310,6 +310,7 @@ class FederatedLoop:
                 self._call("on_client_fit_failure", model, result)
             else:
                 self._call("on_client_fit_end", model, result)
+                self.sampler.observe(result, global_state)
                 self.aggregator.update(result)
                 trained.append({**row, "num_examples": result.num_examples, **result.metrics})
                 new_states.append((task.client.id, result.client_state))

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
 from lightning_fedmut.utilities.seed import SAMPLING_STREAM, derive_seed
 from lightning_fedmut.utilities.validation import check_int
 
 if TYPE_CHECKING:
+    from lightning_fedmut.client_state import ClientStateStore
     from lightning_fedmut.data.client import Client
+    from lightning_fedmut.tasks import ClientResult
 
 __all__ = ["ClientSampler", "UniformSampler"]
 
@@ -21,7 +24,10 @@ class ClientSampler:
 
     Subclasses override :meth:`sample`, and :meth:`state_dict` / :meth:`load_state_dict` when they keep
     state (a resumed run must draw the same clients). :meth:`setup` is called once per ``fit`` with the
-    run's seed, before any round and before a checkpoint is restored.
+    run's seed and the loop's client-state store, before any round and before a checkpoint is restored. A
+    sampler that learns from the clients' updates (clustered sampling) reads each successful result in
+    :meth:`observe` and keeps what it learns per client in the client-state store (``result.client_state``),
+    so it is checkpointed with the run and follows the client wherever it trains.
 
     Examples:
         A round-robin sampler: round ``r`` takes the next ``k`` clients in order.
@@ -34,12 +40,19 @@ class ClientSampler:
         ['c', 'd']
     """
 
-    def setup(self, seed: int) -> None:
-        """Called once per ``fit`` with the loop's ``seed``, before any round."""
+    def setup(self, seed: int, client_states: ClientStateStore | None = None) -> None:
+        """Called once per ``fit`` with the loop's ``seed`` and client-state store, before any round."""
 
     def sample(self, round: int, clients: Sequence[Client], k: int) -> list[Client]:
         """The ``k`` distinct clients (from ``clients``) that train in round ``round``."""
         raise NotImplementedError
+
+    def observe(self, result: ClientResult, global_state: Mapping[str, Tensor]) -> None:
+        """Called with each successful client result, before the aggregator sees it.
+
+        ``global_state`` is the global model the round started from. Write what the sampler learns about
+        the client into ``result.client_state``; the loop stores it after the round.
+        """
 
     @property
     def hparams(self) -> dict[str, Any]:
@@ -76,7 +89,7 @@ class UniformSampler(ClientSampler):
     def hparams(self) -> dict[str, Any]:
         return {"seed": self.seed}
 
-    def setup(self, seed: int) -> None:
+    def setup(self, seed: int, client_states: ClientStateStore | None = None) -> None:
         self.generator.manual_seed(self.seed if self.seed is not None else derive_seed(seed, SAMPLING_STREAM))
 
     def sample(self, round: int, clients: Sequence[Client], k: int) -> list[Client]:

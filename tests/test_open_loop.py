@@ -38,7 +38,7 @@ class RoundRobin(ClientSampler):
         self.cursor = 0
         self.calls = []
 
-    def setup(self, seed):
+    def setup(self, seed, client_states=None):
         self.cursor = 0
 
     def sample(self, round, clients, k):

@@ -41,7 +41,7 @@ class RoundRobinSampler(ClientSampler):
     def __init__(self) -> None:
         self.cursor = 0
 
-    def setup(self, seed):
+    def setup(self, seed, client_states=None):
         self.cursor = 0  # a new fit starts at the first client; a resumed one gets its cursor back
 
     def sample(self, round, clients, k):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule
+from torch import Tensor
 
 from lightning_fedmut.tasks import ClientResult, ClientTask
 from lightning_fedmut.utilities.trainer import QUIET_TRAINER_DEFAULTS
@@ -72,3 +73,23 @@ class ClientExecutor:
 
     def teardown(self) -> None:
         """Called when ``fit`` ends, also after an exception; release what ``setup`` made."""
+
+    # Collectives. An executor whose clients train in several processes reduces across them; in one process
+    # these do nothing. Callbacks and aggregators that accumulate over clients call them (through
+    # ``loop.executor``) in ``on_before_aggregate``, when every worker has finished its clients.
+    @property
+    def world_size(self) -> int:
+        """How many processes train clients (1: this one)."""
+        return 1
+
+    @property
+    def is_global_zero(self) -> bool:
+        """Whether this process logs, shows progress and writes checkpoints."""
+        return True
+
+    def all_reduce_(self, tensors: list[Tensor]) -> None:
+        """Sum each tensor in place over the processes (nothing to do in one process)."""
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """``obj`` of every process, in rank order (``[obj]`` in one process)."""
+        return [obj]
