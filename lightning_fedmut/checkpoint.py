@@ -3,12 +3,12 @@
 A checkpoint is data, never code. Its file is a short text header followed by a body::
 
     lightning_fedmut checkpoint\\n
-    sha256 <64 hex digits> bytes <n>\\n
+    sha256 <64 hex digits> bytes <n, 20 digits>\\n
     <body: n bytes>
 
 and the body (checkpoint version 2) is ``version 2\\n`` followed by the run's state as written by
 ``torch.save``. Loading checks the header, the length of the body (a truncated file says so) and its
-SHA-256 (any flipped byte after the first line is detected) before anything is unpickled, then reads the
+SHA-256 (a flipped byte anywhere in the file is detected) before anything is unpickled, then reads the
 state with ``torch.load(..., weights_only=True)`` only: tensors, numbers, strings, booleans, ``None``,
 lists, tuples and dicts, never an arbitrary pickled object, so a file that carries one is refused
 without running it. :func:`save_checkpoint` refuses such a state before writing it, naming the entry.
@@ -131,7 +131,10 @@ def remove_orphaned_temporaries(directory: str | os.PathLike) -> list[Path]:
         except OSError:  # removed meanwhile
             continue
         if idle >= _STALE_AFTER_S or _writer_is_gone(p.name):
-            p.unlink(missing_ok=True)
+            try:
+                p.unlink(missing_ok=True)
+            except OSError:  # a read-only folder: reading from it must still work
+                continue
             removed.append(p)
     if removed:
         log.info(f"Removed {len(removed)} temporary file(s) left by an interrupted checkpoint write in {str(d)!r}.")
@@ -162,12 +165,6 @@ def save_checkpoint(state: dict[str, Any], directory: str | os.PathLike, keep_la
         raise ValueError("Expected `state` to be a dict holding `rounds_done`, got " + _short(state) + ".")
     rounds_done = check_int("state['rounds_done']", state["rounds_done"], low=0)
     _check_plain(state)
-    buffer = io.BytesIO()
-    buffer.write(b"version %d\n" % CHECKPOINT_VERSION)
-    torch.save(state, buffer)
-    body = buffer.getbuffer()
-    header = _MAGIC + b"sha256 %s bytes %d\n" % (hashlib.sha256(body).hexdigest().encode(), len(body))
-
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     remove_orphaned_temporaries(d)
@@ -175,8 +172,12 @@ def save_checkpoint(state: dict[str, Any], directory: str | os.PathLike, keep_la
     fd, tmp = tempfile.mkstemp(dir=d, prefix=f".tmp-{os.getpid()}@{_host()}-", suffix=".ckpt")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            f.write(body)
+            f.write(_MAGIC + _frame_line(b"0" * 64, 0))  # filled in once the body is written
+            body = _HashingWriter(f)
+            body.write(b"version %d\n" % CHECKPOINT_VERSION)
+            torch.save(state, body)  # streamed to disk: no second copy of the state in memory
+            f.seek(len(_MAGIC))
+            f.write(_frame_line(body.sha256.hexdigest().encode(), body.size))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -184,8 +185,6 @@ def save_checkpoint(state: dict[str, Any], directory: str | os.PathLike, keep_la
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    finally:
-        body.release()
     _sync_directory(d)
     for old in list_checkpoints(d)[:-keep_last]:
         old.unlink(missing_ok=True)
@@ -271,17 +270,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """
     p = str(path)
     try:
-        data = Path(path).read_bytes()
+        f = open(path, "rb")  # noqa: SIM115 (closed below)
     except OSError as exc:
         raise ValueError(f"Cannot read checkpoint {p!r}: {exc.strerror or exc}.") from exc
-    body = _verified_body(p, data)
-    end = body.find(b"\n", 0, 32)
-    m = _VERSION.fullmatch(body[:end]) if end > 0 else None
-    if m is None:
-        raise ValueError(f"{p!r} is not a lightning_fedmut checkpoint: its body does not start with a version line.")
-    if int(m.group(1)) != CHECKPOINT_VERSION:
-        raise ValueError(_version_message(p, int(m.group(1))))
-    state = _load_plain(p, io.BytesIO(body[end + 1:]))
+    with f:
+        f.seek(_verified_body(p, f))
+        line = f.readline(32)
+        m = _VERSION.fullmatch(line[:-1]) if line.endswith(b"\n") else None
+        if m is None:
+            raise ValueError(f"{p!r} is not a lightning_fedmut checkpoint: its body starts with no version line.")
+        if int(m.group(1)) != CHECKPOINT_VERSION:
+            raise ValueError(_version_message(p, int(m.group(1))))
+        state = _load_plain(p, _Window(f, f.tell()))
     if not isinstance(state, dict) or state.get("format", "lightning_fedmut") != "lightning_fedmut":
         raise ValueError(f"{p!r} is not a lightning_fedmut federated checkpoint: it holds no run state.")
     return state
@@ -307,39 +307,92 @@ def compare_fingerprints(saved: dict[str, Any], current: dict[str, Any]) -> None
 
 
 # ------------------------------------------------------------------ helpers
-def _verified_body(p: str, data: bytes) -> bytes:
-    """The body of a checkpoint file, once its header, length and checksum hold."""
-    if not data:
+def _frame_line(digest: bytes, size: int) -> bytes:
+    return b"sha256 %s bytes %020d\n" % (digest, size)  # fixed width, so it can be written last
+
+
+class _HashingWriter:
+    """A write-only file that hashes and counts what passes through it to ``f``."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.sha256, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data: Any) -> int:
+        n = self.f.write(data)
+        self.sha256.update(data)
+        self.size += len(data) if isinstance(data, bytes) else memoryview(data).nbytes
+        return n
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+class _Window(io.RawIOBase):
+    """The part of the binary file ``f`` from ``base`` on, as a file of its own (for ``torch.load``)."""
+
+    def __init__(self, f: Any, base: int) -> None:
+        super().__init__()
+        self.f, self.base = f, base
+        f.seek(base)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        return self.f.readinto(b)
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        return self.f.seek(self.base + pos if whence == io.SEEK_SET else pos, whence) - self.base
+
+    def tell(self) -> int:
+        return self.f.tell() - self.base
+
+
+def _verified_body(p: str, f: Any) -> int:
+    """Where the body of the open checkpoint ``f`` starts, once its header, length and checksum hold."""
+    total = os.fstat(f.fileno()).st_size
+    f.seek(0)
+    head = f.read(len(_MAGIC) + 128)
+    if not head:
         raise CorruptCheckpointError(f"Checkpoint {p!r} is truncated: the file is empty.")
-    if not data.startswith(_MAGIC):
-        head = data[: len(_MAGIC)]
-        if data.startswith(b"PK\x03\x04"):  # a bare torch.save zip: an older checkpoint, or not one
-            _refuse_bare_torch_file(p, data)
-        if _MAGIC.startswith(data):
+    if not head.startswith(_MAGIC):
+        if head.startswith(b"PK\x03\x04"):  # a bare torch.save zip: an older checkpoint, or not one
+            _refuse_bare_torch_file(p, f)
+        if _MAGIC.startswith(head):
             raise CorruptCheckpointError(f"Checkpoint {p!r} is truncated: it ends inside its header.")
-        if len(head) == len(_MAGIC) and sum(a != b for a, b in zip(head, _MAGIC)) <= 2:
+        start = head[: len(_MAGIC)]
+        if len(start) == len(_MAGIC) and sum(a != b for a, b in zip(start, _MAGIC)) <= 2:
             raise CorruptCheckpointError(f"Checkpoint {p!r} is corrupt: its header is damaged.")
         magic = _MAGIC[:-1].decode()
         raise ValueError(f"{p!r} is not a lightning_fedmut checkpoint: it does not start with {magic!r}.")
-    start = len(_MAGIC)
-    end = data.find(b"\n", start, start + 128)
+    end = head.find(b"\n", len(_MAGIC))
     if end < 0:
-        what = "truncated: it ends inside its header" if len(data) < start + 128 else "corrupt: its header is damaged"
+        short = len(head) < len(_MAGIC) + 128
+        what = "truncated: it ends inside its header" if short else "corrupt: its header is damaged"
         raise CorruptCheckpointError(f"Checkpoint {p!r} is {what}.")
-    m = _FRAME.fullmatch(data[start:end])
+    m = _FRAME.fullmatch(head[len(_MAGIC):end])
     if m is None:
         raise CorruptCheckpointError(f"Checkpoint {p!r} is corrupt: its header is damaged.")
-    body, size = data[end + 1:], int(m.group(2))
-    if len(body) < size:
-        raise CorruptCheckpointError(f"Checkpoint {p!r} is truncated: it holds {len(body)} of its {size} bytes.")
-    if len(body) > size:
-        raise CorruptCheckpointError(f"Checkpoint {p!r} is corrupt: {len(body) - size} bytes follow its end.")
-    if hashlib.sha256(body).hexdigest().encode() != m.group(1):
+    offset, size = end + 1, int(m.group(2))
+    if total - offset < size:
+        raise CorruptCheckpointError(f"Checkpoint {p!r} is truncated: it holds {total - offset} of its {size} bytes.")
+    if total - offset > size:
+        raise CorruptCheckpointError(f"Checkpoint {p!r} is corrupt: {total - offset - size} bytes follow its end.")
+    f.seek(offset)
+    digest = hashlib.sha256()
+    chunk = bytearray(1 << 20)
+    view = memoryview(chunk)
+    while n := f.readinto(chunk):
+        digest.update(view[:n])
+    if digest.hexdigest().encode() != m.group(1):
         raise CorruptCheckpointError(
             f"Checkpoint {p!r} is corrupt: its SHA-256 checksum does not match its contents (bytes changed after"
             " it was written)."
         )
-    return body
+    return offset
 
 
 def _load_plain(p: str, source: Any, verified: bool = True) -> Any:
@@ -366,10 +419,10 @@ def _load_plain(p: str, source: Any, verified: bool = True) -> Any:
         ) from exc
 
 
-def _refuse_bare_torch_file(p: str, data: bytes) -> None:
+def _refuse_bare_torch_file(p: str, f: Any) -> None:
     """Raise the right error for a plain ``torch.save`` file: an older checkpoint, or a file of something else."""
     try:
-        state = _load_plain(p, io.BytesIO(data), verified=False)
+        state = _load_plain(p, _Window(f, 0), verified=False)
     except UnsafeCheckpointError:
         raise
     except ValueError as exc:
