@@ -331,10 +331,14 @@ def _curves(curves: Any) -> list[tuple[str | None, list[Mapping[str, Any]]]]:
         if isinstance(run, Mapping):
             run = [run]
         if not isinstance(run, Sequence) or isinstance(run, (str, bytes)) or not run:
-            raise TypeError(f"Expected {where} to be a curve of loss_landscape_1d or a non-empty list of them, got {run!r}.")
+            raise TypeError(
+                f"Expected {where} to be a curve of loss_landscape_1d or a non-empty list of them, got {run!r}."
+            )
         for curve in run:
             if not isinstance(curve, Mapping) or "alpha" not in curve:
-                raise TypeError(f"Expected {where} to hold curves of loss_landscape_1d (dicts with 'alpha'), got {curve!r}.")
+                raise TypeError(
+                    f"Expected {where} to hold curves of loss_landscape_1d (dicts with 'alpha'), got {curve!r}."
+                )
         return list(run)
 
     if isinstance(curves, Mapping) and "alpha" in curves:
@@ -478,7 +482,9 @@ def plot_landscape_2d(
     x, y = np.asarray(surface["x"], dtype=float), np.asarray(surface["y"], dtype=float)
     z = np.asarray(surface[metric], dtype=float)
     if z.shape != (len(y), len(x)):
-        raise ValueError(f"Expected `surface[{metric!r}]` of shape (len(y), len(x)) = {(len(y), len(x))}, got {z.shape}.")
+        raise ValueError(
+            f"Expected `surface[{metric!r}]` of shape (len(y), len(x)) = {(len(y), len(x))}, got {z.shape}."
+        )
     label = metric
     if log:
         if not np.all(z > 0):

@@ -204,7 +204,8 @@ def test_sharpness_sam_and_random_match_the_formula():
     d = random_direction(module, seed=7)["w"]
     w = module.w.detach()
     one = float(module.value(w + rho * d) - module.value(w))
-    assert sharpness(module, QUAD_DATA, rho=rho, method="random", num_directions=1, seed=7) == pytest.approx(one, rel=1e-10)
+    first = sharpness(module, QUAD_DATA, rho=rho, method="random", num_directions=1, seed=7)
+    assert first == pytest.approx(one, rel=1e-10)
     many = sharpness(module, QUAD_DATA, rho=rho, method="random", num_directions=8, seed=7)
     assert many >= one
 
@@ -409,7 +410,7 @@ def test_same_seed_same_numbers_and_seeds_matter():
 def test_runs_on_the_module_device():
     module, loader = bn_mlp_and_loader()
     module = module.double()  # the batches are float32: loss_fn casts, and the analysis runs in float64
-    cast = lambda m, batch: F.cross_entropy(m(batch[0].to(m.net[0].weight.dtype)), batch[1])  # noqa: E731
+    cast = lambda m, batch: F.cross_entropy(m(batch[0].to(m.net[0].weight.dtype)), batch[1])
     hv = hessian_vector_product(module, loader, random_direction(module, seed=0), loss_fn=cast)
     assert all(t.dtype == torch.float64 for t in hv.values())
 
@@ -497,7 +498,8 @@ def test_callback_logs_at_its_rounds_into_history_and_logger_and_changes_nothing
             assert all(isinstance(row[k], float) and math.isfinite(row[k]) for k in keys)
     logged = {step: m for step, m in logger.rows if any(k in m for k in keys)}
     assert sorted(logged) == [1, 3]
-    assert all(logged[r][k] == next(row[k] for row in result.history if row["round"] == r) for r in (1, 3) for k in keys)
+    rows = {row["round"]: row for row in result.history}
+    assert all(logged[r][k] == rows[r][k] for r in (1, 3) for k in keys)
     # the figures of the last round are those of the final global model, measured directly
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

@@ -5,8 +5,9 @@ Pure functions over a module and a ``DataLoader``. The loss of a batch is what t
 is the mean over batches weighted by batch size. Every function runs on the module's device with the
 module in eval mode, reads the batches once (a shuffling loader's order drawn from the function's
 ``seed``), and leaves every parameter and buffer bit for bit as it found them, each submodule in its mode,
-and the global random state untouched. Results are floats, NumPy arrays and dicts of tensors; :mod:`lightning_fedmut.plotting` draws the landscapes. :class:`FlatnessCallback`
-logs the figures of the global model during a federated run.
+and the global random state untouched. Results are floats, NumPy arrays and dicts of tensors;
+:mod:`lightning_fedmut.plotting` draws the landscapes. :class:`FlatnessCallback` logs the figures of the
+global model during a federated run.
 """
 
 from lightning_fedmut.analysis.callback import FlatnessCallback

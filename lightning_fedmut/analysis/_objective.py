@@ -22,6 +22,7 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities.data import extract_batch_size
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -77,7 +78,8 @@ def trainable(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad and p.is_floating_point()]
     if not named:
         raise ValueError(
-            f"`module` ({type(module).__name__}) has no floating-point parameter that requires grad: nothing to analyse."
+            f"`module` ({type(module).__name__}) has no floating-point parameter that requires grad:"
+            " nothing to analyse."
         )
     return named
 
@@ -227,7 +229,7 @@ class Objective:
         return out
 
     def move_to(self, *steps: tuple[float, list[Tensor]]) -> None:
-        """Set the weights to ``origin + sum(coefficient * direction)``; all-zero coefficients give the origin exactly."""
+        """Set the weights to ``origin + sum(coefficient * direction)``; zero coefficients give the origin exactly."""
         with torch.no_grad():
             for i, p in enumerate(self.params):
                 target = self.origin[i].clone()
@@ -256,7 +258,9 @@ class Objective:
                 m.train(training)
 
 
-def _read_batches(module: nn.Module, dataloader: Iterable[Any], max_batches: int | None) -> list[tuple[int, Any, float]]:
+def _read_batches(
+    module: nn.Module, dataloader: Iterable[Any], max_batches: int | None
+) -> list[tuple[int, Any, float]]:
     device = device_of(module)
     batches, sizes = [], []
     for idx, batch in enumerate(dataloader):
@@ -268,7 +272,7 @@ def _read_batches(module: nn.Module, dataloader: Iterable[Any], max_batches: int
             batch = move_data_to_device(batch, device)
         try:
             size = extract_batch_size(batch)
-        except Exception:  # a batch with no tensor: each counts once
+        except MisconfigurationException:  # a batch with no tensor: each counts once
             size = 1
         batches.append((idx, batch))
         sizes.append(size)

@@ -197,7 +197,9 @@ def loss_landscape_2d(
         generator = torch.Generator().manual_seed(seed)
         directions = (filter_normalised(named, generator), filter_normalised(named, generator))
     if not isinstance(directions, (tuple, list)) or len(directions) != 2:
-        raise TypeError(f"Expected `directions` to be a pair (d1, d2) of direction dicts, got {type(directions).__name__}.")
+        raise TypeError(
+            f"Expected `directions` to be a pair (d1, d2) of direction dicts, got {type(directions).__name__}."
+        )
     d1 = check_direction(directions[0], named, "directions[0]")
     d2 = check_direction(directions[1], named, "directions[1]")
     grid = np.linspace(low, high, steps)
