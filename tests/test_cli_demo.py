@@ -19,33 +19,48 @@ from wandb_offline_run import offline_runs, read_run
 SMALL = ["--rounds=3", "--clients=6", "--clients_per_round=2", "--seeds=2", "--local_epochs=1"]
 
 
-def test_demo_prints_both_methods_per_round(tmp_path, capsys, monkeypatch):
+def test_demo_prints_both_methods_per_round(tmp_path, capfd, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    monkeypatch.delenv("WANDB_SILENT", raising=False)  # the demo keeps W&B quiet by itself
     out_dir = tmp_path / "demo"
+    figures = []
+    try:
+        from lightning_fedmut import plotting
+    except ImportError:  # pragma: no cover - matplotlib is imported lazily
+        plotting = None
+    if plotting is not None:
+        original = plotting.plot_metric
+        monkeypatch.setattr(plotting, "plot_metric", lambda *a, **k: figures.append(original(*a, **k)) or figures[-1])
     assert main(["demo", *SMALL, f"--output_dir={out_dir}", "--logger=wandb"]) == 0
-    out = capsys.readouterr().out
+    out, err = capfd.readouterr()
     lines = out.splitlines()
     assert lines[0].startswith("FedMut vs FedAvg on digits (1348 train / 449 test images): 6 clients (Dirichlet"
-                               " alpha=0.1), 2 per round, 3 rounds, 1 local epochs, batch 50, SGD lr 0.01 momentum 0.5;"
-                               " FedMut radius 4.0, acceleration 0.3")
+                               " alpha=0.1), 2 per round, 3 rounds, 1 local epoch, batch 50, SGD lr 0.01 momentum 0.5;"
+                               " FedMut radius 4.0, acceleration 0.3; uniform averaging; seeds 0-1")
     header = lines.index("round  FedMut  FedAvg  FedMut-FedAvg")
     assert lines[header - 1] == "test accuracy of the global model (mean over 2 seeds)"
     rows = [ln.split() for ln in lines[header + 1 : header + 4]]
-    assert [r[0] for r in rows] == ["1", "2", "3"]
+    assert [r[0] for r in rows] == ["0", "1", "2"]  # rounds from 0, as in result.history and W&B
+
+    # a quiet console: no W&B block, one progress bar per run (4 runs), one `wandb sync` hint
+    assert not any(ln.lstrip("\r").startswith("wandb:") for ln in (out + err).splitlines())
+    bars = [ln for ln in err.split("\n") if ln.strip()]
+    assert len(bars) == 4 and all("round 3/3: 100%" in bar.split("\r")[-1] for bar in bars), err
+    assert out.count("wandb sync") == 1 and out.rstrip().splitlines()[-1].startswith("Upload later with: wandb sync ")
 
     # the table is the mean over seeds of the per-seed histories written to history.csv
     with open(out_dir / "history.csv") as f:
         records = list(csv.DictReader(f))
     assert len(records) == 2 * 2 * 3
-    for r, row in enumerate(rows, start=1):
+    for r, row in enumerate(rows):
         for method, shown in (("FedMut", row[1]), ("FedAvg", row[2])):
             accs = [float(x["val_acc"]) for x in records if x["method"] == method and int(x["round"]) == r]
             assert len(accs) == 2 and shown == f"{np.mean(accs):.3f}"
         assert row[3] == f"{float(row[1]) - float(row[2]):+.3f}" or abs(float(row[3]) - (float(row[1]) - float(row[2]))) < 2e-3
-    # round 1 starts from the same model with the same clients: mutation only acts from round 2 on
+    # round 0 starts from the same model with the same clients: mutation only acts from round 1 on
     assert rows[0][1] == rows[0][2] and rows[0][3] in ("+0.000", "-0.000")
     ahead = sum(float(r[3]) > 0 for r in rows)
-    assert lines[header + 4].startswith(f"FedMut ahead in {ahead} of 3 rounds; last round {rows[2][1]} vs {rows[2][2]}")
+    assert lines[header + 4] == f"FedMut ahead in {ahead} of 3 rounds; last round (2) {rows[2][1]} vs {rows[2][2]}"
 
     pytest.importorskip("matplotlib")
     assert (out_dir / "accuracy.png").stat().st_size > 1000
@@ -60,6 +75,19 @@ def test_demo_prints_both_methods_per_round(tmp_path, capsys, monkeypatch):
     assert fedmut["config"]["demo.clients"] == 6 and fedmut["config"]["demo.alpha"] == 0.1
     assert "W&B: WANDB_MODE=offline, so 4 runs were logged offline in" in out
     assert "Upload later with: wandb sync " in out
+
+    # one round numbering: W&B's `round`, the CSV, the table and the plot's x axis agree, round by round
+    for run in runs:
+        method, seed = {"fedmut": "FedMut", "fedavg": "FedAvg"}[run["name"].split("-")[0]], run["name"][-1]
+        logged = [(h["round"], h["val_acc"]) for h in run["history"] if "val_acc" in h]
+        written = [(int(x["round"]), float(x["val_acc"])) for x in records if x["method"] == method and x["seed"] == seed]
+        assert logged == written and [r for r, _ in logged] == [0, 1, 2]
+    if plotting is not None:
+        (accuracy,) = [f for f in figures if f.axes[0].get_ylabel() == "val_acc"]
+        for line in accuracy.axes[0].get_lines():
+            assert line.get_xdata().tolist() == [0, 1, 2]
+            shown = {"FedMut": [float(r[1]) for r in rows], "FedAvg": [float(r[2]) for r in rows]}[line.get_label()]
+            assert np.round(line.get_ydata(), 3).tolist() == shown
 
 
 def test_demo_defaults_are_the_paper_setting_on_digits():

@@ -15,7 +15,17 @@ import yaml
 from lightning_fedmut.cli import main
 from lightning_fedmut.cli._parser import CLIError, parse
 from lightning_fedmut.cli.fit import fit_parser
-from lightning_fedmut.cli.sweep import build_command, check_sweep, command_args, grid, load_sweep, sample
+from lightning_fedmut.cli.sweep import (
+    _summary,
+    build_command,
+    check_sweep,
+    command_args,
+    configuration_means,
+    grid,
+    load_sweep,
+    run_names,
+    sample,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures_cli"
 EXAMPLES = Path(__file__).parent.parent / "examples" / "sweeps"
@@ -140,9 +150,10 @@ def test_local_sweep_runs_the_grid_offline_in_one_group(tmp_path, capsys, monkey
     assert "2 grid configuration(s), W&B group 'grid-test' (offline)" in out
     assert "[1/2] mutation.radius=0.0 mutation.acceleration=0.5 data=synthetic" in out
     assert "[2/2] mutation.radius=2.0 mutation.acceleration=0.5 data=synthetic" in out
-    assert out.count("    ok, val_acc ") == 2 and "Best (maximize val_acc): " in out
+    assert out.count("    ok, val_acc ") == 2 and "Best (maximize val_acc, final): " in out
     runs = [read_run(f) for f in offline_runs(str(tmp_path))]
     assert [r["group"] for r in runs] == ["grid-test", "grid-test"]
+    assert sorted(r["name"] for r in runs) == ["small-grid-1 radius=0.0", "small-grid-2 radius=2.0"]
     assert sorted(r["config"]["mutation.radius"] for r in runs) == [0.0, 2.0]
     assert all(r["config"]["loop.rounds"] == 2 and r["config"]["data"] == "synthetic" for r in runs)
 
@@ -206,3 +217,35 @@ def test_missing_sweep_file_and_argument_errors(capsys):
     assert capsys.readouterr().err == "lightning-fedmut sweep: error: --count: expected a value > 0, got '0'\n"
     with pytest.raises(CLIError, match="has no parameters"):
         check_sweep({"method": "random", "parameters": None})
+
+
+def test_summary_reports_the_mean_per_configuration_over_seeds(capsys):
+    finals = {(1.0, 0): 0.50, (1.0, 1): 0.70, (1.0, 2): 0.60, (4.0, 0): 0.95, (4.0, 1): 0.20, (4.0, 2): 0.25}
+    rows = [{"values": {"mutation.radius": r, "seed": s, "data": "digits"}, "metric": m, "returncode": 0}
+            for (r, s), m in finals.items()]
+    rows.append({"values": {"mutation.radius": 8.0, "seed": 0, "data": "digits"}, "metric": None, "returncode": 1})
+    means = configuration_means(rows, "maximize")
+    assert [(c["values"]["mutation.radius"], c["seeds"]) for c in means] == [(1.0, [0, 1, 2]), (4.0, [0, 1, 2])]
+    assert means[0]["mean"] == pytest.approx(0.6) and means[1]["mean"] == pytest.approx(1.4 / 3)
+    assert means[0]["std"] == pytest.approx(((0.1 ** 2 + 0.1 ** 2) / 3) ** 0.5)
+    assert [c["values"]["mutation.radius"] for c in configuration_means(rows, "minimize")] == [4.0, 1.0]
+
+    _summary(rows, "val_acc", "maximize", "g")
+    out = capsys.readouterr().out.splitlines()
+    # the single best seed (radius 4, seed 0: 0.95) does not make radius 4 the best configuration
+    assert out[:4] == [
+        "Final val_acc per configuration (mean and std over seeds), best first:",
+        "  0.6000 +- 0.0816 over 3 seeds  mutation.radius=1.0 data=digits",
+        "  0.4667 +- 0.3424 over 3 seeds  mutation.radius=4.0 data=digits",
+        "Best (maximize val_acc, mean over 3 seeds): 0.6000 with mutation.radius=1.0 data=digits",
+    ]
+    assert out[4] == "1 of 7 configuration(s) failed"
+
+
+def test_run_names_show_what_varies():
+    points = grid(load_sweep(EXAMPLES / "fedmut_vs_fedavg.yaml")["parameters"])
+    assert run_names(points, "fedmut-vs-fedavg")[:2] == ["fedmut-vs-fedavg-1 mutation=MutationCallback seed=0",
+                                                         "fedmut-vs-fedavg-2 mutation=MutationCallback seed=1"]
+    names = run_names(grid(load_sweep(EXAMPLES / "grid_radius_acceleration.yaml")["parameters"]), "g")
+    assert names[0] == "g-01 radius=1.0 acceleration=0.0" and len(set(names)) == 12
+    assert run_names([{"a.lr": 1, "b.lr": 2}, {"a.lr": 3, "b.lr": 2}], "x") == ["x-1 a.lr=1", "x-2 a.lr=3"]

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from wandb_records import offline_runs, summarize
 
 from lightning_fedmut import FedAvg, FederatedCallback, FederatedLoop, MutationCallback, make_clients
+from lightning_fedmut import _tracking as tracking
 from lightning_fedmut.data import partition_iid
 
 
@@ -51,14 +52,18 @@ def test_wandb_offline_run_holds_rounds_metrics_table_and_config(synthetic, tmp_
             assert key in logged
     assert [r["fedmut/beta"] for r in rows] == pytest.approx([0.2 * (1 - t / 10) for t in range(4)])
 
-    # the per-client table: one row per client that trained
-    tables = sorted((runs[0] / "files" / "media" / "table" / "clients").glob("table_*.json"),
-                    key=lambda p: int(p.name.split("_")[1]))
-    last = json.loads(tables[-1].read_text())
-    assert last["columns"][:4] == ["round", "client_id", "slot", "num_examples"]
-    expected_rows = [[c[k] for k in last["columns"]] for c in result.client_history]
-    assert last["data"] == expected_rows  # JSON keeps floats exactly (repr round-trip)
-    assert len(last["data"]) == 4 * 3
+    # Lightning's duplicate step counter is not logged: `round` is the step
+    assert not any("trainer/global_step" in h for h in run["history"])
+
+    # the per-client table, logged in increments: each holds only the rows since the previous one
+    increments = _table_increments(runs[0], run["history"])
+    assert [(i["increment_num"], i["round"]) for i in increments] == [(0, 1), (1, 3)]
+    assert [len(i["previous_increments_paths"]) for i in increments] == [0, 1]
+    columns = increments[0]["columns"]
+    assert columns[:4] == ["round", "client_id", "slot", "num_examples"]
+    expected_rows = [[c[k] for k in columns] for c in result.client_history]
+    assert [i["data"] for i in increments] == [expected_rows[:6], expected_rows[6:]]  # JSON keeps floats exactly
+    assert len(expected_rows) == 4 * 3
 
     # the config: the loop's arguments, aggregator, callbacks and the model's hyperparameters
     config = run["config"]
@@ -70,6 +75,36 @@ def test_wandb_offline_run_holds_rounds_metrics_table_and_config(synthetic, tmp_
     assert mutation["init_args"] == {"radius": 3, "acceleration": 0.2, "acceleration_rounds": 10,
                                      "mutate_buffers": False, "seed": None}
     assert config["model"]["init_args"]["hidden"] == 16 and config["model"]["init_args"]["lr"] == 0.1
+
+
+def _table_increments(run_dir, history):
+    """The logged ``clients/table`` increments, in order: their history entry merged with their JSON file."""
+    out = []
+    for item in history:
+        if "clients/table.path" in item:
+            entry = {k.split(".", 1)[1]: v for k, v in item.items() if k.startswith("clients/table.")}
+            entry.update(json.loads((run_dir / "files" / entry["path"]).read_text()), round=item["round"])
+            out.append(entry)
+    return out
+
+
+def test_client_table_calls_log_only_their_rows_and_new_columns_go_on_in_increments(tmp_path):
+    logger = WandbLogger(project="fedmut-test", save_dir=str(tmp_path), offline=True)
+    tracking.start_run(logger, {})
+    tracking.log_client_table(logger, [{"round": 0, "client_id": "a", "loss": 0.5}], 0)
+    tracking.log_client_table(logger, [], 1)  # nothing new: nothing logged
+    tracking.log_client_table(logger, [{"round": 2, "client_id": "b", "loss": 0.25, "local_acc": 0.75},
+                                       {"round": 2, "client_id": "c", "loss": 1.0}], 2)
+    tracking.log_client_table(logger, [{"round": 3, "client_id": "a", "loss": 0.125, "local_acc": 1.0}], 3)
+    tracking.finish_run(logger, "success")
+    (run_dir,) = offline_runs(tmp_path)
+    increments = _table_increments(run_dir, summarize(run_dir)["history"])
+    assert [(i["increment_num"], i["round"], len(i["previous_increments_paths"])) for i in increments] == [
+        (0, 0, 0), (1, 2, 1), (2, 3, 2)]
+    assert [i["columns"] for i in increments] == [["round", "client_id", "loss"]] + 2 * [
+        ["round", "client_id", "loss", "local_acc"]]
+    assert [i["data"] for i in increments] == [[[0, "a", 0.5]], [[2, "b", 0.25, 0.75], [2, "c", 1.0, None]],
+                                               [[3, "a", 0.125, 1.0]]]
 
 
 def test_wandb_resume_continues_the_same_run(synthetic, tmp_path):

@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 
-from lightning_fedmut.cli._parser import CLIError, make_parser, parse, plain
+from lightning_fedmut.cli._parser import CLIError, make_parser, parse, plain, plural
 
 PROG = "lightning-fedmut sweep"
 METHODS = ("grid", "random", "bayes")
@@ -307,9 +307,37 @@ def run_sweep(
     return rows
 
 
+def run_names(configurations: Sequence[Mapping[str, Any]], prefix: str) -> list[str]:
+    """One W&B run name per configuration: ``prefix``, its number, and the parameters that vary.
+
+    Examples:
+        >>> run_names([{"mutation.radius": 1.0, "data": "digits"}, {"mutation.radius": 2.0, "data": "digits"}], "grid")
+        ['grid-1 radius=1.0', 'grid-2 radius=2.0']
+        >>> run_names([{"mutation": "lightning_fedmut.MutationCallback", "seed": 0}, {"mutation": None, "seed": 1}], "vs")
+        ['vs-1 mutation=MutationCallback seed=0', 'vs-2 mutation=None seed=1']
+    """
+    varying = [k for k in (configurations[0] if configurations else {})
+               if len({repr(c.get(k)) for c in configurations}) > 1]
+    ends = [k.rsplit(".", 1)[-1] for k in (configurations[0] if configurations else {})]
+    # the last part of a dotted name, unless two parameters end alike
+    short = {k: k if ends.count(k.rsplit(".", 1)[-1]) > 1 else k.rsplit(".", 1)[-1] for k in varying}
+    width = len(str(len(configurations)))
+    names = []
+    for i, values in enumerate(configurations):
+        shown = " ".join(f"{short[k]}={_short_value(values.get(k))}" for k in varying)
+        names.append(f"{prefix}-{i + 1:0{width}d}" + (f" {shown}" if shown else ""))
+    return names
+
+
+def _short_value(value: Any) -> str:
+    text = str(value)
+    return text.rsplit(".", 1)[-1] if isinstance(value, str) and re.fullmatch(r"[\w.]+\.[A-Z]\w*", text) else text
+
+
 def _run_all(configurations: list[dict[str, Any]], config: dict[str, Any], template: Sequence[Any], workdir: Path,
              group: str, metric: str, dry_run: bool, keep_going: bool) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
+    names = run_names(configurations, str(config.get("name") or group))
     for i, values in enumerate(configurations):
         history = workdir / f"history-{i}.json"
         command = _local(build_command(template, values, config.get("program"), sys.executable), history)
@@ -317,11 +345,12 @@ def _run_all(configurations: list[dict[str, Any]], config: dict[str, Any], templ
         print(f"[{i + 1}/{len(configurations)}] {shown}", flush=True)
         if dry_run:
             print("    " + shlex.join(command))
-            rows.append({"values": values, "command": command, "returncode": None, "metric": None})
+            rows.append({"values": values, "command": command, "returncode": None, "metric": None, "name": names[i]})
             continue
-        returncode = _run_one(command, values, group, workdir, i)
+        returncode = _run_one(command, values, group, workdir, i, names[i])
         value = _final_metric(history, metric)
-        rows.append({"values": values, "command": command, "returncode": returncode, "metric": value})
+        rows.append({"values": values, "command": command, "returncode": returncode, "metric": value,
+                     "name": names[i]})
         status = "ok" if returncode == 0 else f"failed (exit code {returncode})"
         print(f"    {status}" + (f", {metric} {value:.4f}" if value is not None else ""), flush=True)
         if returncode != 0 and not keep_going:
@@ -329,12 +358,12 @@ def _run_all(configurations: list[dict[str, Any]], config: dict[str, Any], templ
     return rows
 
 
-def _run_one(command: list[str], values: Mapping[str, Any], group: str, workdir: Path, index: int) -> int:
+def _run_one(command: list[str], values: Mapping[str, Any], group: str, workdir: Path, index: int, name: str) -> int:
     run_id = f"{uuid.uuid4().hex[:8]}{index:03d}"
     params = workdir / f"config-{run_id}.yaml"
     params.write_text(yaml.safe_dump({k: {"value": v} for k, v in values.items()}))
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_RUN_GROUP": group, "WANDB_RUN_ID": run_id,
-           "WANDB_SWEEP_PARAM_PATH": str(params)}
+           "WANDB_NAME": name, "WANDB_SWEEP_PARAM_PATH": str(params)}
     return subprocess.run(command, env=env, check=False).returncode
 
 
@@ -347,13 +376,50 @@ def _final_metric(history: Path, metric: str) -> float | None:
     return float(values[-1]) if values else None
 
 
+def configuration_means(rows: Sequence[Mapping[str, Any]], goal: str = "maximize") -> list[dict[str, Any]]:
+    """The final metric of each configuration over its seeds (every parameter but ``seed`` alike), best first.
+
+    Each entry: ``values`` (without ``seed``), ``seeds``, ``metrics`` (one per seed that finished), ``mean``
+    and ``std`` (population). Runs without a metric are left out.
+
+    Examples:
+        >>> rows = [{"values": {"radius": r, "seed": s}, "metric": m}
+        ...         for r, s, m in [(1, 0, 0.5), (1, 1, 0.7), (2, 0, 0.9), (2, 1, 0.1)]]
+        >>> [(c["values"], c["seeds"], round(c["mean"], 3)) for c in configuration_means(rows)]
+        [({'radius': 1}, [0, 1], 0.6), ({'radius': 2}, [0, 1], 0.5)]
+    """
+    groups: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row.get("metric") is None:
+            continue
+        values = {k: v for k, v in row["values"].items() if k != "seed"}
+        entry = groups.setdefault(json.dumps(values, sort_keys=True, default=str),
+                                  {"values": values, "seeds": [], "metrics": []})
+        entry["seeds"].append(row["values"].get("seed"))
+        entry["metrics"].append(float(row["metric"]))
+    out = []
+    for entry in groups.values():
+        entry["mean"] = float(np.mean(entry["metrics"]))
+        entry["std"] = float(np.std(entry["metrics"]))
+        out.append(entry)
+    return sorted(out, key=lambda e: -e["mean"] if goal == "maximize" else e["mean"])
+
+
 def _summary(rows: list[dict[str, Any]], metric: str, goal: str, group: str) -> None:
     failed = [r for r in rows if r["returncode"] != 0]
-    scored = [r for r in rows if r["metric"] is not None]
-    if scored:
-        best = (max if goal == "maximize" else min)(scored, key=lambda r: r["metric"])
-        shown = " ".join(f"{k}={v}" for k, v in best["values"].items())
-        print(f"Best ({goal} {metric}): {best['metric']:.4f} with {shown}")
+    means = configuration_means(rows, goal)
+    if means:
+        over_seeds = any(len(c["metrics"]) > 1 for c in means)
+        print(f"Final {metric} per configuration" + (" (mean and std over seeds)" if over_seeds else "")
+              + (", best first:" if len(means) > 1 else ":"))
+        for c in means:
+            shown = " ".join(f"{k}={v}" for k, v in c["values"].items()) or "(no parameters)"
+            spread = f" +- {c['std']:.4f} over {plural(len(c['metrics']), 'seed')}" if over_seeds else ""
+            print(f"  {c['mean']:.4f}{spread}  {shown}")
+        best = means[0]
+        shown = " ".join(f"{k}={v}" for k, v in best["values"].items()) or "(no parameters)"
+        how = f"mean over {plural(len(best['metrics']), 'seed')}" if over_seeds else "final"
+        print(f"Best ({goal} {metric}, {how}): {best['mean']:.4f} with {shown}")
     if failed:
         print(f"{len(failed)} of {len(rows)} configuration(s) failed")
     wandb_dir = os.environ.get("WANDB_DIR") or "."
