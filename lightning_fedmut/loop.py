@@ -197,8 +197,8 @@ class FederatedLoop:
             A :class:`FederatedResult` with the per-round history.
         """
         clients = check_fit(model, clients, val_dataloaders, self.clients_per_round)
-        resume = None if ckpt_path is None else ckpt.resolve_checkpoint(ckpt_path, self.checkpoint_dir)
-        saved = None if resume is None else ckpt.load_checkpoint(resume)
+        resumed = None if ckpt_path is None else ckpt.load_resume_checkpoint(ckpt_path, self.checkpoint_dir)
+        saved = None if resumed is None else resumed[1]
         self._begin(model, clients, val_dataloaders, saved)
         try:
             self._setup(model, saved)

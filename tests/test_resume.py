@@ -176,12 +176,18 @@ def test_resume_with_other_settings_fails_naming_the_mismatch(synthetic, tmp_pat
         loop.fit(model, clients, val_dataloaders=val, ckpt_path="last")
 
 
-def test_missing_checkpoint_errors(synthetic, tmp_path):
+def test_missing_checkpoint_errors_and_last_on_a_first_launch_starts_fresh(synthetic, tmp_path, caplog):
     model, clients, val, loop = _setup(synthetic, "fedavg", tmp_path)
     with pytest.raises(FileNotFoundError, match="`ckpt_path` to be a checkpoint file or 'last', got '.*nope.ckpt'"):
         loop.fit(model, clients, ckpt_path=tmp_path / "nope.ckpt")
-    with pytest.raises(FileNotFoundError, match="found no checkpoint in `checkpoint_dir`"):
-        loop.fit(model, clients, ckpt_path="last")
+    fresh_model, clients, val, loop = _setup(synthetic, "fedavg", tmp_path)
+    with caplog.at_level("INFO", logger="lightning_fedmut"):
+        fresh = loop.fit(fresh_model, clients, val_dataloaders=val, ckpt_path="last")
+    assert "no checkpoint" in caplog.text and "fresh" in caplog.text
+    plain_model, clients, val, loop = _setup(synthetic, "fedavg")
+    plain = loop.fit(plain_model, clients, val_dataloaders=val)
+    assert fresh.history == plain.history
+    assert all(torch.equal(v, state_of(plain_model)[k]) for k, v in state_of(fresh_model).items())
     model, clients, val, loop = _setup(synthetic, "fedavg")
     with pytest.raises(ValueError, match="needs the loop's `checkpoint_dir`"):
         loop.fit(model, clients, ckpt_path="last")
