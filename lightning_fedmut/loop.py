@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -28,12 +28,13 @@ from lightning_fedmut._checks import (
     check_trainer_kwargs,
 )
 from lightning_fedmut._config import loop_hparams, run_config
+from lightning_fedmut._failures import divergence_causes, round_failed
 from lightning_fedmut.aggregators.base import Aggregator
 from lightning_fedmut.aggregators.fedavg import FedAvg
 from lightning_fedmut.callbacks.base import FederatedCallback
 from lightning_fedmut.client_state import ClientStateStore, InMemoryClientStateStore
 from lightning_fedmut.data.client import Client
-from lightning_fedmut.exceptions import DivergenceError, NonFiniteWeightsError, RoundFailedError
+from lightning_fedmut.exceptions import DivergenceError
 from lightning_fedmut.execution import ClientExecutor, ClientTraining, Evaluator, SequentialExecutor
 from lightning_fedmut.functional.state import copy_, first_non_finite
 from lightning_fedmut.progress import FitProgress
@@ -41,6 +42,7 @@ from lightning_fedmut.result import FederatedResult, weighted_client_means
 from lightning_fedmut.sampling import ClientSampler, UniformSampler
 from lightning_fedmut.tasks import ClientTask
 from lightning_fedmut.utilities.seed import CLIENT_STREAM, derive_seed
+from lightning_fedmut.utilities.trainer import quiet_console
 from lightning_fedmut.utilities.validation import check_int
 
 __all__ = ["FederatedLoop", "FederatedResult"]
@@ -200,7 +202,7 @@ class FederatedLoop:
         resumed = None if ckpt_path is None else ckpt.load_resume_checkpoint(ckpt_path, self.checkpoint_dir)
         saved = None if resumed is None else resumed[1]
         self._begin(model, clients, val_dataloaders, saved)
-        try:
+        with quiet_console(), self._fit_guard(model):
             self._setup(model, saved)
             for r in range(self.progress.rounds_done, self.rounds):
                 self._run_round(model, r)
@@ -210,6 +212,14 @@ class FederatedLoop:
                 if self.should_stop:
                     break
             self._finish(model)
+        return FederatedResult(history=self.history, client_history=self.client_history, failures=self.failures,
+                               timings=self.timings, module=model)
+
+    @contextmanager
+    def _fit_guard(self, model: LightningModule) -> Iterator[None]:
+        """On any exception: save on Ctrl+C among the clients, tell callbacks and the logger; always tear down."""
+        try:
+            yield
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt) and self._in_client_phase:
                 self.checkpoint_connector.save_on_interrupt(self, model)
@@ -218,8 +228,6 @@ class FederatedLoop:
             raise
         finally:
             self._teardown(model)
-        return FederatedResult(history=self.history, client_history=self.client_history, failures=self.failures,
-                               timings=self.timings, module=model)
 
     def _begin(self, model: LightningModule, clients: list[Client], val: Any, saved: dict[str, Any] | None) -> None:
         """Fresh run state; a checkpoint, if any, must match this run."""
@@ -279,7 +287,7 @@ class FederatedLoop:
         trained, failed = self._train_clients(model)
         skipped = len(trained) < self.min_clients_per_round
         if skipped:
-            self._round_failed(trained, failed)
+            round_failed(self, trained, failed, stacklevel=4)  # warn at the user's call: round_failed, _run_round, fit
         else:
             self._aggregate(model)
         evaluated = self._val is not None and (
@@ -330,7 +338,7 @@ class FederatedLoop:
             if name is not None:
                 raise DivergenceError(
                     f"The start model of slot {task.slot} in round {self.round} has non-finite values in"
-                    f" {name!r}: the global model diverged. Likely causes: {self._divergence_causes()}."
+                    f" {name!r}: the global model diverged. Likely causes: {divergence_causes(self)}."
                 )
 
     def _aggregate(self, model: LightningModule) -> None:
@@ -342,7 +350,7 @@ class FederatedLoop:
         if name is not None:
             raise DivergenceError(
                 f"The global model is not finite after aggregating round {self.round} ({name!r} holds NaN or Inf)."
-                f" Likely causes: {self._divergence_causes()}."
+                f" Likely causes: {divergence_causes(self)}."
             )
         self._call("on_after_aggregate", model)
 
@@ -371,27 +379,6 @@ class FederatedLoop:
         if rows:
             tracking.log_client_table(self.logger, rows, self.round)
             self._table_rows = len(self.client_history)
-
-    def _round_failed(self, trained: list[dict[str, Any]], failed: list[dict[str, Any]]) -> None:
-        if failed and not trained and all(f["type"] == NonFiniteWeightsError.__name__ for f in failed):
-            raise DivergenceError(
-                f"Every client of round {self.round} returned non-finite weights: training diverged. Likely causes:"
-                f" {self._divergence_causes()}. The global model is left at round {self.round - 1}; resume from"
-                " the last checkpoint with other settings."
-            )
-        summary = "; ".join(f"client {f['client_id']!r}: {f['type']}: {f['message']}" for f in failed[:5])
-        message = (
-            f"Round {self.round}: {len(trained)} of {len(self.sampled_clients)} clients succeeded, fewer than"
-            f" `min_clients_per_round`={self.min_clients_per_round}. Failures: {summary}."
-        )
-        if self.on_round_failure == "raise":
-            raise RoundFailedError(message)
-        # stacklevel 4: the user's call of fit (fit -> _run_round -> _round_failed -> warn)
-        warnings.warn(message + " The round is skipped; the global model is unchanged.", RuntimeWarning, stacklevel=4)
-
-    def _divergence_causes(self) -> str:
-        hints = [hint for cb in self.callbacks if (hint := cb.divergence_hint(self))]
-        return ", or ".join([*hints, "a learning rate too high"])
 
     # --------------------------------------------------------------- helpers
     def _call(self, hook: str, *args: Any) -> None:

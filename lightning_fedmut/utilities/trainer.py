@@ -48,25 +48,50 @@ def trainer_parameters() -> set[str]:
 def quiet_lightning(entry_point_cache: dict[str, list[Any]] | None = None) -> Iterator[None]:
     """Silence the console chatter of per-client Trainers and cache the entry-point scan of their ``__init__``.
 
-    Lightning logs device banners and tips at INFO level and warns about worker counts and logging
-    intervals for every Trainer; with one Trainer per client per round that drowns the console. Inside
-    this context those messages are dropped; warnings about the user's own code still show. Building a
-    Trainer also scans every installed package's entry points for external callbacks (most of its
-    construction time); the scan result cannot change during a run, so it is kept in ``entry_point_cache``
-    (a dict the caller owns and passes again for the next Trainer; without one, each context scans once). Every
-    ``self.log`` also moves Lightning's result metric to the device it is already on, rebuilding its
-    metadata each time (about 10% of a small client's step); here that move is skipped when nothing would move.
+    Wrap the construction and ``fit``/``validate`` of one short-lived Trainer in it. It is
+    :func:`quiet_console` plus two patches of Lightning internals, active only inside: building a Trainer
+    scans every installed package's entry points for external callbacks (most of its construction time);
+    the scan result cannot change during a run, so it is kept in ``entry_point_cache`` (a dict the caller
+    owns and passes again for the next Trainer; without one, each context scans once). Every ``self.log``
+    also moves Lightning's result metric to the device it is already on, rebuilding its metadata each time
+    (about 10% of a small client's step); here that move is skipped when nothing would move.
     """
+    with quiet_console(), _cached_external_callbacks(entry_point_cache), _skip_redundant_metric_moves():
+        yield
+
+
+_console_depth = 0
+
+
+@contextmanager
+def quiet_console() -> Iterator[None]:
+    """Drop Lightning's per-Trainer console chatter: INFO banners and tips, and warnings about worker counts
+    and logging intervals; warnings about the user's own code still show.
+
+    With one Trainer per client per round that chatter drowns the console. Re-entering is free (setting a
+    logger's level clears every logger's cache, about 0.1 ms), so the loop enters it once per ``fit`` and each
+    Trainer's :func:`quiet_lightning` nests inside.
+    """
+    global _console_depth
+    if _console_depth:
+        _console_depth += 1
+        try:
+            yield
+        finally:
+            _console_depth -= 1
+        return
     loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.WARNING)
+    _console_depth = 1
     try:
-        with warnings.catch_warnings(), _cached_external_callbacks(entry_point_cache), _skip_redundant_metric_moves():
+        with warnings.catch_warnings():
             for pattern in _QUIET_WARNINGS:
                 warnings.filterwarnings("ignore", message=pattern)
             yield
     finally:
+        _console_depth = 0
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
 
