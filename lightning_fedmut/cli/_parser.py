@@ -5,9 +5,10 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Collection, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jsonargparse import ArgumentError, ArgumentParser
+if TYPE_CHECKING:  # jsonargparse is imported by the commands that parse, not by `lightning-fedmut --help`
+    from jsonargparse import ArgumentParser
 
 #: Exit code of argument errors (argparse's convention).
 ARGUMENT_ERROR = 2
@@ -36,6 +37,8 @@ def plural(count: int, word: str) -> str:
 
 def make_parser(prog: str, description: str) -> ArgumentParser:
     """A jsonargparse parser that raises on errors instead of printing usage and exiting."""
+    from jsonargparse import ArgumentParser
+
     return ArgumentParser(prog=prog, description=description, exit_on_error=False)
 
 
@@ -67,6 +70,8 @@ def normalize_argv(argv: Sequence[str], none_flags: Collection[str] = ()) -> lis
 
 def parse(parser: ArgumentParser, argv: Sequence[str], none_flags: Collection[str] = ()) -> Any:
     """Parse ``argv``; any argument error becomes a :class:`CLIError` with a one-line message."""
+    from jsonargparse import ArgumentError
+
     try:
         return parser.parse_args(normalize_argv(argv, none_flags))
     except CLIError:

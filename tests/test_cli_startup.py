@@ -1,0 +1,46 @@
+"""The command's start-up path: `--help` and `--version` import neither Lightning, torch nor jsonargparse, and
+`python -m lightning_fedmut` is the same command. (Timings: benchmarks/startup.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import lightning_fedmut
+
+PACKAGE = Path(lightning_fedmut.__file__).parent
+# the package root replaced by an empty module, so that only what the command itself imports is loaded
+PROBE = """
+import json, sys, types
+root = types.ModuleType("lightning_fedmut"); root.__path__ = [{path!r}]; root.__version__ = "9.9"
+sys.modules["lightning_fedmut"] = root
+from lightning_fedmut.cli import main
+code = main({argv!r})
+heavy = sorted({{m.split(".")[0] for m in sys.modules}} & {{"lightning", "torch", "jsonargparse", "wandb", "numpy"}})
+print(json.dumps({{"code": code, "heavy": heavy}}))
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], []], ids=["help", "version", "no-arguments"])
+def test_help_and_version_import_nothing_heavy(argv):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", PROBE.format(path=str(PACKAGE), argv=argv)], capture_output=True,
+                          text=True, env=env, timeout=60, check=True)
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report == {"code": 0 if argv else 2, "heavy": []}, proc.stderr
+    if argv == ["--version"]:
+        assert proc.stdout.splitlines()[0] == "lightning-fedmut 9.9"
+
+
+def test_python_m_lightning_fedmut_is_the_command(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["lightning_fedmut", "--version"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module("lightning_fedmut", run_name="__main__", alter_sys=True)
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"lightning-fedmut {lightning_fedmut.__version__}\n"
