@@ -6,7 +6,6 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from functools import partial
 from typing import Any
 
 from lightning.pytorch import LightningModule
@@ -29,6 +28,7 @@ from lightning_fedmut._checks import (
 )
 from lightning_fedmut._config import loop_hparams, run_config
 from lightning_fedmut._failures import divergence_causes, round_failed
+from lightning_fedmut._task_hooks import LoopTaskHooks
 from lightning_fedmut.aggregators.base import Aggregator
 from lightning_fedmut.aggregators.fedavg import FedAvg
 from lightning_fedmut.callbacks.base import FederatedCallback
@@ -311,14 +311,11 @@ class FederatedLoop:
         new_states = []
         self._bar.set_description(f"round {self.round + 1}/{self.rounds}")
         self._in_client_phase = True
-        for result in self.executor.run(tasks, partial(self._on_task_start, model)):
+        for result in self.executor.run(tasks, LoopTaskHooks(self, model, global_state)):
             task, row = result.task, {"round": self.round, "client_id": result.client.id, "slot": result.task.slot}
             if result.failed:
-                failed.append({**row, "type": type(result.error).__name__, "message": str(result.error)})
-                self._call("on_client_fit_failure", model, result)
+                failed.append({**row, "type": result.error_type, "message": str(result.error)})
             else:
-                self._call("on_client_fit_end", model, result)
-                self.sampler.observe(result, global_state)
                 self.aggregator.update(result)
                 trained.append({**row, "num_examples": result.num_examples, **result.metrics})
                 new_states.append((task.client.id, result.client_state))
@@ -330,16 +327,6 @@ class FederatedLoop:
         self.client_history.extend(trained)
         self.failures.extend(failed)
         return trained, failed
-
-    def _on_task_start(self, model: LightningModule, task: ClientTask) -> None:
-        self._call("on_client_fit_start", model, task)
-        if self._start_models_change:
-            name = first_non_finite(task.start_state)
-            if name is not None:
-                raise DivergenceError(
-                    f"The start model of slot {task.slot} in round {self.round} has non-finite values in"
-                    f" {name!r}: the global model diverged. Likely causes: {divergence_causes(self)}."
-                )
 
     def _aggregate(self, model: LightningModule) -> None:
         self._call("on_before_aggregate", model, self.aggregator)
@@ -384,3 +371,4 @@ class FederatedLoop:
     def _call(self, hook: str, *args: Any) -> None:
         for cb in self.callbacks:
             getattr(cb, hook)(self, *args)
+

@@ -435,7 +435,7 @@ def plot_landscape_2d(
     ax: Any = None,
     *,
     metric: str = "loss",
-    levels: int = 20,
+    levels: int | Sequence[float] = 20,
     log: bool = False,
 ) -> Any:
     """Draw a loss surface (:func:`~lightning_fedmut.analysis.loss_landscape_2d`) as a contour plot.
@@ -450,7 +450,8 @@ def plot_landscape_2d(
         title: the axes title.
         ax: draw into this matplotlib ``Axes`` instead of a new figure.
         metric: the key to draw: ``"loss"`` or ``"metric"``.
-        levels: the number of contour levels.
+        levels: the number of contour levels, or the levels themselves (increasing; in ``log10`` units with
+            ``log``): give several surfaces the same levels to draw them on one colour scale.
         log: draw ``log10`` of the values (for losses spanning orders of magnitude; they must be > 0).
 
     Returns:
@@ -471,14 +472,21 @@ def plot_landscape_2d(
         ('x (direction 1)', 'y (direction 2)')
         >>> len(fig.axes)  # the plot and its colour bar
         2
+        >>> fig = plot_landscape_2d(surface, levels=[0.0, 1.0, 2.0, 3.0])  # a colour scale shared with others
+        >>> fig.axes[0].collections[0].levels.tolist()
+        [0.0, 1.0, 2.0, 3.0]
     """
     if not isinstance(surface, Mapping):
         raise TypeError(f"Expected `surface` to be the dict of loss_landscape_2d, got {type(surface).__name__}.")
     missing = [k for k in ("x", "y", metric) if k not in surface]
     if missing:
         raise ValueError(f"`surface` has no {missing}; it holds {sorted(surface)}.")
-    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 2:
-        raise ValueError(f"Expected `levels` to be an integer >= 2, got {levels!r}.")
+    if isinstance(levels, Sequence) or isinstance(levels, np.ndarray):
+        levels = np.asarray(levels, dtype=float)
+        if levels.ndim != 1 or len(levels) < 2 or not np.all(np.diff(levels) > 0):
+            raise ValueError(f"Expected `levels` to be at least two increasing values, got {levels.tolist()!r}.")
+    elif isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 2:
+        raise ValueError(f"Expected `levels` to be an integer >= 2 or a list of increasing values, got {levels!r}.")
     x, y = np.asarray(surface["x"], dtype=float), np.asarray(surface["y"], dtype=float)
     z = np.asarray(surface[metric], dtype=float)
     if z.shape != (len(y), len(x)):
@@ -491,13 +499,14 @@ def plot_landscape_2d(
             raise ValueError(f"`log=True` needs positive values of {metric!r}; the smallest is {z.min()}.")
         z, label = np.log10(z), f"log10 {metric}"
     fig, ax = _axes(ax, figsize=(5.5, 4.5))
-    filled = ax.contourf(x, y, z, levels=levels, cmap="viridis")
+    filled = ax.contourf(x, y, z, levels=levels, cmap="viridis", extend="both")
     ax.contour(x, y, z, levels=filled.levels, colors="white", linewidths=0.4, alpha=0.6)
     fig.colorbar(filled, ax=ax, label=label)
     ax.plot([0.0], [0.0], marker="*", color="red", markersize=10, linestyle="none")
     ax.set_xlabel("x (direction 1)")
     ax.set_ylabel("y (direction 2)")
     ax.set_aspect("equal", adjustable="box")
+    ax.locator_params(nbins=5)
     if title is not None:
         ax.set_title(title)
     _save(fig, path)

@@ -103,6 +103,13 @@ class ClientResult:
         return self.error is not None
 
     @property
+    def error_type(self) -> str | None:
+        """The name of the error's type (the original type's, for an error that came from another process)."""
+        if self.error is None:
+            return None
+        return getattr(self.error, "type_name", None) or type(self.error).__name__
+
+    @property
     def client(self) -> Client:
         """The task's client."""
         return self.task.client

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from lightning_fedmut import FedAvg, FederatedCallback, FederatedLoop, MutationCallback, make_clients
 from lightning_fedmut.callbacks.base import FederatedCallback as BaseCallback
 from lightning_fedmut.data import partition_iid
-from lightning_fedmut.execution import ClientExecutor, ClientTraining, SequentialExecutor
+from lightning_fedmut.execution import ClientExecutor, ClientTraining, SequentialExecutor, TaskHooks
 from lightning_fedmut.sampling import ClientSampler, UniformSampler
 from lightning_fedmut.tasks import ClientResult
 from lightning_fedmut.utilities.seed import CLIENT_STREAM, derive_seed
@@ -278,15 +278,17 @@ class RecordingExecutor(ClientExecutor):
     def setup(self, module, training):
         self.training = training
 
-    def run(self, tasks, on_task_start):
+    def run(self, tasks, hooks):
         for task in tasks:
             start = {k: v.detach().clone() for k, v in task.start_state.items()}
             task.start_state = start
-            on_task_start(task)
+            hooks.on_task_start(task)
             self.tasks.append(task)
             state = {k: v + (task.slot + 1) if v.is_floating_point() else v for k, v in start.items()}
-            yield ClientResult(task=task, num_examples=task.client.num_examples, state=state,
-                               metrics={"train_loss": float(task.slot)})
+            result = ClientResult(task=task, num_examples=task.client.num_examples, state=state,
+                                  metrics={"train_loss": float(task.slot)})
+            hooks.on_task_end(result)
+            yield result
 
 
 def test_the_loop_talks_to_executors_only_through_tasks_and_results(synthetic):
@@ -313,7 +315,7 @@ def test_the_loop_talks_to_executors_only_through_tasks_and_results(synthetic):
 
 def test_sequential_executor_needs_setup():
     with pytest.raises(RuntimeError, match=r"run\(\) called before setup\(\)"):
-        next(SequentialExecutor().run([object()], on_task_start=print))
+        next(SequentialExecutor().run([object()], TaskHooks()))
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [

@@ -170,9 +170,9 @@ class RecordingExecutor(SequentialExecutor):
         self.tree.add(0, "executor.setup(global module, how clients train)  ← the one working copy")
         super().setup(module, training)
 
-    def run(self, tasks, on_task_start):
-        self.tree.add(1, "executor.run(tasks) → one ClientResult per task, streamed")
-        yield from super().run(tasks, on_task_start)
+    def run(self, tasks, hooks):
+        self.tree.add(1, "executor.run(tasks, hooks) → one ClientResult per task, streamed")
+        yield from super().run(tasks, hooks)
 
 
 class RecordTrainers(Callback):

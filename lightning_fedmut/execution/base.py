@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +12,7 @@ from torch import Tensor
 from lightning_fedmut.tasks import ClientResult, ClientTask
 from lightning_fedmut.utilities.trainer import QUIET_TRAINER_DEFAULTS
 
-__all__ = ["ClientExecutor", "ClientTraining"]
+__all__ = ["ClientExecutor", "ClientTraining", "TaskHooks"]
 
 
 @dataclass(frozen=True)
@@ -43,20 +43,41 @@ class ClientTraining:
         return kwargs
 
 
+class TaskHooks:
+    """What the loop runs where a client trains: just before it trains, and as soon as its result is ready.
+
+    The loop hands an instance to :meth:`ClientExecutor.run`. ``on_task_start`` calls the callbacks'
+    ``on_client_fit_start`` (FedMut writes the start model there); ``on_task_end`` calls
+    ``on_client_fit_end`` or ``on_client_fit_failure`` and the sampler's ``observe``, which may fill the
+    result's ``payload`` and ``client_state``. The executor calls both in the process that trains the client.
+
+    Examples:
+        >>> TaskHooks().on_task_start(None) is None
+        True
+    """
+
+    def on_task_start(self, task: ClientTask) -> None:
+        """Called just before the client of ``task`` trains, with ``task.start_state`` holding its tensors."""
+
+    def on_task_end(self, result: ClientResult) -> None:
+        """Called with a client's result (success or failure) before it leaves the process that trained it."""
+
+
 class ClientExecutor:
     """Turns a round's :class:`~lightning_fedmut.tasks.ClientTask` objects into results.
 
     The loop calls :meth:`setup` once per ``fit`` (after any checkpoint is restored), :meth:`run` once per
     round and :meth:`teardown` at the end, also after an exception. It hands over nothing but tasks and
     takes back nothing but :class:`~lightning_fedmut.tasks.ClientResult` objects, so an executor may train
-    clients wherever it likes. ``run`` must call ``on_task_start(task)`` just before a client trains, with
-    ``task.start_state`` holding the client model's own tensors (FedMut writes its start model there), and
-    should yield each result as soon as it is ready: the loop aggregates it before asking for the next one.
+    clients wherever it likes. ``run`` must call ``hooks.on_task_start(task)`` just before a client trains,
+    with ``task.start_state`` holding the client model's own tensors (FedMut writes its start model there),
+    and ``hooks.on_task_end(result)`` where it trained, as soon as the result is ready; it yields one result
+    per task, in task order, each as soon as it can: the loop aggregates it before asking for the next one.
     A client that fails is a result with ``error`` set, never an exception out of ``run``; exceptions raised
-    by ``on_task_start`` and ``KeyboardInterrupt`` propagate.
+    by the hooks and ``KeyboardInterrupt`` propagate.
 
     Examples:
-        >>> ClientExecutor().run([], on_task_start=print)
+        >>> ClientExecutor().run([], TaskHooks())
         Traceback (most recent call last):
         ...
         NotImplementedError
@@ -65,9 +86,7 @@ class ClientExecutor:
     def setup(self, module: LightningModule, training: ClientTraining) -> None:
         """Called once per ``fit`` with the global module and how clients train."""
 
-    def run(
-        self, tasks: Iterable[ClientTask], on_task_start: Callable[[ClientTask], None]
-    ) -> Iterator[ClientResult]:
+    def run(self, tasks: Iterable[ClientTask], hooks: TaskHooks) -> Iterator[ClientResult]:
         """Train every task's client; yield one result per task, in task order."""
         raise NotImplementedError
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import random
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -14,7 +14,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 
 from lightning_fedmut.exceptions import NonFiniteWeightsError
 from lightning_fedmut.execution._calls import interruptible, scalars
-from lightning_fedmut.execution.base import ClientExecutor, ClientTraining
+from lightning_fedmut.execution.base import ClientExecutor, ClientTraining, TaskHooks
 from lightning_fedmut.functional.state import copy_, first_non_finite
 from lightning_fedmut.tasks import ClientResult, ClientTask
 from lightning_fedmut.utilities.trainer import quiet_lightning
@@ -53,17 +53,21 @@ class SequentialExecutor(ClientExecutor):
         self._training = training
         self._entry_points = {}
 
-    def run(
-        self, tasks: Iterable[ClientTask], on_task_start: Callable[[ClientTask], None]
-    ) -> Iterator[ClientResult]:
+    def run(self, tasks: Iterable[ClientTask], hooks: TaskHooks) -> Iterator[ClientResult]:
+        for task in tasks:
+            result = self.train(task, hooks)
+            hooks.on_task_end(result)
+            yield result
+
+    def train(self, task: ClientTask, hooks: TaskHooks) -> ClientResult:
+        """Load the task's start state into the working copy, call ``hooks.on_task_start``, train the client."""
         if self._working is None:
             raise RuntimeError("SequentialExecutor.run() called before setup(): the loop calls setup once per fit.")
-        for task in tasks:
-            state = self._working.state_dict()
-            copy_(list(state.values()), [task.start_state[k] for k in state])
-            task = replace(task, start_state=state)
-            on_task_start(task)
-            yield self._train(task)
+        state = self._working.state_dict()
+        copy_(list(state.values()), [task.start_state[k] for k in state])
+        task = replace(task, start_state=state)
+        hooks.on_task_start(task)
+        return self._train(task)
 
     def teardown(self) -> None:
         self._working = None
