@@ -481,7 +481,7 @@ def plot_landscape_2d(
     missing = [k for k in ("x", "y", metric) if k not in surface]
     if missing:
         raise ValueError(f"`surface` has no {missing}; it holds {sorted(surface)}.")
-    if isinstance(levels, Sequence) or isinstance(levels, np.ndarray):
+    if isinstance(levels, (Sequence, np.ndarray)):
         levels = np.asarray(levels, dtype=float)
         if levels.ndim != 1 or len(levels) < 2 or not np.all(np.diff(levels) > 0):
             raise ValueError(f"Expected `levels` to be at least two increasing values, got {levels.tolist()!r}.")

@@ -14,7 +14,7 @@ from lightning_fedmut.analysis.callback import FlatnessCallback
 from lightning_fedmut.analysis.directions import random_direction
 from lightning_fedmut.analysis.hessian import hessian_eigenvalues, hessian_trace, hessian_vector_product
 from lightning_fedmut.analysis.landscape import loss_landscape_1d, loss_landscape_2d
-from lightning_fedmut.analysis.sharpness import sharpness
+from lightning_fedmut.analysis.perturbation import sharpness
 
 __all__ = [
     "FlatnessCallback",

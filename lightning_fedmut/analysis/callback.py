@@ -16,7 +16,7 @@ from lightning_fedmut.analysis._objective import (
     objective,
 )
 from lightning_fedmut.analysis.hessian import hessian_eigenvalues, hessian_trace
-from lightning_fedmut.analysis.sharpness import sharpness
+from lightning_fedmut.analysis.perturbation import sharpness
 from lightning_fedmut.callbacks import FederatedCallback
 from lightning_fedmut.utilities.validation import check_int
 

@@ -1,4 +1,4 @@
-"""Sharpness: how much the loss can rise within a small ball around the weights."""
+"""Sharpness: how much the loss can rise when the weights are perturbed within a small ball."""
 
 from __future__ import annotations
 
