@@ -28,6 +28,7 @@ PROMISED = {
     "04_wandb_and_sweeps": ["wandb/offline-run-*/run-*.wandb", "sweep/wandb/offline-run-*/run-*.wandb"],
     "05_custom_callback_and_aggregator": ["robust_aggregation.png"],
     "06_checkpoints_and_failures": ["checkpoints/round-*.ckpt"],
+    "07_flatness": ["landscape_1d.png", "landscape_2d.png", "flatness_per_round.png", "flatness.csv"],
     "fedmut_in_one_picture": ["fedmut_in_one_picture.png"],
     "fedmut_radius": ["radius.png"],
     "hook_order": ["hook_order.txt"],
