@@ -7,6 +7,8 @@ import numpy as np
 SAMPLING_STREAM = 0
 MUTATION_STREAM = 1
 CLIENT_STREAM = 2
+FEDMR_STREAM = 3
+CLUSTERED_SAMPLING_STREAM = 4
 
 
 def derive_seed(seed: int, *path: int) -> int:
