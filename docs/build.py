@@ -5,7 +5,7 @@ The tutorials' figures and printed outputs on the site are produced here, by run
 ``docs/assets/generated/<example name>/`` (git-ignored): its figures, and ``output.txt``, what it printed.
 The pages include those files; a strict build fails if one is missing.
 
-Usage (from the repository root, with the ``docs`` extra installed):
+Usage (from the repository root, with the ``docs`` extra installed: ``pip install -e ".[docs]"``):
 
     python docs/build.py                  # run the examples, then build the site into site/
     python docs/build.py --skip-examples  # build with the outputs of the last run
@@ -18,6 +18,7 @@ It also writes the command line's ``--help`` texts into ``docs/assets/generated/
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -30,6 +31,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 GENERATED = ROOT / "docs" / "assets" / "generated"
 CLI_COMMANDS = ("fit", "demo", "sweep")
+#: What the build imports (module: the package that ships it), all in the ``docs`` extra.
+DEPENDENCIES = {
+    "mkdocs": "mkdocs",
+    "material": "mkdocs-material",
+    "mkdocstrings": "mkdocstrings",
+    "mkdocstrings_handlers.python": "mkdocstrings-python",
+    "griffe_inherited_docstrings": "griffe-inherited-docstrings",
+    "pymdownx": "pymdown-extensions",
+    "latex2mathml": "latex2mathml",
+    "sklearn": "scikit-learn",
+    "mnist1d": "mnist1d",
+    "matplotlib": "matplotlib",
+    "lightning_fedmut": "lightning_fedmut",
+}
 # writes `lightning-fedmut COMMAND --help` into GENERATED/cli/COMMAND.txt, in one interpreter
 _CLI_HELP = """
 import contextlib, io, sys
@@ -45,6 +60,19 @@ for command in sys.argv[2:]:
         raise SystemExit(f"lightning-fedmut {command} --help exited with {code}")
     (out / f"{command}.txt").write_text(buffer.getvalue(), encoding="utf-8")
 """
+
+
+def missing_dependencies() -> list[str]:
+    """The packages of :data:`DEPENDENCIES` that are not installed."""
+    missing = []
+    for module, package in DEPENDENCIES.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:  # the parent of a dotted module is missing
+            found = False
+        if not found:
+            missing.append(package)
+    return missing
 
 
 def examples() -> list[Path]:
@@ -132,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
                         else os.cpu_count() or 1, help="examples run in parallel (default: the usable cores)")
     args = parser.parse_args(argv)
 
+    missing = missing_dependencies()
+    if missing:  # before running any example: a build without them fails only minutes later
+        print(f"docs/build.py needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed."
+              ' Install the docs extra: pip install -e ".[docs]"', file=sys.stderr)
+        return 1
     start = time.perf_counter()
     if not args.skip_examples:
         selected = [p for p in examples() if not args.only or p.stem in args.only]

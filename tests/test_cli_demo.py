@@ -11,7 +11,7 @@ import pytest
 
 from lightning_fedmut.cli import _logging, main
 from lightning_fedmut.cli._parser import parse
-from lightning_fedmut.cli.demo import demo_parser
+from lightning_fedmut.cli.demo import FLAGS, demo_kwargs, demo_parser
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures_cli"))
 from wandb_offline_run import offline_runs, read_run
@@ -91,18 +91,37 @@ def test_demo_prints_both_methods_per_round(tmp_path, capfd, monkeypatch):
 
 
 def test_demo_defaults_are_the_paper_setting_on_digits():
-    cfg = parse(demo_parser(), [])
-    assert cfg.as_dict() == {
+    assert demo_kwargs(parse(demo_parser(), [])) == {
         "rounds": 30, "clients": 50, "clients_per_round": 10, "alpha": 0.1, "seeds": 3, "local_epochs": 5,
         "batch_size": 50, "lr": 0.01, "momentum": 0.5, "radius": 4.0, "acceleration": 0.3, "min_size": 2,
         "output_dir": "fedmut_demo", "logger": "wandb", "project": "lightning-fedmut-demo",
     }
 
 
+def test_demo_and_fit_share_flag_names():
+    from lightning_fedmut.cli.fit import fit_parser
+
+    examples = {"loop.rounds": 7, "partition.num_clients": 12, "loop.clients_per_round": 3, "partition.alpha": 0.5,
+                "partition.min_size": 4, "loop.local_epochs": 2, "batch_size": 20, "model.lr": 0.05,
+                "model.momentum": 0.9, "mutation.radius": 2.5, "mutation.acceleration": 0.1, "logger": "csv",
+                "project": "p"}
+    demo_flags = {a.dest for a in demo_parser()._actions if a.dest != "help"}
+    assert demo_flags - set(examples) == {"seeds", "output_dir"}  # the demo's own settings
+    for flag, value in examples.items():  # each means in `fit` what it means in the demo
+        demo = demo_kwargs(parse(demo_parser(), [f"--{flag}={value}"]))
+        fit = parse(fit_parser([]), [f"--{flag}={value}"])
+        head, _, rest = flag.partition(".")
+        in_fit = fit[head].init_args[rest] if head in ("model", "mutation") else fit[flag]
+        name = next(n for n, (f, _) in FLAGS.items() if f == flag)
+        assert demo[name] == in_fit == value, flag
+    short = demo_kwargs(parse(demo_parser(), ["--rounds=4", "--radius=1.5", "--alpha=0.5"]))  # the short names too
+    assert (short["rounds"], short["radius"], short["alpha"]) == (4, 1.5, 0.5)
+
+
 def test_demo_bad_sizes_exit_2(capsys, tmp_path):
     assert main(["demo", "--clients=4", "--clients_per_round=5", "--logger=none", f"--output_dir={tmp_path}"]) == 2
-    assert capsys.readouterr().err == (
-        "lightning-fedmut demo: error: --clients_per_round: expected at most --clients (4), got 5\n")
+    assert capsys.readouterr().err == ("lightning-fedmut demo: error: --loop.clients_per_round: expected at most"
+                                       " --partition.num_clients (4), got 5\n")
     assert main(["demo", "--seeds=0"]) == 2
     assert capsys.readouterr().err == "lightning-fedmut demo: error: --seeds: expected a value > 0, got '0'\n"
 

@@ -35,11 +35,64 @@ def plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
+_ROLE = re.compile(r":(?:class|func|meth|attr|mod|data|obj|exc|ref|doc|py:\w+):`(~?)([^`<]*?)(?:\s*<[^>]*>)?`")
+_LITERAL = re.compile(r"``([^`]*)``")
+_INTERPRETED = re.compile(r"(?<![`\w])`([^`\n]+)`(?![`\w])")
+_CLASS_REPR = re.compile(r"<class '(?:[\w.]*\.)?(\w+)'>")
+
+
+def plain_text(text: str) -> str:
+    """``text`` without reStructuredText markup: roles, double and single backticks, ``<class '...'>``.
+
+    Examples:
+        >>> plain_text("a :class:`~lightning_fedmut.sampling.UniformSampler`; ``None`` disables; `seed`")
+        'a UniformSampler; None disables; seed'
+        >>> plain_text("(type: <class 'lightning_fedmut.aggregators.base.Aggregator'>) :func:`make_clients`")
+        '(type: Aggregator) make_clients'
+    """
+    text = _ROLE.sub(lambda m: m.group(2).rsplit(".", 1)[-1] if m.group(1) else m.group(2), text)
+    text = _LITERAL.sub(r"\1", text)
+    text = _INTERPRETED.sub(r"\1", text)
+    return _CLASS_REPR.sub(r"\1", text)
+
+
+def tidy_help(parser: Any) -> None:
+    """Plain help texts, and a title naming its flag for every group of ``parser`` (in place)."""
+    for action in parser._actions:
+        if isinstance(action.help, str):
+            action.help = plain_text(action.help)
+    for group in parser._action_groups:
+        dests = [a.dest for a in group._group_actions if not a.dest.endswith(".help")]
+        if not isinstance(group.title, str) or group.title.startswith("--"):
+            continue
+        key = getattr(group, "dest", None) or (dests[0] if dests and _CLASS_REPR.fullmatch(group.title) else None)
+        if key is None:
+            continue
+        title = plain_text(group.title)
+        group.title = f"--{key}: " + (f"a {title} subclass by class path" if _CLASS_REPR.fullmatch(group.title)
+                                       else title)
+        if isinstance(group.description, str):
+            group.description = plain_text(group.description)
+
+
+def not_required_with_default(parser: Any) -> None:
+    """Show arguments that have a default as optional (a class's required argument given a default)."""
+    for action in parser._actions:
+        if action.required and action.default is not None and action.option_strings:
+            action.required = False
+
+
 def make_parser(prog: str, description: str) -> ArgumentParser:
-    """A jsonargparse parser that raises on errors instead of printing usage and exiting."""
+    """A jsonargparse parser that raises on errors instead of printing usage and exiting, and whose help is
+    plain text (no reStructuredText from docstrings, no ``<class '...'>``)."""
     from jsonargparse import ArgumentParser
 
-    return ArgumentParser(prog=prog, description=description, exit_on_error=False)
+    class Parser(ArgumentParser):
+        def format_help(self) -> str:
+            tidy_help(self)
+            return plain_text(super().format_help())
+
+    return Parser(prog=prog, description=description, exit_on_error=False)
 
 
 def normalize_argv(argv: Sequence[str], none_flags: Collection[str] = ()) -> list[str]:
@@ -153,6 +206,9 @@ def one_line_error(message: str, parser: ArgumentParser | None = None) -> str:
             return f"{flag}: expected the class path of a {m.group(2)} subclass, got {path!r}, which is not one"
     for i, ln in enumerate(lines):
         m = re.search(r"Problem with given class_path '([^']+)':?$", ln)
+        option = re.search(r"Option '([^']+)' is not accepted", lines[i + 1]) if m and i + 1 < len(lines) else None
+        if option:
+            return _unknown_option(flag, m.group(1), option.group(1))
         if m and i + 1 < len(lines) and not lines[i + 1].startswith("Parser key"):
             return f"{flag}: cannot use class {m.group(1)!r}: {lines[i + 1]}"
     for ln in lines:
@@ -176,12 +232,34 @@ def one_line_error(message: str, parser: ArgumentParser | None = None) -> str:
     return f"{flag}: " + " ".join(" ".join(rest).split())
 
 
+def _unknown_option(flag: str, class_path: str, option: str) -> str:
+    """``--mutation.radus``: name the class's options, and the one meant."""
+    import importlib
+    import inspect
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+        names = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return f"{flag}.{option}: {name} has no argument {option!r}"
+    close = difflib.get_close_matches(option, names, n=1, cutoff=0.6)
+    hint = f" (did you mean {flag}.{close[0]}?)" if close else ""
+    return f"{flag}.{option}: {name} has no argument {option!r}{hint}; it takes {', '.join(names) or 'none'}"
+
+
 def _unrecognized(args: str, parser: ArgumentParser | None) -> str:
     first = args.split()[0] if args.split() else args
     message = f"unrecognized arguments: {args}"
     if parser is not None and first.startswith("--"):
         options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
-        close = difflib.get_close_matches(first.split("=", 1)[0], options, n=1, cutoff=0.6)
+        given = first.split("=", 1)[0]
+        close = difflib.get_close_matches(given, options, n=1, cutoff=0.6)
+        head, dot, rest = given.partition(".")
+        if dot and not close:  # --mutatoin.radius: the group is misspelled, not the option
+            close = [f"{c}.{rest}" for c in difflib.get_close_matches(head, options, n=1, cutoff=0.6)]
+        elif dot and close and "." not in close[0]:
+            close = [f"{close[0]}.{rest}"]
         if close:
             message += f" (did you mean {close[0]}?)"
     return message

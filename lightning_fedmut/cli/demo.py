@@ -97,7 +97,7 @@ def run_demo(
             try:
                 parts = partition_dirichlet(labels, clients, alpha, min_size=min_size, seed=seed)
             except (ValueError, RuntimeError) as err:
-                raise CLIError(f"--clients/--alpha/--min_size: {err}") from None
+                raise CLIError(f"--partition: {err}") from None
             first_partition = first_partition or parts
             federation = make_clients(split.train, parts, batch_size=batch_size)
             for method in METHODS:
@@ -124,14 +124,14 @@ def _one_run(method: str, seed: int, federation: list, val: DataLoader, settings
     callbacks = ([MutationCallback(radius=settings["radius"], acceleration=settings["acceleration"])]
                  if method == "FedMut" else [])
     if len(federation) < settings["clients_per_round"]:
-        raise CLIError(f"--clients_per_round: expected at most --clients ({len(federation)}),"
+        raise CLIError(f"--loop.clients_per_round: expected at most --partition.num_clients ({len(federation)}),"
                        f" got {settings['clients_per_round']}")
     try:
         loop = FederatedLoop(rounds=settings["rounds"], clients_per_round=settings["clients_per_round"],
                              local_epochs=settings["local_epochs"], aggregator=FedAvg(weighted=False),
                              callbacks=callbacks, seed=seed, enable_progress_bar=True)
     except (ValueError, TypeError) as err:
-        raise CLIError(f"--rounds/--clients_per_round/--local_epochs: {err}") from None
+        raise CLIError(f"--loop: {err}") from None
     loop.logger = make_logger(logger, save_dir=save_dir, project=project, group=group,
                               name=f"{method.lower()}-seed{seed}", job_type=method, silent=True)
     if loop.logger is not None:
@@ -213,15 +213,55 @@ def _plots(results: dict[str, list[FederatedResult]], labels: np.ndarray, partit
     print(f"Plots: {out / 'accuracy.png'}, {out / 'label_distribution.png'}")
 
 
+#: The demo's flags, named as ``lightning-fedmut fit`` names the same setting, and the short name each also takes.
+FLAGS = {
+    "rounds": ("loop.rounds", "federated rounds"),
+    "clients": ("partition.num_clients", "number of clients the digits are divided among"),
+    "clients_per_round": ("loop.clients_per_round", "clients sampled per round"),
+    "alpha": ("partition.alpha", "Dirichlet concentration of the label split (0.1: strongly non-IID)"),
+    "min_size": ("partition.min_size", "the fewest examples a client may hold"),
+    "local_epochs": ("loop.local_epochs", "local epochs per client per round"),
+    "batch_size": ("batch_size", "local batch size"),
+    "lr": ("model.lr", "local SGD learning rate"),
+    "momentum": ("model.momentum", "local SGD momentum"),
+    "radius": ("mutation.radius", "FedMut's mutation radius"),
+    "acceleration": ("mutation.acceleration", "FedMut's initial acceleration beta_0"),
+    "seeds": ("seeds", "number of seeds (0, 1, ...); each gives its own partition, initial model and sampling"),
+    "output_dir": ("output_dir", "folder of the plots and the CSV history"),
+    "logger": ("logger", "wandb (offline when no API key is configured), csv or none"),
+    "project": ("project", "W&B project (CSV folder) of the runs"),
+}
+
+
 def demo_parser() -> Any:
+    """The parser of ``lightning-fedmut demo``: ``fit``'s flag names (``--loop.rounds``, ``--mutation.radius``
+    ...), each also under its short name (``--rounds``, ``--radius`` ...)."""
+    import inspect
+
     parser = make_parser(PROG, "FedMut against uniform FedAvg on scikit-learn's bundled digits: the paper's local"
-                               " settings, the same seeds for both, a per-round table, two plots and W&B runs.")
-    parser.add_function_arguments(run_demo, as_positional=False)
+                               " settings, the same seeds for both, a per-round table, two plots and W&B runs."
+                               " The flags are those of `lightning-fedmut fit` for the same settings; each also"
+                               " takes its short name (--rounds for --loop.rounds).")
+    parameters = inspect.signature(run_demo).parameters
+    hints = inspect.get_annotations(run_demo, eval_str=True)
+    for name, (flag, text) in FLAGS.items():
+        names = [f"--{flag}"] + ([f"--{name}"] if name != flag else [])
+        parser.add_argument(*names, type=hints[name], default=parameters[name].default, help=f"{text}.")
     return parser
+
+
+def demo_kwargs(cfg: Any) -> dict[str, Any]:
+    """The parsed flags as :func:`run_demo`'s keyword arguments.
+
+    Examples:
+        >>> kwargs = demo_kwargs(parse(demo_parser(), ["--loop.rounds=3", "--radius=2"]))
+        >>> kwargs["rounds"], kwargs["radius"], kwargs["clients"]
+        (3, 2.0, 50)
+    """
+    return {name: plain(cfg[flag]) for name, (flag, _) in FLAGS.items()}
 
 
 def demo_main(argv: Sequence[str]) -> int:
     """Parse ``argv`` and run the demo; returns the exit code."""
-    cfg = parse(demo_parser(), list(argv))
-    run_demo(**plain(cfg.as_dict()))
+    run_demo(**demo_kwargs(parse(demo_parser(), list(argv))))
     return 0

@@ -24,7 +24,7 @@ from lightning_fedmut.aggregators import Aggregator, FedAvg
 from lightning_fedmut.callbacks import GlobalModelCheckpoint, MutationCallback
 from lightning_fedmut.checkpoint import list_checkpoints
 from lightning_fedmut.cli._logging import finish_logger, flatten_config, make_logger, offline_notice
-from lightning_fedmut.cli._parser import CLIError, make_parser, parse, plain, plural
+from lightning_fedmut.cli._parser import CLIError, make_parser, not_required_with_default, parse, plain, plural
 from lightning_fedmut.data import (
     load_partition_json,
     make_clients,
@@ -161,6 +161,7 @@ def fit_parser(argv: Sequence[str] = ()) -> ArgumentParser:
     )
     parser.add_class_arguments(FederatedLoop, "loop", skip=_LOOP_SKIP)
     parser.set_defaults(_LOOP_DEFAULTS)
+    not_required_with_default(parser)  # --loop.rounds has a default here, though FederatedLoop requires it
     parser.add_argument(
         "--mutation", type=MutationCallback | None,
         default=lazy_instance(MutationCallback, radius=4.0, acceleration=0.3),
