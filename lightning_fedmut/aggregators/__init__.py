@@ -2,5 +2,7 @@
 
 from lightning_fedmut.aggregators.base import Aggregator
 from lightning_fedmut.aggregators.fedavg import FedAvg
+from lightning_fedmut.aggregators.fedexp import FedExP
+from lightning_fedmut.aggregators.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi, ServerOptimizer
 
-__all__ = ["Aggregator", "FedAvg"]
+__all__ = ["Aggregator", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedExP", "FedYogi", "ServerOptimizer"]

@@ -1,7 +1,20 @@
-"""Federated callbacks: the hook menu, FedMut's mutation, and Lightning checkpoints of the global model."""
+"""Federated callbacks: the hook menu, FedMut's mutation, the baselines' client-side methods, and Lightning
+checkpoints of the global model."""
 
 from lightning_fedmut.callbacks.base import FederatedCallback
+from lightning_fedmut.callbacks.fedmr import FedMR
+from lightning_fedmut.callbacks.fedprox import FedProx
 from lightning_fedmut.callbacks.model_checkpoint import GlobalModelCheckpoint
 from lightning_fedmut.callbacks.mutation import MutationCallback
+from lightning_fedmut.callbacks.scaffold import Scaffold
+from lightning_fedmut.callbacks.server_report import ServerReport
 
-__all__ = ["FederatedCallback", "GlobalModelCheckpoint", "MutationCallback"]
+__all__ = [
+    "FedMR",
+    "FedProx",
+    "FederatedCallback",
+    "GlobalModelCheckpoint",
+    "MutationCallback",
+    "Scaffold",
+    "ServerReport",
+]

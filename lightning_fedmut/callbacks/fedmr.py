@@ -1,0 +1,173 @@
+"""FedMR (Hu et al., IEEE TMC 2023): model recombination, layer by layer, of the trained client models."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from lightning_fedmut.callbacks.base import FederatedCallback
+from lightning_fedmut.callbacks.mutation import MutationCallback
+from lightning_fedmut.functional.recombination import recombination_table, recombine
+from lightning_fedmut.functional.server_optim import squared_distance
+from lightning_fedmut.functional.state import copy_, is_floating
+from lightning_fedmut.utilities.seed import FEDMR_STREAM, derive_seed
+from lightning_fedmut.utilities.validation import check_int
+
+if TYPE_CHECKING:
+    from lightning.pytorch import LightningModule
+
+    from lightning_fedmut.aggregators.base import Aggregator
+    from lightning_fedmut.loop import FederatedLoop
+    from lightning_fedmut.tasks import ClientResult, ClientTask
+
+
+class FedMR(FederatedCallback):
+    r"""FedMR: the next round's start models are the round's trained models, recombined layer by layer.
+
+    After round ``t`` aggregates, every state key ``j`` (every layer's weight, bias and buffers) of the ``K``
+    trained client models is permuted across the ``K`` slots, independently per key: slot ``i`` of round
+    ``t + 1`` starts from ``s_i[j] = w_{pi_j(i)}[j]``, each ``pi_j`` a uniformly random permutation drawn
+    from the callback's own generator. Every key's multiset of tensors is preserved; no arithmetic is done,
+    so integer state is moved like the rest. The aggregated global model is what the loop evaluates and
+    checkpoints; the clients do not train from it.
+
+    **Two stages.** Before round ``first_stage_bound`` the clients start from the aggregated global model
+    (plain FedAvg start models), as the paper's two-stage training does to settle the models early;
+    from that round on they start from recombined models. A slot whose client failed is refilled with the
+    global model before recombining, and after a round skipped for too few clients the next round starts
+    from the global model.
+
+    **Memory.** FedMR keeps ``K`` whole models (``clients_per_round`` state dicts) by nature: the trained
+    models of a round are its next start models. They are in the federated checkpoints too. It cannot be
+    combined with :class:`~lightning_fedmut.MutationCallback`: both replace the start models.
+
+    Logs ``fedmr/recombined`` (1 when the next round starts from recombined models) and
+    ``fedmr/start_model_distance`` (the mean distance of the next start models from the global model).
+
+    Args:
+        first_stage_bound: the first round whose clients start from recombined models (0: from round 1 on).
+        seed: seed of the permutation generator; ``None`` derives it from the loop's ``seed``.
+
+    Examples:
+        >>> FedMR(first_stage_bound=50).hparams
+        {'first_stage_bound': 50, 'seed': None}
+    """
+
+    def __init__(self, first_stage_bound: int = 0, seed: int | None = None) -> None:
+        self.first_stage_bound = check_int("first_stage_bound", first_stage_bound, low=0)
+        self.seed = None if seed is None else check_int("seed", seed, low=0)
+        self.generator = torch.Generator()
+        self._keys: list[str] = []
+        self._models: list[list[Tensor]] = []
+        self._trained: Tensor = torch.zeros(0)
+        self._table: Tensor | None = None
+        self._start_round: int | None = None  # the round whose clients start from self._models
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        return {"first_stage_bound": self.first_stage_bound, "seed": self.seed}
+
+    @property
+    def permutations(self) -> Tensor | None:
+        """The last recombination table ``(num_keys, K)``: slot ``i`` starts from key ``j`` of slot ``[j, i]``."""
+        return self._table
+
+    @property
+    def keys(self) -> list[str]:
+        """The state keys that are recombined (all of them)."""
+        return list(self._keys)
+
+    def start_models(self) -> list[dict[str, Tensor]]:
+        """The next round's start models, one state dict per slot (views of the callback's buffers)."""
+        return [dict(zip(self._keys, model)) for model in self._models]
+
+    def setup(self, loop: FederatedLoop, module: LightningModule, stage: str) -> None:
+        if any(isinstance(cb, MutationCallback) for cb in loop.callbacks):
+            raise ValueError(
+                "FedMR and MutationCallback both replace the clients' start models; pass only one of them in"
+                " `callbacks`."
+            )
+        self.generator.manual_seed(self.seed if self.seed is not None else derive_seed(loop.seed, FEDMR_STREAM))
+        state = module.state_dict()
+        self._keys = list(state)
+        self._models = [[v.detach().clone() for v in state.values()] for _ in range(loop.clients_per_round)]
+        self._trained = torch.zeros(loop.clients_per_round, dtype=torch.float64)
+        self._table, self._start_round = None, None
+
+    def teardown(self, loop: FederatedLoop, module: LightningModule, stage: str) -> None:
+        self._models = []  # release the K models; the last table stays for inspection
+
+    def on_round_start(self, loop: FederatedLoop, module: LightningModule) -> None:
+        self._trained.zero_()
+
+    def on_client_fit_start(self, loop: FederatedLoop, module: LightningModule, task: ClientTask) -> None:
+        if self._start_round == loop.round:
+            state = task.start_state
+            copy_([state[k] for k in self._keys], self._models[task.slot])
+
+    def on_client_fit_end(self, loop: FederatedLoop, module: LightningModule, result: ClientResult) -> None:
+        # this slot's start model has been used: its buffer now keeps the trained model
+        copy_(self._models[result.task.slot], [result.state[k] for k in self._keys])
+        self._trained[result.task.slot] = 1.0
+
+    @torch.no_grad()
+    def on_before_aggregate(self, loop: FederatedLoop, module: LightningModule, aggregator: Aggregator) -> None:
+        executor = loop.executor
+        if executor.world_size > 1:  # each worker holds the slots it trained: sum the others' in
+            for slot, trained in enumerate(self._trained.tolist()):
+                if not trained:
+                    for t in self._models[slot]:
+                        t.zero_()
+            executor.all_reduce_([self._trained, *(t for model in self._models for t in model)])
+
+    @torch.no_grad()
+    def on_after_aggregate(self, loop: FederatedLoop, module: LightningModule) -> None:
+        state = module.state_dict()
+        glb = [state[k] for k in self._keys]
+        for slot, trained in enumerate(self._trained.tolist()):
+            if not trained:  # a failed client: its slot takes the global model
+                copy_(self._models[slot], glb)
+        next_round = loop.round + 1
+        recombined = next_round >= self.first_stage_bound
+        if recombined:
+            self._table = recombination_table(len(self._keys), loop.clients_per_round, generator=self.generator)
+            self._models = recombine(self._models, self._table)
+            self._start_round = next_round
+        else:
+            self._start_round = None
+        floats = [i for i, k in enumerate(self._keys) if is_floating(state[k])]
+        distances = [math.sqrt(squared_distance([m[i] for i in floats], [glb[i] for i in floats]))
+                     for m in self._models] if recombined else [0.0]
+        loop.round_metrics["fedmr/recombined"] = float(recombined)
+        loop.round_metrics["fedmr/start_model_distance"] = sum(distances) / len(distances)
+
+    def state_dict(self) -> dict[str, Any]:
+        active = self._start_round is not None
+        return {
+            "generator": self.generator.get_state(),
+            "keys": list(self._keys),
+            "start_round": self._start_round,
+            "table": None if self._table is None else self._table.clone(),
+            # the K start models, only while they are pending
+            "models": [[t.detach().cpu().clone() for t in model] for model in self._models] if active else None,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self._keys and list(state_dict["keys"]) != self._keys:
+            raise ValueError(
+                "FedMR state does not match the model: the checkpoint recombines keys"
+                f" {state_dict['keys'][:5]}..., this model {self._keys[:5]}..."
+            )
+        self.generator.set_state(state_dict["generator"])
+        self._keys = list(state_dict["keys"])
+        self._start_round = state_dict["start_round"]
+        self._table = state_dict["table"]
+        if state_dict["models"] is not None:
+            if len(self._models) == len(state_dict["models"]):
+                for model, saved in zip(self._models, state_dict["models"]):
+                    copy_(model, saved)
+            else:
+                self._models = [[t.clone() for t in model] for model in state_dict["models"]]

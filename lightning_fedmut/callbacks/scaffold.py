@@ -1,0 +1,250 @@
+"""SCAFFOLD (Karimireddy et al., ICML 2020): control variates that correct the clients' drift."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from lightning.pytorch import Callback
+from torch import Tensor
+
+from lightning_fedmut.callbacks.base import FederatedCallback
+from lightning_fedmut.functional.aggregation import accumulate_
+from lightning_fedmut.functional.server_optim import squared_norm
+from lightning_fedmut.utilities.validation import check_int
+
+if TYPE_CHECKING:
+    from lightning.pytorch import LightningModule, Trainer
+
+    from lightning_fedmut.aggregators.base import Aggregator
+    from lightning_fedmut.loop import FederatedLoop
+    from lightning_fedmut.tasks import ClientResult, ClientTask
+
+#: Key of a client's control variate ``c_i`` in its client state (a dict of tensors keyed by parameter name).
+CLIENT_CONTROL_KEY = "scaffold/control"
+#: Key of the change ``delta c_i`` in a client result's payload, and of ``c`` in a task's payload.
+DELTA_CONTROL_KEY = "scaffold/delta_control"
+SERVER_CONTROL_KEY = "scaffold/server_control"
+
+
+def step_size(group: dict[str, Any]) -> float:
+    """How far one step of an optimizer's parameter group moves per unit of gradient, for option II.
+
+    The learning rate; for ``torch.optim.SGD`` with momentum ``m``, dampening ``d`` (and no Nesterov), the
+    steady-state step ``lr * (1 - d) / (1 - m)`` (a gradient ``g`` repeated forever moves the weights by
+    ``lr * (1 - d) / (1 - m) * g`` a step); with Nesterov, ``lr * (1 + m (1 - d) / (1 - m))``.
+
+    Examples:
+        >>> step_size({"lr": 0.1}), step_size({"lr": 0.01, "momentum": 0.5, "dampening": 0.0})
+        (0.1, 0.02)
+    """
+    lr = float(group["lr"])
+    momentum = float(group.get("momentum", 0.0) or 0.0)
+    if not momentum or "dampening" not in group:  # not SGD-like momentum
+        return lr
+    damped = (1.0 - float(group.get("dampening", 0.0))) / (1.0 - momentum)
+    return lr * (1.0 + momentum * damped) if group.get("nesterov") else lr * damped
+
+
+class ControlVariateCorrection(Callback):
+    r"""A Lightning callback for one SCAFFOLD client: corrects each gradient to ``g - c_i + c``, then updates ``c_i``.
+
+    ``server_control`` holds ``c`` and ``client_control`` the client's ``c_i`` (``None``: zero), one tensor per
+    parameter of ``names``. ``c - c_i`` is added to the gradients in ``on_before_optimizer_step`` (once per
+    optimizer step, before clipping). When training ends, option II gives the client's new control variate
+
+    ``c_i+ = c_i - c + (x - y) / sum_k eta_k``
+
+    with ``x`` the start and ``y`` the trained parameters and ``sum_k eta_k`` the sum, over the client's
+    optimizer steps, of each step's size read from the optimizer's parameter group as it steps
+    (:func:`step_size`: the learning rate, or SGD's momentum-adjusted one). For plain SGD with a constant
+    learning rate that is ``K * eta_l`` as in the paper, and ``(x - y) / (K eta_l)`` is exactly the mean
+    corrected gradient; with another optimizer it is an estimate of it. ``new_control`` (``c_i+``) and
+    ``delta_control`` (``c_i+ - c_i``) are then CPU tensors keyed by parameter name; a parameter that never
+    stepped keeps its ``c_i``.
+    """
+
+    def __init__(self, names: list[str], server_control: list[Tensor],
+                 client_control: dict[str, Tensor] | None = None) -> None:
+        self.names = list(names)
+        self._c = [c.detach().cpu() for c in server_control]
+        self._ci = [torch.zeros_like(c) if client_control is None else client_control[n].detach().cpu().to(c.dtype)
+                    for n, c in zip(self.names, self._c)]
+        self.new_control: dict[str, Tensor] | None = None
+        self.delta_control: dict[str, Tensor] | None = None
+        self.steps = 0
+        self._params: list[Tensor] = []
+        self._start: list[Tensor] = []
+        self._correction: list[Tensor] = []
+        self._step_sums: list[float] = []
+        self._index: dict[int, int] = {}
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        named = dict(pl_module.named_parameters())
+        missing = [n for n in self.names if n not in named]
+        if missing:
+            raise ValueError(f"SCAFFOLD's control variates name parameters the client model lacks: {missing[:5]}.")
+        self._params = [named[n] for n in self.names]
+        self._correction = [(c - ci).to(device=p.device, dtype=p.dtype)
+                            for c, ci, p in zip(self._c, self._ci, self._params)]
+        self._start = [p.detach().clone() for p in self._params]
+        self._step_sums = [0.0] * len(self._params)
+        self._index = {id(p): i for i, p in enumerate(self._params)}
+        self.steps = 0
+
+    @torch.no_grad()
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        grads, corrections = [], []
+        for group in optimizer.param_groups:
+            size = step_size(group)
+            for p in group["params"]:
+                i = self._index.get(id(p))
+                if i is None or p.grad is None:
+                    continue
+                grads.append(p.grad)
+                corrections.append(self._correction[i])
+                self._step_sums[i] += size
+        if grads:
+            torch._foreach_add_(grads, corrections)
+        self.steps += 1
+
+    @torch.no_grad()
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.new_control, self.delta_control = {}, {}
+        for name, p, x, c, ci, total in zip(self.names, self._params, self._start, self._c, self._ci,
+                                            self._step_sums):
+            if total > 0:
+                mean_step = (x - p.detach()).cpu().to(c.dtype).div_(total)  # (x - y) / sum eta
+                self.delta_control[name] = mean_step - c  # c_i+ - c_i = -c + (x - y) / sum eta
+                self.new_control[name] = ci + self.delta_control[name]
+            else:
+                self.delta_control[name] = torch.zeros_like(c)
+                self.new_control[name] = ci.clone()
+        self._params, self._start, self._correction = [], [], []
+
+
+class Scaffold(FederatedCallback):
+    r"""SCAFFOLD with option II control variates: local gradients corrected to ``g - c_i + c``.
+
+    Each client ``i`` keeps a control variate ``c_i`` in the loop's client-state store (zero until its first
+    round) and the server keeps ``c`` (zero at first). Every client trains with its gradients corrected to
+    ``g - c_i + c`` (a :class:`ControlVariateCorrection` in its Trainer; ``c`` is also sent in the task's
+    payload), then updates
+
+    ``c_i+ = c_i - c + (x - y) / (K eta_l)``
+
+    from its start ``x``, its trained weights ``y``, its ``K`` optimizer steps and the learning rate
+    ``eta_l`` (read from the optimizer as it steps, so schedules count; SGD momentum is accounted for, see
+    :func:`step_size`). It stores ``c_i+`` and sends ``delta c_i = c_i+ - c_i`` as a payload; once every client
+    of the round has trained, the server updates ``c += (|S| / N) * mean_i(delta c_i)`` (``|S|`` clients that
+    trained, ``N`` in the federation). The global model is whatever the aggregator makes of the clients;
+    the paper's ``x += eta_g mean_i(y_i - x)`` with ``eta_g = 1`` is ``FedAvg(weighted=False)``.
+
+    **Assumptions.** Option II is exact for plain SGD: the trained weights are then the start minus the
+    learning rate times the sum of corrected gradients. With momentum or an adaptive optimizer (any
+    optimizer that ``configure_optimizers`` returns works) ``c_i+`` is an estimate of the client's mean
+    gradient. Only parameters that require gradients are controlled; a parameter without a gradient in a
+    step is not corrected in that step.
+
+    **Memory.** ``N`` control variates of the size of the trainable parameters live in the client-state store
+    (and in checkpoints), plus ``c`` and the round's sum of ``delta c_i`` on the server.
+
+    Logs ``scaffold/control_norm`` (``|c|`` after the update) and ``scaffold/delta_control_norm`` (``|c|``'s
+    change) every round. With FedMut, ``x`` is each client's mutated start model.
+
+    Args:
+        num_clients: ``N``; ``None`` takes the number of clients handed to ``fit``.
+
+    Examples:
+        >>> from lightning_fedmut import FederatedLoop, FedAvg
+        >>> loop = FederatedLoop(rounds=10, clients_per_round=5, aggregator=FedAvg(weighted=False),
+        ...                      callbacks=[Scaffold()])
+        >>> loop.hparams["callbacks"][0]
+        {'class_path': 'lightning_fedmut.callbacks.scaffold.Scaffold', 'init_args': {'num_clients': None}}
+    """
+
+    def __init__(self, num_clients: int | None = None) -> None:
+        self.num_clients = None if num_clients is None else check_int("num_clients", num_clients, low=1)
+        self._names: list[str] = []
+        self._control: list[Tensor] = []
+        self._delta_sum: list[Tensor] = []
+        self._count = 0
+        self._federation = 0
+        self._clients: dict[int, ControlVariateCorrection] = {}
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        return {"num_clients": self.num_clients}
+
+    @property
+    def control(self) -> dict[str, Tensor]:
+        """The server control variate ``c``, keyed by parameter name."""
+        return dict(zip(self._names, self._control))
+
+    def setup(self, loop: FederatedLoop, module: LightningModule, stage: str) -> None:
+        params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        self._names = [n for n, _ in params]
+        dtypes = [torch.promote_types(p.dtype, torch.float32) for _, p in params]
+        self._control = [torch.zeros(p.shape, dtype=d) for (_, p), d in zip(params, dtypes)]
+        self._delta_sum = [torch.zeros_like(c) for c in self._control]
+        self._federation = self.num_clients or _federation_size(loop)
+        if self._federation < loop.clients_per_round:
+            raise ValueError(
+                f"Expected `num_clients` >= clients_per_round={loop.clients_per_round}, got {self._federation}.")
+
+    def teardown(self, loop: FederatedLoop, module: LightningModule, stage: str) -> None:
+        self._clients = {}
+
+    def on_round_start(self, loop: FederatedLoop, module: LightningModule) -> None:
+        for s in self._delta_sum:
+            s.zero_()
+        self._count = 0
+        self._clients = {}
+
+    def on_client_fit_start(self, loop: FederatedLoop, module: LightningModule, task: ClientTask) -> None:
+        corrector = ControlVariateCorrection(self._names, self._control, task.client_state.get(CLIENT_CONTROL_KEY))
+        self._clients[task.slot] = corrector
+        task.callbacks.append(corrector)
+        task.payload[SERVER_CONTROL_KEY] = self.control
+
+    def on_client_fit_end(self, loop: FederatedLoop, module: LightningModule, result: ClientResult) -> None:
+        corrector = self._clients.pop(result.task.slot)
+        result.client_state[CLIENT_CONTROL_KEY] = corrector.new_control
+        result.payload[DELTA_CONTROL_KEY] = corrector.delta_control
+        accumulate_(self._delta_sum, [corrector.delta_control[n] for n in self._names], 1.0)
+        self._count += 1
+
+    def on_client_fit_failure(self, loop: FederatedLoop, module: LightningModule, result: ClientResult) -> None:
+        self._clients.pop(result.task.slot, None)  # its c_i stays as it was
+
+    @torch.no_grad()
+    def on_before_aggregate(self, loop: FederatedLoop, module: LightningModule, aggregator: Aggregator) -> None:
+        count = torch.tensor([float(self._count)], dtype=torch.float64)
+        loop.executor.all_reduce_([*self._delta_sum, count])  # the clients other workers trained
+        if count.item() > 0:
+            # c += |S|/N * mean(delta c_i) = sum(delta c_i) / N
+            accumulate_(self._control, self._delta_sum, 1.0 / self._federation)
+        loop.round_metrics["scaffold/control_norm"] = math.sqrt(squared_norm(self._control))
+        loop.round_metrics["scaffold/delta_control_norm"] = math.sqrt(squared_norm(self._delta_sum)) / self._federation
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"names": list(self._names), "control": [c.detach().cpu().clone() for c in self._control]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self._names and list(state_dict["names"]) != self._names:
+            raise ValueError(
+                "Scaffold state does not match the model: the checkpoint controls parameters"
+                f" {state_dict['names'][:5]}..., this model {self._names[:5]}..."
+            )
+        self._names = list(state_dict["names"])
+        self._control = [c.clone() for c in state_dict["control"]]
+        self._delta_sum = [torch.zeros_like(c) for c in self._control]
+
+
+def _federation_size(loop: FederatedLoop) -> int:
+    """The number of clients handed to ``fit``."""
+    size = getattr(loop, "num_clients", None)
+    if size is None:
+        size = len(loop._clients)  # set by fit before any callback's setup
+    return int(size)
