@@ -11,6 +11,7 @@ Usage (from the repository root, with the ``docs`` extra installed: ``pip instal
     python docs/build.py --skip-examples  # build with the outputs of the last run
     python docs/build.py --serve          # run the examples, then serve the site with live reload
     python docs/build.py --only hook_order --skip-build
+    python docs/build.py --skip-examples --check-maths site/fedmut.png   # build, then check in a browser
 
 It also writes the command line's ``--help`` texts into ``docs/assets/generated/cli/`` for the CLI page.
 """
@@ -18,8 +19,11 @@ It also writes the command line's ``--help`` texts into ``docs/assets/generated/
 from __future__ import annotations
 
 import argparse
+import html
 import importlib.util
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -60,6 +64,65 @@ for command in sys.argv[2:]:
         raise SystemExit(f"lightning-fedmut {command} --help exited with {code}")
     (out / f"{command}.txt").write_text(buffer.getvalue(), encoding="utf-8")
 """
+
+
+#: The page whose maths the browser check looks at (the one with the most formulas).
+MATHS_PAGE = "concepts/fedmut.html"
+# appended to a copy of the page: once it has loaded, what the browser drew, as JSON in <pre id=...>
+_PROBE = """<script>
+window.addEventListener("load", () => {
+  const maths = [...document.querySelectorAll("math")];
+  const drawn = maths.filter((m) => { const r = m.getBoundingClientRect(); return r.width > 0 && r.height > 0; });
+  const prose = document.querySelector("article") || document.body;
+  const copy = prose.cloneNode(true);
+  copy.querySelectorAll("pre, code, script").forEach((e) => e.remove());
+  const text = copy.textContent;
+  const pre = document.createElement("pre");
+  pre.id = "fedmut-maths-probe";
+  pre.textContent = JSON.stringify({maths: maths.length, drawn: drawn.length,
+    raw: ["\\\\(", "\\\\[", "$$"].filter((d) => text.includes(d))});
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def browser() -> str | None:
+    """A headless-capable Chromium on the path, if any."""
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def check_maths(site_dir: Path, page: str = MATHS_PAGE, screenshot: Path | None = None,
+                executable: str | None = None) -> dict:
+    """Open ``page`` of the built site from its file in headless Chromium and report its maths: ``maths`` (MathML
+    elements), ``drawn`` (those with a size on screen), ``raw`` (TeX delimiters left in the prose). With
+    ``screenshot``, also save a picture of the page there."""
+    executable = executable or browser()
+    if executable is None:
+        raise FileNotFoundError("no Chromium on the path (apt-get install chromium)")
+    path = (Path(site_dir) / page).resolve()
+    probe = path.with_name(f".probe-{path.name}")
+    probe.write_text(path.read_text(encoding="utf-8").replace("</body>", _PROBE + "</body>"), encoding="utf-8")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+             "--allow-file-access-from-files", "--virtual-time-budget=10000"]
+    try:
+        dom = subprocess.run([executable, *flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True,
+                             timeout=120, check=True).stdout
+    finally:
+        probe.unlink(missing_ok=True)
+    found = re.search(r'<pre id="fedmut-maths-probe">(.*?)</pre>', dom, re.DOTALL)
+    if found is None:
+        raise RuntimeError(f"the browser did not run the page's scripts; its output began: {dom[:300]!r}")
+    report = json.loads(html.unescape(found.group(1)))
+    if screenshot is not None:
+        Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([executable, *flags, "--hide-scrollbars", "--window-size=1280,2600",
+                        f"--screenshot={Path(screenshot).resolve()}", path.as_uri()], capture_output=True,
+                       timeout=120, check=True)
+    return report
 
 
 def missing_dependencies() -> list[str]:
@@ -156,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-build", action="store_true", help="run the examples only")
     parser.add_argument("--serve", action="store_true", help="serve the site (mkdocs serve) instead of building it")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these examples (file stems)")
+    parser.add_argument("--check-maths", nargs="?", const="", metavar="PNG",
+                        help=f"after the build, open {MATHS_PAGE} from its file in headless Chromium, check that"
+                             " its maths is drawn (and save a screenshot to PNG); skipped without Chromium")
     parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                         else os.cpu_count() or 1, help="examples run in parallel (default: the usable cores)")
     args = parser.parse_args(argv)
@@ -179,7 +245,20 @@ def main(argv: list[str] | None = None) -> int:
     code = mkdocs("serve" if args.serve else "build")
     if code == 0 and not args.serve:
         print(f"site built into site/ in {time.perf_counter() - start:.0f} s")
+    if code == 0 and args.check_maths is not None and not args.serve:
+        code = _report_maths(ROOT / "site", Path(args.check_maths) if args.check_maths else None)
     return code
+
+
+def _report_maths(site_dir: Path, screenshot: Path | None) -> int:
+    if browser() is None:
+        print("maths check skipped: no Chromium on the path (apt-get install chromium)")
+        return 0
+    report = check_maths(site_dir, screenshot=screenshot)
+    ok = report["maths"] > 0 and report["drawn"] == report["maths"] and not report["raw"]
+    print(f"{MATHS_PAGE} in headless Chromium: {report['drawn']} of {report['maths']} formulas drawn as MathML,"
+          f" TeX left in the text: {report['raw'] or 'none'}" + (f"; screenshot {screenshot}" if screenshot else ""))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

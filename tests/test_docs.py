@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import doctest
 import importlib
+import importlib.util
 import inspect
 import itertools
 import os
@@ -270,3 +271,91 @@ def test_rendered_api_reference_shows_every_public_name(tmp_path):
         if not any(f"{home}.{name}" in anchors for home in homes):
             missing.append(f"{module}.{name}")
     assert missing == [], f"the rendered API reference has no entry for {missing}"
+
+
+# ------------------------------------------------------------------------------------------ offline site
+def _docs_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"fedmut_docs_{name}", DOCS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_site_fetches_nothing_from_the_internet():
+    settings = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+    assert settings["use_directory_urls"] is False  # links work when the site is opened from its files
+    assert settings["theme"]["font"] is False  # no web font from Google
+    remote = [u for key in ("extra_javascript", "extra_css") for u in settings.get(key, []) if "//" in str(u)]
+    assert remote == []
+    assert "pymdownx.arithmatex" in str(settings["markdown_extensions"])  # whose output the hook turns into MathML
+
+
+def test_every_formula_of_the_pages_converts_to_mathml():
+    pytest.importorskip("latex2mathml")
+    hooks = _docs_module("hooks")
+    inline = re.compile(r"\\\((.+?)\\\)")
+    display = re.compile(r"^[ \t]*\\\[\n(.*?)\n[ \t]*\\\]$", re.DOTALL | re.MULTILINE)
+    count = 0
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        for tex, tag in [(m, "span") for m in inline.findall(text)] + [(m, "div") for m in display.findall(text)]:
+            delimiters = ("\\(", "\\)") if tag == "span" else ("\\[", "\\]")
+            out = hooks.to_mathml(f'<{tag} class="arithmatex">{delimiters[0]}{tex}{delimiters[1]}</{tag}>')
+            assert out.startswith(f'<{tag} class="arithmatex"><math ') and "\\" not in out, (page.name, tex)
+            count += 1
+    assert count > 50
+
+
+def _build_pages(tmp_path: Path, pages: list[str]) -> Path:
+    """Build only ``pages`` with the real configuration (its hooks, without running the examples)."""
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("material")
+    pytest.importorskip("latex2mathml")
+    settings = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+    settings["plugins"] = [p for p in settings["plugins"] if not (isinstance(p, dict) and "mkdocstrings" in p)]
+    settings["hooks"] = [str(ROOT / h) for h in settings["hooks"]]
+    for ext in settings["markdown_extensions"]:
+        if isinstance(ext, dict) and "pymdownx.snippets" in ext:
+            ext["pymdownx.snippets"]["check_paths"] = False
+            ext["pymdownx.snippets"]["base_path"] = [str(ROOT)]
+    settings.pop("watch", None)
+    # the other pages are left out (their links would warn: not strict); the theme's files stay in
+    exclude = settings["exclude_docs"] + "*.md\n" + "".join(f"!/{p}\n" for p in pages)
+    settings.update({"docs_dir": str(DOCS), "site_dir": str(tmp_path / "site"), "strict": False,
+                     "exclude_docs": exclude, "nav": pages})
+    config = tmp_path / "mkdocs.yml"
+    config.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "FEDMUT_DOCS_SKIP_EXAMPLES": "1"}
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "-q", "-f", str(config)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return tmp_path / "site"
+
+
+def test_built_fedmut_page_has_mathml_and_no_tex(tmp_path):
+    site = _build_pages(tmp_path, ["index.md", "concepts/fedmut.md"])
+    page = (site / "concepts" / "fedmut.html").read_text(encoding="utf-8")
+    source = (DOCS / "concepts" / "fedmut.md").read_text(encoding="utf-8")
+    displayed = len(re.findall(r"^[ \t]*\\\[$", source, re.MULTILINE))
+    formulas = len(re.findall(r"\\\(", source)) + displayed
+    assert page.count("<math ") == formulas and formulas > 30 and displayed == 2
+    assert page.count('display="block"') == displayed
+    assert "\\(" not in re.sub(r"<(pre|code)[^>]*>.*?</\1>", "", page, flags=re.DOTALL)
+    assert not re.search(r'<(?:script|link)[^>]+(?:src|href)="(?:https?:)?//', page)  # nothing fetched
+    assert 'href="../index.html"' in page  # a file link, not a folder URL
+
+
+def test_fedmut_page_renders_its_maths_in_a_headless_browser(tmp_path):
+    """Opens the page from its file in headless Chromium (skipped without it: `apt-get install chromium`).
+
+    The screenshot is kept where FEDMUT_DOCS_SCREENSHOT points, if set.
+    """
+    build = _docs_module("build")
+    if build.browser() is None:
+        pytest.skip("no Chromium on the path: apt-get install chromium")
+    site = _build_pages(tmp_path, ["index.md", "concepts/fedmut.md"])
+    screenshot = Path(os.environ.get("FEDMUT_DOCS_SCREENSHOT") or tmp_path / "fedmut.png")
+    report = build.check_maths(site, screenshot=screenshot)
+    page = (site / "concepts" / "fedmut.html").read_text(encoding="utf-8")
+    assert report == {"maths": page.count("<math "), "drawn": page.count("<math "), "raw": []}
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 50_000
