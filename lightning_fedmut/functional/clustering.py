@@ -134,7 +134,8 @@ def clustered_distributions(
     The tree is cut by :func:`weight_clusters`; the ``m`` clusters of largest weight each fill one
     distribution; the clients of the other clusters (smallest cluster first, clients shuffled within a
     cluster by ``generator``) fill the distributions in turn, a client's weight spilling into the next
-    distribution when one is full. Each distribution then holds exactly ``1/m`` of the total weight and each
+    distribution when one is full. Clusters of equal weight are ordered by their first client (Fraboni et
+    al.'s sort leaves their order unspecified). Each distribution then holds exactly ``1/m`` of the total weight and each
     client ``m`` times its share over all of them, so drawing one client from each is unbiased. Rows are
     normalised to sum to 1.
 
@@ -150,7 +151,7 @@ def clustered_distributions(
     labels = weight_clusters(linkage, w, m)
     clusters = [np.flatnonzero(labels == c).tolist() for c in range(int(labels.max()) + 1)]
     mass = [m * sum(w[i] for i in c) for c in clusters]  # in units where a distribution holds `total`
-    order = sorted(range(len(clusters)), key=lambda c: mass[c])  # stable: ties keep the label order
+    order = sorted(range(len(clusters)), key=lambda c: mass[c])  # stable: ties by the first client
     table = np.zeros((m, n), dtype=np.int64)
     kept, spread = order[len(order) - m:], order[: len(order) - m]
     for row, c in enumerate(kept):
