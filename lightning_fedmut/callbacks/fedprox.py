@@ -97,15 +97,14 @@ class FedProx(FederatedCallback):
     def __init__(self, mu: float = 0.01) -> None:
         self.mu = check_real("mu", mu, low=0.0)
         self._terms: dict[int, ProximalTerm] = {}
-        self._drift_sum = 0.0
-        self._clients = 0
+        self._drifts: dict[int, float] = {}  # by slot, of the clients this process trained
 
     @property
     def hparams(self) -> dict[str, Any]:
         return {"mu": self.mu}
 
     def on_round_start(self, loop: FederatedLoop, module: LightningModule) -> None:
-        self._terms, self._drift_sum, self._clients = {}, 0.0, 0
+        self._terms, self._drifts = {}, {}
 
     def on_client_fit_start(self, loop: FederatedLoop, module: LightningModule, task: ClientTask) -> None:
         term = ProximalTerm(self.mu)
@@ -115,15 +114,14 @@ class FedProx(FederatedCallback):
     def on_client_fit_end(self, loop: FederatedLoop, module: LightningModule, result: ClientResult) -> None:
         term = self._terms.pop(result.task.slot, None)
         if term is not None and term.drift is not None:
-            self._drift_sum += term.drift
-            self._clients += 1
+            self._drifts[result.task.slot] = term.drift
 
     def on_client_fit_failure(self, loop: FederatedLoop, module: LightningModule, result: ClientResult) -> None:
         self._terms.pop(result.task.slot, None)
 
     def on_before_aggregate(self, loop: FederatedLoop, module: LightningModule, aggregator: Aggregator) -> None:
-        totals = torch.tensor([self._drift_sum, float(self._clients)], dtype=torch.float64)
-        loop.executor.all_reduce_([totals])  # the clients other workers trained
+        # the clients other workers trained too, summed in slot order whatever the number of workers
+        drifts = {slot: d for part in loop.executor.all_gather_object(self._drifts) for slot, d in part.items()}
         loop.round_metrics["fedprox/mu"] = self.mu
-        if totals[1] > 0:
-            loop.round_metrics["fedprox/client_drift"] = float(totals[0] / totals[1])
+        if drifts:
+            loop.round_metrics["fedprox/client_drift"] = sum(drifts[s] for s in sorted(drifts)) / len(drifts)

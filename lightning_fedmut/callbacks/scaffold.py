@@ -172,6 +172,7 @@ class Scaffold(FederatedCallback):
         self._count = 0
         self._federation = 0
         self._clients: dict[int, ControlVariateCorrection] = {}
+        self._owned: dict[int, list[Tensor]] = {}  # with workers: this worker's clients' changes, by slot
 
     @property
     def hparams(self) -> dict[str, Any]:
@@ -200,7 +201,7 @@ class Scaffold(FederatedCallback):
         for s in self._delta_sum:
             s.zero_()
         self._count = 0
-        self._clients = {}
+        self._clients, self._owned = {}, {}
 
     def on_client_fit_start(self, loop: FederatedLoop, module: LightningModule, task: ClientTask) -> None:
         corrector = ControlVariateCorrection(self._names, self._control, task.client_state.get(CLIENT_CONTROL_KEY))
@@ -212,17 +213,27 @@ class Scaffold(FederatedCallback):
         corrector = self._clients.pop(result.task.slot)
         result.client_state[CLIENT_CONTROL_KEY] = corrector.new_control
         result.payload[DELTA_CONTROL_KEY] = corrector.delta_control
-        accumulate_(self._delta_sum, [corrector.delta_control[n] for n in self._names], 1.0)
-        self._count += 1
+        delta = [corrector.delta_control[n] for n in self._names]
+        if loop.executor.world_size == 1:  # clients end in slot order: add as they come
+            accumulate_(self._delta_sum, delta, 1.0)
+            self._count += 1
+        else:
+            self._owned[result.task.slot] = delta
 
     def on_client_fit_failure(self, loop: FederatedLoop, module: LightningModule, result: ClientResult) -> None:
         self._clients.pop(result.task.slot, None)  # its c_i stays as it was
 
     @torch.no_grad()
     def on_before_aggregate(self, loop: FederatedLoop, module: LightningModule, aggregator: Aggregator) -> None:
-        count = torch.tensor([float(self._count)], dtype=torch.float64)
-        loop.executor.all_reduce_([*self._delta_sum, count])  # the clients other workers trained
-        if count.item() > 0:
+        executor = loop.executor
+        if executor.world_size > 1:
+            # every worker sums the round's changes in slot order, as one process does: the same bits
+            gathered = {slot: delta for part in executor.all_gather_object(self._owned) for slot, delta in part.items()}
+            for slot in sorted(gathered):
+                accumulate_(self._delta_sum, gathered[slot], 1.0)
+            self._count = len(gathered)
+            self._owned = {}
+        if self._count:
             # c += |S|/N * mean(delta c_i) = sum(delta c_i) / N
             accumulate_(self._control, self._delta_sum, 1.0 / self._federation)
         loop.round_metrics["scaffold/control_norm"] = math.sqrt(squared_norm(self._control))
