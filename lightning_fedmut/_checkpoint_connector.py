@@ -56,6 +56,9 @@ class CheckpointConnector:
     ) -> None:
         if not self.enabled:
             return
+        if not loop.is_global_zero:  # with workers, rank 0 alone writes; every rank keeps the same progress
+            loop.progress.last_saved = rounds_done
+            return
         progress = {**loop.progress.state_dict(), "round": rounds_done, "rounds_done": rounds_done,
                     "last_saved": rounds_done}
         state = {

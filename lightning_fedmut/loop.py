@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 from lightning.pytorch import LightningModule
@@ -34,6 +35,7 @@ from lightning_fedmut.aggregators.fedavg import FedAvg
 from lightning_fedmut.callbacks.base import FederatedCallback
 from lightning_fedmut.client_state import ClientStateStore, InMemoryClientStateStore
 from lightning_fedmut.data.client import Client
+from lightning_fedmut.distributed import executor_for
 from lightning_fedmut.exceptions import DivergenceError
 from lightning_fedmut.execution import ClientExecutor, ClientTraining, Evaluator, SequentialExecutor
 from lightning_fedmut.functional.state import copy_, first_non_finite
@@ -92,6 +94,10 @@ class FederatedLoop:
             :class:`~lightning_fedmut.execution.SequentialExecutor`.
         client_state_store: where per-client state lives between rounds; default
             :class:`~lightning_fedmut.client_state.InMemoryClientStateStore`.
+        workers: train each round's clients in this many processes
+            (:class:`~lightning_fedmut.distributed.DistributedExecutor`; started at ``fit``, or those of
+            ``torchrun`` / ``srun``, which are detected). Results equal a one-process run bit for bit.
+        workers_per_device: with GPUs, how many workers share one.
 
     Examples:
         >>> from lightning_fedmut import MutationCallback
@@ -123,6 +129,8 @@ class FederatedLoop:
         sampler: ClientSampler | None = None,
         executor: ClientExecutor | None = None,
         client_state_store: ClientStateStore | None = None,
+        workers: int | None = None,
+        workers_per_device: int = 1,
     ) -> None:
         self.rounds = check_int("rounds", rounds, low=1)
         self.clients_per_round = check_int("clients_per_round", clients_per_round, low=1)
@@ -144,8 +152,10 @@ class FederatedLoop:
         self.client_table_every = check_int("client_table_every", client_table_every, low=1)
         self.sampler = check_instance(
             "sampler", UniformSampler() if sampler is None else sampler, ClientSampler, "a ClientSampler")
-        self.executor = check_instance(
+        executor = check_instance(
             "executor", SequentialExecutor() if executor is None else executor, ClientExecutor, "a ClientExecutor")
+        self.executor = executor_for(executor, None if workers is None else check_int("workers", workers, low=1),
+                                     check_int("workers_per_device", workers_per_device, low=1))
         self.client_states = check_instance(
             "client_state_store", InMemoryClientStateStore() if client_state_store is None else client_state_store,
             ClientStateStore, "a ClientStateStore")
@@ -172,6 +182,15 @@ class FederatedLoop:
     def round(self) -> int:
         """The round in progress (0-based)."""
         return self.progress.round
+
+    @property
+    def is_global_zero(self) -> bool:
+        """Whether this process logs, shows progress and writes checkpoints (with workers: rank 0 only)."""
+        return self.executor.is_global_zero
+
+    @property
+    def _logger(self) -> Logger | None:
+        return self.logger if self.executor.is_global_zero else None
 
     @property
     def hparams(self) -> dict[str, Any]:
@@ -201,7 +220,12 @@ class FederatedLoop:
         clients = check_fit(model, clients, val_dataloaders, self.clients_per_round)
         resumed = None if ckpt_path is None else ckpt.load_resume_checkpoint(ckpt_path, self.checkpoint_dir)
         saved = None if resumed is None else resumed[1]
-        self._begin(model, clients, val_dataloaders, saved)
+        return self.executor.launch(partial(self._fit, model, clients, val_dataloaders, saved))
+
+    def _fit(self, model: LightningModule, clients: list[Client], val: Any, saved: dict[str, Any] | None
+             ) -> FederatedResult:
+        """The body of ``fit``, in every worker process."""
+        self._begin(model, clients, val, saved)
         with quiet_console(), self._fit_guard(model):
             self._setup(model, saved)
             for r in range(self.progress.rounds_done, self.rounds):
@@ -224,7 +248,7 @@ class FederatedLoop:
             if isinstance(exc, KeyboardInterrupt) and self._in_client_phase:
                 self.checkpoint_connector.save_on_interrupt(self, model)
             self._call("on_exception", model, exc)
-            tracking.finish_run(self.logger, "failed")
+            tracking.finish_run(self._logger, "failed")
             raise
         finally:
             self._teardown(model)
@@ -241,7 +265,7 @@ class FederatedLoop:
         self.checkpoint_connector.fingerprint = fingerprint(self, model, clients)
         if saved is not None:
             ckpt.compare_fingerprints(saved["fingerprint"], self.checkpoint_connector.fingerprint)
-            tracking.prepare_resume(self.logger, saved.get("run_id"))
+            tracking.prepare_resume(self._logger, saved.get("run_id"))
 
     def _setup(self, model: LightningModule, saved: dict[str, Any] | None) -> None:
         self._call("setup", model, "fit")
@@ -251,19 +275,19 @@ class FederatedLoop:
         rows_logged = (self.progress.rounds_done // self.client_table_every) * self.client_table_every
         self._table_rows = sum(1 for row in self.client_history if row["round"] < rows_logged)
         self.executor.setup(model, ClientTraining(self.local_epochs, self.local_steps, self.trainer_kwargs))
-        tracking.start_run(self.logger, run_config(self, model, len(self._clients)))
+        tracking.start_run(self._logger, run_config(self, model, len(self._clients)))
         self._call("on_fit_start", model)
         # a start model can only differ from the (checked) global one if a callback writes it
         base = FederatedCallback.on_client_fit_start
         self._start_models_change = any(type(cb).on_client_fit_start is not base for cb in self.callbacks)
         self._bar = tqdm(total=self.rounds * self.clients_per_round,
                          initial=self.progress.rounds_done * self.clients_per_round,
-                         disable=not self.enable_progress_bar, desc="federated", unit="client", dynamic_ncols=True)
+                         disable=not (self.enable_progress_bar and self.is_global_zero), desc="federated", unit="client", dynamic_ncols=True)
 
     def _finish(self, model: LightningModule) -> None:
         self._log_client_table()
         self._call("on_fit_end", model)
-        tracking.finish_run(self.logger, "success")
+        tracking.finish_run(self._logger, "success")
 
     def _teardown(self, model: LightningModule) -> None:
         if self._bar is not None:
@@ -343,7 +367,7 @@ class FederatedLoop:
 
     def _evaluate(self, model: LightningModule) -> dict[str, float]:
         self._call("on_validation_start", model)
-        metrics = self.evaluator.evaluate(model, self._val)
+        metrics = self.executor.evaluate(self.evaluator, model, self._val)
         self.round_metrics.update(metrics)
         self._call("on_validation_end", model)
         return metrics
@@ -356,7 +380,7 @@ class FederatedLoop:
         elapsed = time.perf_counter() - start
         timing = {"round": self.round, "round_time": elapsed, "clients_per_second": len(trained) / elapsed}
         self.timings.append(timing)
-        tracking.log_round(self.logger, {**row, **timing})
+        tracking.log_round(self._logger, {**row, **timing})
         if (self.round + 1) % self.client_table_every == 0:
             self._log_client_table()
         self._bar.set_postfix({k: f"{v:.4g}" for k, v in val_metrics.items()}, refresh=False)
@@ -364,7 +388,7 @@ class FederatedLoop:
     def _log_client_table(self) -> None:
         rows = self.client_history[self._table_rows:]
         if rows:
-            tracking.log_client_table(self.logger, rows, self.round)
+            tracking.log_client_table(self._logger, rows, self.round)
             self._table_rows = len(self.client_history)
 
     # --------------------------------------------------------------- helpers

@@ -7,7 +7,7 @@ from typing import Any
 
 from lightning.pytorch import LightningModule
 
-__all__ = ["FederatedResult", "weighted_client_means"]
+__all__ = ["FederatedResult"]
 
 
 @dataclass

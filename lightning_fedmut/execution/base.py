@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lightning.pytorch import Callback, LightningModule
 from torch import Tensor
@@ -12,7 +12,12 @@ from torch import Tensor
 from lightning_fedmut.tasks import ClientResult, ClientTask
 from lightning_fedmut.utilities.trainer import QUIET_TRAINER_DEFAULTS
 
+if TYPE_CHECKING:
+    from lightning_fedmut.execution.evaluation import Evaluator
+
 __all__ = ["ClientExecutor", "ClientTraining", "TaskHooks"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,17 @@ class ClientExecutor:
     def teardown(self) -> None:
         """Called when ``fit`` ends, also after an exception; release what ``setup`` made."""
 
+    def launch(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` (the body of one ``fit``) in this executor's processes and return this process's result.
+
+        One process: call it. An executor with worker processes starts or joins them here.
+        """
+        return fn()
+
+    def evaluate(self, evaluator: Evaluator, module: LightningModule, dataloaders: Any) -> dict[str, float]:
+        """Evaluate the global ``module`` with ``evaluator``; every process gets the same metrics."""
+        return evaluator.evaluate(module, dataloaders)
+
     # Collectives. An executor whose clients train in several processes reduces across them; in one process
     # these do nothing. Callbacks and aggregators that accumulate over clients call them (through
     # ``loop.executor``) in ``on_before_aggregate``, when every worker has finished its clients.
@@ -102,9 +118,14 @@ class ClientExecutor:
         return 1
 
     @property
+    def rank(self) -> int:
+        """This process's rank among them (0: the one that logs, shows progress and writes checkpoints)."""
+        return 0
+
+    @property
     def is_global_zero(self) -> bool:
         """Whether this process logs, shows progress and writes checkpoints."""
-        return True
+        return self.rank == 0
 
     def all_reduce_(self, tensors: list[Tensor]) -> None:
         """Sum each tensor in place over the processes (nothing to do in one process)."""

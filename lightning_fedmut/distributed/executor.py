@@ -1,0 +1,200 @@
+"""A round's clients trained in parallel worker processes, SPMD on torch.distributed, as pfl-research does."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor
+
+from lightning_fedmut.distributed.environment import WorkerEnvironment, detect_environment
+from lightning_fedmut.distributed.group import WorkerGroup
+from lightning_fedmut.distributed.launcher import fork_workers
+from lightning_fedmut.execution.base import ClientExecutor, ClientTraining, TaskHooks
+from lightning_fedmut.execution.evaluation import Evaluator
+from lightning_fedmut.execution.sequential import SequentialExecutor
+from lightning_fedmut.tasks import ClientResult, ClientTask
+from lightning_fedmut.utilities.validation import check_int, check_real
+
+__all__ = ["DistributedExecutor", "RemoteClientError", "slot_owner"]
+
+T = TypeVar("T")
+
+
+def slot_owner(slot: int, world_size: int) -> int:
+    """The rank that trains ``slot``: slots are dealt round-robin, so the assignment never depends on timing.
+
+    Examples:
+        >>> [slot_owner(s, 3) for s in range(7)]
+        [0, 1, 2, 0, 1, 2, 0]
+    """
+    return slot % world_size
+
+
+class RemoteClientError(RuntimeError):
+    """A client's error, as it reaches the processes that did not train the client.
+
+    ``type_name`` is the original exception's type, so failure records are the same in every process.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback_text: str = "") -> None:
+        super().__init__(message)
+        self.type_name = type_name
+        self.traceback_text = traceback_text
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.type_name, str(self), self.traceback_text))
+
+
+@dataclass
+class _Record:
+    """A client's result as it travels between workers: plain data and CPU tensors."""
+
+    slot: int
+    num_examples: int
+    state: dict[str, Tensor] | None
+    metrics: dict[str, float]
+    payload: dict[str, Any]
+    client_state: dict[str, Any] | None
+    error: RemoteClientError | None
+
+
+class DistributedExecutor(ClientExecutor):
+    """Train each round's clients in ``workers`` processes, every one running the same loop with the same seeds.
+
+    Slot ``s`` is trained by rank ``s % workers`` (with the ``inner`` executor, one working copy per worker);
+    FedMut's start models are built there from the global weights, delta and coefficient table that every
+    rank holds identically, so no start model is sent. After its clients, each worker sends its results (the
+    trained states as CPU tensors, metrics, payloads, per-client states, errors) to every other, and every
+    worker hands the round's results to the loop in slot order: the aggregator, the history and the
+    client-state store then see exactly what one process sees, so results equal a one-process run bit for bit,
+    whatever the number of workers. The global model is evaluated by rank 0 and the metrics are shared.
+    Rank 0 alone logs, shows progress and writes checkpoints.
+
+    A worker holds its own clients' trained states until the exchange, and every worker receives the round's
+    states: memory per worker is about ``clients_per_round`` models during the exchange, which for the models
+    federated learning simulates (up to a few tens of MB) is small beside the speed-up.
+
+    Workers come from one of three places: started by the loop itself at ``fit`` (a plain ``python script.py``,
+    or the CLI; they are forked, see :mod:`lightning_fedmut.distributed.launcher`), or the processes of
+    ``torchrun`` or SLURM's ``srun``, which the loop detects and joins.
+
+    Args:
+        workers: the number of worker processes (under torchrun or srun: their number, or ``None``).
+        inner: how a worker trains its clients; default :class:`~lightning_fedmut.execution.SequentialExecutor`.
+        workers_per_device: workers sharing one GPU (rank ``r`` uses ``cuda:(local_rank // workers_per_device)``).
+        timeout: seconds a worker waits for the others at an exchange before the run fails.
+
+    Examples:
+        >>> executor = DistributedExecutor(workers=2)
+        >>> executor.world_size, executor.is_global_zero
+        (2, True)
+    """
+
+    def __init__(self, workers: int | None = None, inner: ClientExecutor | None = None, workers_per_device: int = 1,
+                 timeout: float = 1800.0) -> None:
+        self.environment = detect_environment()
+        if self.environment is not None and workers not in (None, self.environment.world_size):
+            raise ValueError(
+                f"This process was started by {self.environment.source} with {self.environment.world_size} processes,"
+                f" but `workers`={workers}. Pass `workers={self.environment.world_size}` (or leave it unset), or start"
+                f" {workers} processes."
+            )
+        self.workers = self.environment.world_size if self.environment else check_int("workers", workers, low=1)
+        if inner is not None and not isinstance(inner, ClientExecutor):
+            raise TypeError(f"Expected `inner` to be a ClientExecutor, got {type(inner).__name__}.")
+        self.inner = SequentialExecutor() if inner is None else inner
+        self.workers_per_device = check_int("workers_per_device", workers_per_device, low=1)
+        self.timeout = check_real("timeout", timeout, low=1.0)
+        self._env: WorkerEnvironment | None = self.environment
+        self._group: WorkerGroup | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(workers={self.workers}, inner={self.inner!r})"
+
+    # ----------------------------------------------------------- processes
+    @property
+    def world_size(self) -> int:
+        return self.workers
+
+    @property
+    def rank(self) -> int:
+        return 0 if self._env is None else self._env.rank
+
+    def launch(self, fn: Callable[[], T]) -> T:
+        if self.environment is None:
+            threads = max(1, torch.get_num_threads() // self.workers)
+            return fork_workers(self.workers, self.timeout, threads, lambda env: self._connected(env, fn))
+        return self._connected(self.environment, fn)
+
+    def _connected(self, env: WorkerEnvironment, fn: Callable[[], T]) -> T:
+        self._env = env
+        self._group = WorkerGroup(env, self.timeout)
+        try:
+            out = fn()
+            self._group.barrier()  # nobody leaves while another still exchanges
+            return out
+        finally:
+            self._group.close()
+            self._group = None
+            self._env = self.environment
+
+    # -------------------------------------------------------------- training
+    def setup(self, module: LightningModule, training: ClientTraining) -> None:
+        from lightning.fabric.plugins.environments import LightningEnvironment
+
+        kwargs = dict(training.trainer_kwargs)
+        # client Trainers are single-process: never let them see torchrun's or srun's world and start a DDP
+        plugins = kwargs.get("plugins") or []
+        kwargs["plugins"] = [*(plugins if isinstance(plugins, (list, tuple)) else [plugins]), LightningEnvironment()]
+        accelerator = kwargs.get("accelerator", "auto")
+        gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+        if gpu and "devices" not in training.trainer_kwargs:
+            local_rank = 0 if self._env is None else self._env.local_rank
+            kwargs["devices"] = [local_rank // self.workers_per_device]
+        self.inner.setup(module, replace(training, trainer_kwargs=kwargs))
+
+    def run(self, tasks: Iterable[ClientTask], hooks: TaskHooks) -> Iterator[ClientResult]:
+        tasks = list(tasks)
+        mine = []
+        for task in tasks:
+            if slot_owner(task.slot, self.world_size) == self.rank:
+                result = next(iter(self.inner.run([task], hooks)))
+                mine.append(_pack(result))
+        received = {record.slot: record for records in self.all_gather_object(mine) for record in records}
+        for task in tasks:
+            yield _unpack(task, received[task.slot])
+
+    def teardown(self) -> None:
+        self.inner.teardown()
+
+    def evaluate(self, evaluator: Evaluator, module: LightningModule, dataloaders: Any) -> dict[str, float]:
+        metrics = evaluator.evaluate(module, dataloaders) if self.is_global_zero else None
+        return metrics if self._group is None else self._group.broadcast_object(metrics, src=0)
+
+    # ----------------------------------------------------------- collectives
+    def all_reduce_(self, tensors: list[Tensor]) -> None:
+        if self._group is not None:
+            self._group.all_reduce_(tensors)
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        return [obj] if self._group is None else self._group.all_gather_object(obj)
+
+
+def _pack(result: ClientResult) -> _Record:
+    error = None
+    if result.error is not None:
+        text = "".join(traceback.format_exception(result.error))
+        error = RemoteClientError(result.error_type or "Exception", str(result.error), text)
+    state = None if result.state is None else {k: v.detach().cpu().clone() for k, v in result.state.items()}
+    return _Record(slot=result.task.slot, num_examples=result.num_examples, state=state, metrics=dict(result.metrics),
+                   payload=result.payload, client_state=result.client_state, error=error)
+
+
+def _unpack(task: ClientTask, record: _Record) -> ClientResult:
+    return ClientResult(task=task, num_examples=record.num_examples, state=record.state, metrics=record.metrics,
+                        payload=record.payload, client_state=record.client_state, error=record.error)
