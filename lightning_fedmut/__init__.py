@@ -1,22 +1,33 @@
-"""lightning_fedmut: federate any LightningModule with FedMut (Hu et al., AAAI 2024) and FedAvg."""
+"""lightning_fedmut: federate any LightningModule with FedMut (Hu et al., AAAI 2024) and the baselines.
 
+The names below load on first use, so ``lightning-fedmut --help`` and ``--version`` start without importing
+torch or Lightning; ``from lightning_fedmut import FederatedLoop`` works as usual.
+"""
+
+from __future__ import annotations
+
+import importlib
 import logging as _logging
-
-from lightning_fedmut.aggregators import Aggregator, FedAvg
-from lightning_fedmut.callbacks import FederatedCallback, MutationCallback
-from lightning_fedmut.data import Client, make_clients
-from lightning_fedmut.exceptions import DivergenceError, NonFiniteWeightsError, RoundFailedError
-from lightning_fedmut.loop import FederatedLoop, FederatedResult
-from lightning_fedmut.tasks import ClientResult, ClientTask
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# Like Lightning's own logger: what the package says at INFO level (a run starting fresh, files it cleaned up)
-# reaches the console unless the program configures logging itself.
-_log = _logging.getLogger(__name__)
-if not _log.handlers and not _logging.getLogger().hasHandlers():
-    _log.setLevel(_logging.INFO)
-    _log.addHandler(_logging.StreamHandler())
+#: Each top-level name and the module that defines it.
+_EXPORTS = {
+    "Aggregator": "lightning_fedmut.aggregators",
+    "Client": "lightning_fedmut.data",
+    "ClientResult": "lightning_fedmut.tasks",
+    "ClientTask": "lightning_fedmut.tasks",
+    "DivergenceError": "lightning_fedmut.exceptions",
+    "FedAvg": "lightning_fedmut.aggregators",
+    "FederatedCallback": "lightning_fedmut.callbacks",
+    "FederatedLoop": "lightning_fedmut.loop",
+    "FederatedResult": "lightning_fedmut.loop",
+    "MutationCallback": "lightning_fedmut.callbacks",
+    "NonFiniteWeightsError": "lightning_fedmut.exceptions",
+    "RoundFailedError": "lightning_fedmut.exceptions",
+    "make_clients": "lightning_fedmut.data",
+}
 
 __all__ = [
     "Aggregator",
@@ -33,3 +44,31 @@ __all__ = [
     "RoundFailedError",
     "make_clients",
 ]
+
+if TYPE_CHECKING:
+    from lightning_fedmut.aggregators import Aggregator, FedAvg
+    from lightning_fedmut.callbacks import FederatedCallback, MutationCallback
+    from lightning_fedmut.data import Client, make_clients
+    from lightning_fedmut.exceptions import DivergenceError, NonFiniteWeightsError, RoundFailedError
+    from lightning_fedmut.loop import FederatedLoop, FederatedResult
+    from lightning_fedmut.tasks import ClientResult, ClientTask
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lightning_fedmut' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+# Like Lightning's own logger: what the package says at INFO level (a run starting fresh, files it cleaned up)
+# reaches the console unless the program configures logging itself.
+_log = _logging.getLogger(__name__)
+if not _log.handlers and not _logging.getLogger().hasHandlers():
+    _log.setLevel(_logging.INFO)
+    _log.addHandler(_logging.StreamHandler())

@@ -333,7 +333,7 @@ class FederatedLoop:
         trained: list[dict[str, Any]] = []  # client_history rows
         failed: list[dict[str, Any]] = []  # failures rows
         new_states = []
-        self._bar.set_description(f"round {self.round + 1}/{self.rounds}")
+        self._bar.set_description(f"round {self.round}")  # 0-based, as in the history
         self._in_client_phase = True
         for result in self.executor.run(tasks, LoopTaskHooks(self, model, global_state)):
             task, row = result.task, {"round": self.round, "client_id": result.client.id, "slot": result.task.slot}

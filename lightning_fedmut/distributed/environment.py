@@ -6,7 +6,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-__all__ = ["WorkerEnvironment", "detect_environment", "free_port"]
+__all__ = ["WorkerEnvironment", "detect_environment"]
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from lightning_fedmut.distributed.environment import WorkerEnvironment
 
-__all__ = ["WorkerGroup"]
+__all__: list[str] = []  # used through DistributedExecutor
 
 
 class WorkerGroup:

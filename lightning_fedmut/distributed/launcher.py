@@ -32,7 +32,7 @@ import torch.distributed as dist
 
 from lightning_fedmut.distributed.environment import WorkerEnvironment, free_port
 
-__all__ = ["WorkerError", "fork_workers"]
+__all__ = ["WorkerError"]
 
 T = TypeVar("T")
 _PR_SET_PDEATHSIG = 1
