@@ -29,10 +29,12 @@ PROMISED = {
     "05_custom_callback_and_aggregator": ["robust_aggregation.png"],
     "06_checkpoints_and_failures": ["checkpoints/round-*.ckpt"],
     "07_flatness": ["landscape_1d.png", "landscape_2d.png", "flatness_per_round.png", "flatness.csv"],
+    "08_baselines": ["baselines.png", "table.md", "history.csv"],
     "fedmut_in_one_picture": ["fedmut_in_one_picture.png"],
     "fedmut_radius": ["radius.png"],
     "hook_order": ["hook_order.txt"],
     "extending": ["extending.txt"],
+    "09_scale_out": ["scale_out.txt"],
     "memory_footprint": ["memory.md"],
 }
 #: How many files some patterns must match (default: at least one).
