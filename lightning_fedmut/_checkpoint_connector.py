@@ -72,13 +72,15 @@ class CheckpointConnector:
             "aggregator": loop.aggregator.state_dict(),
             "callbacks": {cb.state_key: cb.state_dict() for cb in loop.callbacks},
             "client_states": loop.client_states.state_dict(),
+            "divergence": None if loop.divergence is None else loop.divergence.state_dict(),
             "history": loop.history[:rounds_done],
             "client_history": [r for r in loop.client_history if r["round"] < rounds_done],
             "failures": [f for f in loop.failures if f["round"] < rounds_done],
             "timings": loop.timings[:rounds_done],
             "run_id": tracking.run_id(loop.logger),
         }
-        ckpt.save_checkpoint(state, self.dirpath, self.keep_last)
+        protect = [] if loop.divergence is None else loop.divergence.protected
+        ckpt.save_checkpoint(state, self.dirpath, self.keep_last, protect=protect)
         loop.progress.last_saved = rounds_done
 
     def restore(self, loop: FederatedLoop, module: LightningModule, saved: dict[str, Any]) -> None:
@@ -96,6 +98,8 @@ class CheckpointConnector:
                     f" with callbacks {sorted(saved['callbacks'])}."
                 )
         loop.client_states.load_state_dict(saved["client_states"])
+        if loop.divergence is not None and saved.get("divergence") is not None:
+            loop.divergence.load_state_dict(saved["divergence"])
         loop.history[:] = saved["history"]
         loop.client_history[:] = saved["client_history"]
         loop.failures[:] = saved["failures"]

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import copy
+import importlib.util
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule
+from lightning.pytorch.callbacks import Checkpoint, DeviceStatsMonitor, ProgressBar
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader
 
 from lightning_fedmut.callbacks.base import FederatedCallback
 from lightning_fedmut.data.client import Client
+from lightning_fedmut.divergence import DivergenceMonitor
 from lightning_fedmut.functional.state import first_non_finite
 from lightning_fedmut.utilities.trainer import RESERVED_TRAINER_KEYS, trainer_parameters
 
@@ -86,9 +91,13 @@ def check_trainer_kwargs(trainer_kwargs: Any) -> dict[str, Any]:
         )
     if trainer_kwargs.get("logger") not in (None, False):
         raise ValueError(
-            f"`trainer_kwargs` sets logger={trainer_kwargs['logger']!r}: client Trainers never log on their own."
-            " Pass the logger to `FederatedLoop(logger=...)`, which logs every round with step=round."
+            f"`trainer_kwargs` sets logger={trainer_kwargs['logger']!r}: client Trainers never log on their own (a"
+            " logger there would open a run or a folder per client per round); what they log reaches"
+            " `result.client_history` and the W&B client table through their ClientLogger. Pass the logger to"
+            " `FederatedLoop(logger=...)`, which logs every round with step=round."
         )
+    check_accelerator(trainer_kwargs.get("accelerator", "auto"))
+    check_lightning_callbacks(trainer_kwargs)
     devices = trainer_kwargs.get("devices", 1)
     multi = (
         (isinstance(devices, int) and (devices > 1 or devices == -1))
@@ -106,8 +115,169 @@ def check_trainer_kwargs(trainer_kwargs: Any) -> dict[str, Any]:
     return dict(trainer_kwargs)
 
 
-def check_fit(model: Any, clients: Any, val_dataloaders: Any, clients_per_round: int) -> list[Client]:
-    """Validate ``fit``'s arguments; return the clients as a list."""
+def check_accelerator(accelerator: Any) -> None:
+    """Refuse an accelerator this machine does not have, before any Trainer is built (in one line)."""
+    if accelerator in ("auto", "cpu"):
+        return
+    from lightning.pytorch.accelerators import Accelerator, AcceleratorRegistry, CUDAAccelerator, MPSAccelerator
+
+    if isinstance(accelerator, Accelerator):
+        available = type(accelerator).is_available()
+    elif isinstance(accelerator, str) and (accelerator == "gpu" or accelerator in AcceleratorRegistry):
+        available = (CUDAAccelerator.is_available() or MPSAccelerator.is_available() if accelerator == "gpu"
+                     else AcceleratorRegistry[accelerator]["accelerator"].is_available())
+    else:
+        names = ", ".join(repr(n) for n in sorted({"auto", "gpu", *AcceleratorRegistry}))
+        raise ValueError(
+            f"Expected `trainer_kwargs['accelerator']` to be one of {names} or an Accelerator, got {accelerator!r}.")
+    if not available:
+        here = [n for n, cls in (("cuda", CUDAAccelerator), ("mps", MPSAccelerator)) if cls.is_available()]
+        raise ValueError(
+            f"`trainer_kwargs` asks for accelerator={accelerator!r}, which this machine does not have (available:"
+            f" {', '.join(repr(n) for n in ['cpu', *here])}); pass accelerator='auto', which takes a GPU if there is"
+            " one, or 'cpu'."
+        )
+
+
+def _on_cpu(accelerator: Any) -> bool:
+    """Whether client Trainers with this (available) accelerator run on the CPU."""
+    from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator, MPSAccelerator
+
+    if accelerator == "auto":
+        return not (CUDAAccelerator.is_available() or MPSAccelerator.is_available())
+    return accelerator == "cpu" or isinstance(accelerator, CPUAccelerator)
+
+
+def check_lightning_callbacks(trainer_kwargs: dict[str, Any]) -> None:
+    """Refuse, with the reason and the fix, the Lightning callbacks and flags client Trainers cannot run."""
+    user = trainer_kwargs.get("callbacks") or []
+    callbacks = [user] if isinstance(user, Callback) else list(user)
+    instead = (
+        " To save the global model as Lightning checkpoints (`last.ckpt`, the best rounds by a metric), use"
+        " `FederatedLoop(callbacks=[GlobalModelCheckpoint(monitor=..., mode=...)])` from lightning_fedmut.callbacks;"
+        " `FederatedLoop(checkpoint_dir=...)` writes the checkpoints a run resumes from."
+    )
+    if trainer_kwargs.get("enable_checkpointing"):
+        raise ValueError(
+            "`trainer_kwargs` sets enable_checkpointing=True: every client's local training would write its own"
+            " checkpoint, each round, and client Trainers do not checkpoint." + instead
+        )
+    for cb in callbacks:
+        name = type(cb).__name__
+        if isinstance(cb, Checkpoint):
+            raise ValueError(
+                f"{name} in `trainer_kwargs['callbacks']` would checkpoint every client's local training, each"
+                " round, not the federated model, and client Trainers do not checkpoint." + instead
+            )
+        if isinstance(cb, ProgressBar) and trainer_kwargs.get("enable_progress_bar") is not True:
+            raise ValueError(
+                f"{name} in `trainer_kwargs['callbacks']`: client Trainers run without a progress bar, since one per"
+                " client per round would flood the console; the loop shows one bar over rounds and clients"
+                " (`FederatedLoop(enable_progress_bar=True)`). Drop it, or pass `enable_progress_bar=True` in"
+                " `trainer_kwargs` as well for a bar per client Trainer."
+            )
+        if (isinstance(cb, DeviceStatsMonitor) and getattr(cb, "_cpu_stats", None) is not False
+                and _on_cpu(trainer_kwargs.get("accelerator", "auto")) and importlib.util.find_spec("psutil") is None):
+            raise ValueError(
+                "DeviceStatsMonitor in `trainer_kwargs['callbacks']` reads CPU statistics with psutil, which is not"
+                " installed: `pip install psutil`."
+            )
+
+
+#: Names of validation metrics: ``val_loss``, ``val/acc``, ``valid_loss``, ``validation_acc`` ...
+_VALIDATION_METRIC = re.compile(r"^val(id(ation)?)?($|[_/.\-])", re.IGNORECASE)
+
+
+def is_validation_metric(name: str) -> bool:
+    """Whether ``name`` names a validation metric (``val_loss``, ``val/acc``, ``valid_acc`` ...).
+
+    Examples:
+        >>> [is_validation_metric(n) for n in ("val_loss", "val/acc", "validation_acc", "train_loss", "value")]
+        [True, True, True, False, False]
+    """
+    return bool(_VALIDATION_METRIC.match(name))
+
+
+def _scheduler_monitors(conf: Any) -> list[str]:
+    """The metrics that the schedulers in a ``configure_optimizers`` return value monitor, in order."""
+    out: list[str] = []
+
+    def visit(item: Any) -> None:
+        if isinstance(item, dict):
+            if isinstance(item.get("monitor"), str):
+                out.append(item["monitor"])
+            visit(item.get("lr_scheduler"))
+        elif isinstance(item, (list, tuple)):
+            for x in item:
+                visit(x)
+
+    visit(conf)
+    return out
+
+
+def _module_monitors(model: LightningModule) -> list[tuple[str, str]]:
+    """``(where, metric)`` for each metric that the module's schedulers and ``configure_callbacks`` monitor.
+
+    Both are called on a throwaway copy of the module (one deep copy per ``fit``), so that neither the module
+    nor the random state is touched; a method that needs a Trainer (``self.trainer.estimated_stepping_batches``)
+    cannot be inspected outside one and is skipped.
+    """
+    optimizers = is_overridden("configure_optimizers", model, LightningModule)
+    callbacks = is_overridden("configure_callbacks", model, LightningModule)
+    if not (optimizers or callbacks):
+        return []
+    trainer = getattr(model, "_trainer", None)
+    spare = copy.deepcopy(model, memo={id(trainer): None} if trainer is not None else None)
+    spare._trainer = None
+    found: list[tuple[str, str]] = []
+    if optimizers:
+        try:
+            conf = spare.configure_optimizers()
+        except Exception:  # noqa: BLE001 - it may need the Trainer that fit gives it
+            conf = None
+        found += [(f"`configure_optimizers` of {type(model).__name__} returns a scheduler that", m)
+                  for m in _scheduler_monitors(conf)]
+    if callbacks:
+        try:
+            extra = spare.configure_callbacks()
+        except Exception:  # noqa: BLE001
+            extra = []
+        extra = [extra] if isinstance(extra, Callback) else list(extra or [])
+        found += [(f"{type(cb).__name__} from `configure_callbacks` of {type(model).__name__}", cb.monitor)
+                  for cb in extra if isinstance(getattr(cb, "monitor", None), str)]
+    return found
+
+
+def check_client_validation(model: LightningModule, clients: list[Client], trainer_kwargs: dict[str, Any] | None = None
+                            ) -> None:
+    """Refuse a scheduler or a Lightning callback that monitors a validation metric when a client has no validation
+    data: it would fail that client's training. Nothing to check (and no copy) when every client has some."""
+    missing = [c.id for c in clients if c.val_data is None]
+    if not missing:
+        return
+    user = (trainer_kwargs or {}).get("callbacks") or []
+    monitors = [(f"{type(cb).__name__} in `trainer_kwargs['callbacks']`", cb.monitor)
+                for cb in ([user] if isinstance(user, Callback) else user)
+                if isinstance(getattr(cb, "monitor", None), str)]
+    monitors += _module_monitors(model)
+    for where, metric in monitors:
+        if is_validation_metric(metric):
+            shown = ", ".join(repr(i) for i in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            who = f"client {shown} has" if len(missing) == 1 else f"clients {shown} have"
+            raise ValueError(
+                f"{where} monitors {metric!r}, but {who} no validation data, so their training would fail. Give"
+                " every client validation data (`make_clients(..., val_fraction=0.1)`, or `Client(val_data=...)`),"
+                " or monitor a training metric (e.g. 'train_loss')."
+            )
+
+
+def check_fit(model: Any, clients: Any, val_dataloaders: Any, clients_per_round: int,
+              trainer_kwargs: dict[str, Any] | None = None) -> list[Client]:
+    """Validate ``fit``'s arguments; return the clients as a list.
+
+    ``trainer_kwargs`` (the loop's, already checked) adds its Lightning callbacks to the monitors that
+    :func:`check_client_validation` compares with the clients' validation data.
+    """
     if not isinstance(model, LightningModule):
         raise TypeError(f"Expected `model` to be a LightningModule, got {type(model).__name__}.")
     if not any(p.is_floating_point() for p in model.parameters()):
@@ -142,6 +312,7 @@ def check_fit(model: Any, clients: Any, val_dataloaders: Any, clients_per_round:
             f"`val_dataloaders` was given but {type(model).__name__} has no `validation_step`:"
             " define one that logs metrics, or drop `val_dataloaders`."
         )
+    check_client_validation(model, clients, trainer_kwargs)
     return clients
 
 
@@ -156,3 +327,14 @@ def check_sampled(sampler: Any, picked: list[Any], k: int, index: dict[int, int]
             f" federation, {distinct} distinct)."
         )
     return picked
+
+
+def check_divergence(divergence: Any) -> DivergenceMonitor | None:
+    """``True``: the default monitor; ``False``: none; else a DivergenceMonitor."""
+    if divergence is True:
+        return DivergenceMonitor()
+    if divergence is False or divergence is None:
+        return None
+    if not isinstance(divergence, DivergenceMonitor):
+        raise TypeError(f"Expected `divergence` to be a bool or a DivergenceMonitor, got {type(divergence).__name__}.")
+    return divergence

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lightning_fedmut._failures import divergence_causes
-from lightning_fedmut.exceptions import DivergenceError
+from lightning_fedmut.exceptions import ClientDataExhaustedError, DivergenceError
 from lightning_fedmut.execution.base import TaskHooks
 from lightning_fedmut.functional.state import first_non_finite
 from lightning_fedmut.tasks import ClientResult, ClientTask
@@ -16,14 +16,44 @@ if TYPE_CHECKING:
     from lightning_fedmut.loop import FederatedLoop
 
 
+class _Steps(Callback):
+    """Counts a client's optimizer steps, and fails the client when an epoch yields no batch (an empty or one-shot
+    iterable loader would make a run with ``local_steps`` loop forever)."""
+
+    def __init__(self, client_id: Any) -> None:
+        self.client_id = client_id
+        self.steps: int | None = None  # unknown unless a Trainer ran this callback
+        self._batches = 0
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._batches = 0
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        self._batches += 1
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._batches == 0 and trainer.limit_train_batches != 0:
+            raise ClientDataExhaustedError(
+                f"Client {self.client_id!r}'s data yielded no batch in epoch {trainer.current_epoch}: its loader is"
+                " empty, or an iterable that can be read only once. Give it a DataLoader that can be iterated again"
+                " (with `local_steps`, a client runs as many epochs as the steps need)."
+            )
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.steps = int(trainer.global_step)
+
+
 class LoopTaskHooks(TaskHooks):
     """The loop's work where a client trains: the callbacks' client hooks, the start-model check, the sampler."""
 
     def __init__(self, loop: FederatedLoop, module: LightningModule, global_state: dict[str, Any]) -> None:
         self.loop, self.module, self.global_state = loop, module, global_state
+        self._steps: dict[int, _Steps] = {}
 
     def on_task_start(self, task: ClientTask) -> None:
         loop = self.loop
+        self._steps[task.slot] = _Steps(task.client.id)
+        task.callbacks.append(self._steps[task.slot])
         loop._call("on_client_fit_start", self.module, task)
         if loop._start_models_change:
             name = first_non_finite(task.start_state)
@@ -34,6 +64,9 @@ class LoopTaskHooks(TaskHooks):
                 )
 
     def on_task_end(self, result: ClientResult) -> None:
+        counter = self._steps.pop(result.task.slot, None)
+        if counter is not None and result.num_steps is None:
+            result.num_steps = counter.steps
         if result.failed:
             self.loop._call("on_client_fit_failure", self.module, result)
         else:

@@ -34,6 +34,7 @@ import tempfile
 import time
 import warnings
 from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -141,8 +142,13 @@ def remove_orphaned_temporaries(directory: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def save_checkpoint(state: dict[str, Any], directory: str | os.PathLike, keep_last: int) -> Path:
+def save_checkpoint(
+    state: dict[str, Any], directory: str | os.PathLike, keep_last: int, protect: Iterable[int] = ()
+) -> Path:
     """Write ``state`` to ``directory/round-NNNNN.ckpt`` atomically and delete all but the ``keep_last`` newest.
+
+    Checkpoints whose completed-round count is in ``protect`` are never deleted (the loop protects the last
+    round before a run started to diverge).
 
     ``state`` must hold ``rounds_done`` and only tensors, numbers, strings, booleans, ``None``, lists, tuples
     and dicts; anything else raises a ``TypeError`` naming the entry, before a byte is written. The file is
@@ -186,8 +192,10 @@ def save_checkpoint(state: dict[str, Any], directory: str | os.PathLike, keep_la
             os.unlink(tmp)
         raise
     _sync_directory(d)
+    kept = {checkpoint_name(int(r)) for r in protect}
     for old in list_checkpoints(d)[:-keep_last]:
-        old.unlink(missing_ok=True)
+        if old.name not in kept:
+            old.unlink(missing_ok=True)
     return path
 
 

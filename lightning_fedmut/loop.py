@@ -22,13 +22,22 @@ from lightning_fedmut._checks import (
     check_callbacks,
     check_checkpoint_dir,
     check_choice,
+    check_divergence,
     check_fit,
     check_instance,
     check_sampled,
     check_trainer_kwargs,
 )
 from lightning_fedmut._config import loop_hparams, run_config
-from lightning_fedmut._failures import divergence_causes, round_failed
+from lightning_fedmut._failures import (
+    CLIENT_FAILURE_POLICIES,
+    check_global_finite,
+    client_failed,
+    round_clients_done,
+    round_failed,
+)
+from lightning_fedmut._round_log import RoundLog
+from lightning_fedmut._signals import SignalGuard
 from lightning_fedmut._task_hooks import LoopTaskHooks
 from lightning_fedmut.aggregators.base import Aggregator
 from lightning_fedmut.aggregators.fedavg import FedAvg
@@ -36,13 +45,14 @@ from lightning_fedmut.callbacks.base import FederatedCallback
 from lightning_fedmut.client_state import ClientStateStore, InMemoryClientStateStore
 from lightning_fedmut.data.client import Client
 from lightning_fedmut.distributed import executor_for
-from lightning_fedmut.exceptions import DivergenceError
+from lightning_fedmut.divergence import DivergenceMonitor
+from lightning_fedmut.exceptions import Preempted
 from lightning_fedmut.execution import ClientExecutor, ClientTraining, Evaluator, SequentialExecutor
-from lightning_fedmut.functional.state import copy_, first_non_finite
+from lightning_fedmut.functional.state import copy_
 from lightning_fedmut.progress import FitProgress
-from lightning_fedmut.result import FederatedResult, weighted_client_means
+from lightning_fedmut.result import FederatedResult
 from lightning_fedmut.sampling import ClientSampler, UniformSampler
-from lightning_fedmut.tasks import ClientTask
+from lightning_fedmut.tasks import ClientResult, ClientTask
 from lightning_fedmut.utilities.seed import CLIENT_STREAM, derive_seed
 from lightning_fedmut.utilities.trainer import quiet_console
 from lightning_fedmut.utilities.validation import check_int
@@ -98,6 +108,11 @@ class FederatedLoop:
             (:class:`~lightning_fedmut.distributed.DistributedExecutor`; started at ``fit``, or those of
             ``torchrun`` / ``srun``, which are detected). Results equal a one-process run bit for bit.
         workers_per_device: with GPUs, how many workers share one.
+        on_client_failure: ``"raise_systematic"`` stops the run when every client of a round (or the run's first
+            clients) fails with one error type, or when the first round's clients take no optimizer step: a bug
+            in the setup. ``"isolate"`` leaves every failing client out and goes on. Each failure is warned.
+        divergence: a :class:`~lightning_fedmut.divergence.DivergenceMonitor` (``True``: the default one, which
+            stops a diverging run naming the round; ``False``: none).
 
     Examples:
         >>> from lightning_fedmut import MutationCallback
@@ -131,6 +146,8 @@ class FederatedLoop:
         client_state_store: ClientStateStore | None = None,
         workers: int | None = None,
         workers_per_device: int = 1,
+        on_client_failure: str = "raise_systematic",
+        divergence: DivergenceMonitor | bool = True,
     ) -> None:
         self.rounds = check_int("rounds", rounds, low=1)
         self.clients_per_round = check_int("clients_per_round", clients_per_round, low=1)
@@ -159,6 +176,8 @@ class FederatedLoop:
         self.client_states = check_instance(
             "client_state_store", InMemoryClientStateStore() if client_state_store is None else client_state_store,
             ClientStateStore, "a ClientStateStore")
+        self.on_client_failure = check_choice("on_client_failure", on_client_failure, CLIENT_FAILURE_POLICIES)
+        self.divergence = check_divergence(divergence)
         self.evaluator = Evaluator(self.trainer_kwargs)
         self.progress = FitProgress()
         self.checkpoint_connector = CheckpointConnector(
@@ -176,7 +195,10 @@ class FederatedLoop:
         self._bar: tqdm | None = None
         self._in_client_phase = False
         self._start_models_change = False
-        self._table_rows = 0  # client_history rows already in the W&B client table
+        self._round_log = RoundLog(self)
+        self._signals = SignalGuard(self)
+        self._first_results: list[ClientResult] = []  # the fit's first round: a failure that repeats stops it
+        self._first_round = 0
 
     @property
     def round(self) -> int:
@@ -226,13 +248,14 @@ class FederatedLoop:
              ) -> FederatedResult:
         """The body of ``fit``, in every worker process."""
         self._begin(model, clients, val, saved)
-        with quiet_console(), self._fit_guard(model):
+        with quiet_console(), self._signals, self._fit_guard(model):
             self._setup(model, saved)
             for r in range(self.progress.rounds_done, self.rounds):
                 self._run_round(model, r)
-                done = self.progress.rounds_done
-                if self.checkpoint_connector.should_save(done, self.rounds, self.should_stop):
+                done, stopping = self.progress.rounds_done, self.should_stop or self._signals.pending is not None
+                if self.checkpoint_connector.should_save(done, self.rounds, stopping):
                     self.checkpoint_connector.save(self, model, done)
+                self._signals.raise_pending()
                 if self.should_stop:
                     break
             self._finish(model)
@@ -245,8 +268,10 @@ class FederatedLoop:
         try:
             yield
         except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt) and self._in_client_phase:
-                self.checkpoint_connector.save_on_interrupt(self, model)
+            if isinstance(exc, (KeyboardInterrupt, Preempted)):
+                if self._in_client_phase:
+                    self.checkpoint_connector.save_on_interrupt(self, model)
+                self._signals.explain(exc, self._in_client_phase)
             self._call("on_exception", model, exc)
             tracking.finish_run(self._logger, "failed")
             raise
@@ -262,6 +287,9 @@ class FederatedLoop:
         self.progress.reset()
         self.sampler.setup(self.seed, self.client_states)
         self.client_states.clear()
+        self._first_results = []
+        if self.divergence is not None:
+            self.divergence.reset()
         self.checkpoint_connector.fingerprint = fingerprint(self, model, clients)
         if saved is not None:
             ckpt.compare_fingerprints(saved["fingerprint"], self.checkpoint_connector.fingerprint)
@@ -272,8 +300,8 @@ class FederatedLoop:
         self.aggregator.setup(model)
         if saved is not None:
             self.checkpoint_connector.restore(self, model, saved)
-        rows_logged = (self.progress.rounds_done // self.client_table_every) * self.client_table_every
-        self._table_rows = sum(1 for row in self.client_history if row["round"] < rows_logged)
+        self._first_round = self.progress.rounds_done
+        self._round_log.resume()
         self.executor.setup(model, ClientTraining(self.local_epochs, self.local_steps, self.trainer_kwargs))
         tracking.start_run(self._logger, run_config(self, model, len(self._clients)))
         self._call("on_fit_start", model)
@@ -285,7 +313,7 @@ class FederatedLoop:
                          disable=not (self.enable_progress_bar and self.is_global_zero), desc="federated", unit="client", dynamic_ncols=True)
 
     def _finish(self, model: LightningModule) -> None:
-        self._log_client_table()
+        self._round_log.log_client_table()
         self._call("on_fit_end", model)
         tracking.finish_run(self._logger, "success")
 
@@ -311,13 +339,13 @@ class FederatedLoop:
         trained, failed = self._train_clients(model)
         skipped = len(trained) < self.min_clients_per_round
         if skipped:
-            round_failed(self, trained, failed, stacklevel=4)  # warn at the user's call: round_failed, _run_round, fit
+            round_failed(self, trained, failed)
         else:
             self._aggregate(model)
         evaluated = self._val is not None and (
             (round_index + 1) % self.evaluate_every == 0 or round_index + 1 == self.rounds)
         val_metrics = self._evaluate(model) if evaluated else {}
-        self._log_round(trained, failed, skipped, start, val_metrics)
+        self._round_log.log(trained, failed, skipped, start, val_metrics)
         self._call("on_round_end", model)
         self.progress.complete_round()
 
@@ -332,19 +360,26 @@ class FederatedLoop:
         tasks = (self._task(slot, client, global_state) for slot, client in enumerate(self.sampled_clients))
         trained: list[dict[str, Any]] = []  # client_history rows
         failed: list[dict[str, Any]] = []  # failures rows
-        new_states = []
+        new_states, results = [], []
         self._bar.set_description(f"round {self.round}")  # 0-based, as in the history
         self._in_client_phase = True
         for result in self.executor.run(tasks, LoopTaskHooks(self, model, global_state)):
             task, row = result.task, {"round": self.round, "client_id": result.client.id, "slot": result.task.slot}
+            results.append(result)
+            if self.progress.round == self._first_round:
+                self._first_results.append(result)
             if result.failed:
                 failed.append({**row, "type": result.error_type, "message": str(result.error)})
+                client_failed(self, result, self._first_results)
             else:
                 self.aggregator.update(result)
                 trained.append({**row, "num_examples": result.num_examples, **result.metrics})
                 new_states.append((task.client.id, result.client_state))
             self._bar.update(1)
         self._in_client_phase = False
+        round_clients_done(self, results, first_round=self.round == self._first_round)
+        if self.divergence is not None:
+            self.divergence.on_clients(self, sum(f["type"] == "NonFiniteWeightsError" for f in failed), len(results))
         for client_id, state in new_states:  # stored after the round's clients, so an interrupt saves a whole round
             if state or client_id in self.client_states:
                 self.client_states.set(client_id, state)
@@ -357,39 +392,22 @@ class FederatedLoop:
         state = model.state_dict()
         new_state = self.aggregator.compute(state)
         copy_([state[k] for k in new_state], list(new_state.values()))
-        name = first_non_finite(state)
-        if name is not None:
-            raise DivergenceError(
-                f"The global model is not finite after aggregating round {self.round} ({name!r} holds NaN or Inf)."
-                f" Likely causes: {divergence_causes(self)}."
-            )
+        check_global_finite(self, state)
         self._call("on_after_aggregate", model)
 
     def _evaluate(self, model: LightningModule) -> dict[str, float]:
         self._call("on_validation_start", model)
-        metrics = self.executor.evaluate(self.evaluator, model, self._val)
+        try:
+            metrics = self.executor.evaluate(self.evaluator, model, self._val)
+        except SystemExit:  # Lightning's SIGTERM exit: the signal is pending, the round is finished first
+            if self._signals.pending is None:
+                raise
+            metrics = self.executor.evaluate(self.evaluator, model, self._val)
+        if self.divergence is not None:
+            self.divergence.on_evaluation(self, metrics, model.state_dict())
         self.round_metrics.update(metrics)
         self._call("on_validation_end", model)
         return metrics
-
-    def _log_round(self, trained: list[dict[str, Any]], failed: list[dict[str, Any]], skipped: bool, start: float,
-                   val_metrics: dict[str, float]) -> None:
-        row: dict[str, Any] = {"round": self.round, **weighted_client_means(trained), "clients/trained": len(trained),
-                               "clients/failed": len(failed), "round_skipped": int(skipped), **self.round_metrics}
-        self.history.append(row)
-        elapsed = time.perf_counter() - start
-        timing = {"round": self.round, "round_time": elapsed, "clients_per_second": len(trained) / elapsed}
-        self.timings.append(timing)
-        tracking.log_round(self._logger, {**row, **timing})
-        if (self.round + 1) % self.client_table_every == 0:
-            self._log_client_table()
-        self._bar.set_postfix({k: f"{v:.4g}" for k, v in val_metrics.items()}, refresh=False)
-
-    def _log_client_table(self) -> None:
-        rows = self.client_history[self._table_rows:]
-        if rows:
-            tracking.log_client_table(self._logger, rows, self.round)
-            self._table_rows = len(self.client_history)
 
     # --------------------------------------------------------------- helpers
     def _call(self, hook: str, *args: Any) -> None:

@@ -74,6 +74,7 @@ class ClientResult:
         client_state: the client's state to keep for its next task; the loop stores it after the round's
             clients have trained. Starts as the task's ``client_state``.
         error: the exception that made the client fail, or ``None``.
+        num_steps: the optimizer steps the client took (``None`` when unknown).
 
     Examples:
         >>> import torch
@@ -92,6 +93,7 @@ class ClientResult:
     payload: dict[str, Any] = field(default_factory=dict)
     client_state: dict[str, Any] | None = None
     error: BaseException | None = None
+    num_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.client_state is None:

@@ -143,20 +143,25 @@ def test_only_rank_zero_logs_and_checkpoints(synthetic, tmp_path):
 
 SCRIPT = textwrap.dedent("""
     import sys, time, torch
+    from lightning.pytorch import Callback
     sys.path.insert(0, {tests!r})
     from helpers import TinyModule, make_synthetic
     from lightning_fedmut import FederatedCallback, FederatedLoop, make_clients
     from lightning_fedmut.data import partition_iid
 
-    class Slow(FederatedCallback):
-        def on_round_start(self, loop, module):
-            if loop.round == 2 and loop.is_global_zero:
-                print("READY", flush=True)  # round 2's checkpoint is written: Ctrl+C arrives now
-                time.sleep(60)
+    class Sleep(Callback):
+        def on_train_start(self, trainer, pl_module):
+            print("READY", flush=True)  # rank 0 trains slot 0 of round 2: Ctrl+C arrives among the clients
+            time.sleep(60)
+
+    class SlowRound2(FederatedCallback):
+        def on_client_fit_start(self, loop, module, task):
+            if task.round == 2 and task.slot == 0:
+                task.callbacks.append(Sleep())
 
     train, _ = make_synthetic()
     clients = make_clients(train, partition_iid(len(train), 4, seed=0), batch_size=16)
-    loop = FederatedLoop(rounds=5, clients_per_round=2, local_steps=1, workers=2, callbacks=[Slow()],
+    loop = FederatedLoop(rounds=5, clients_per_round=2, local_steps=1, workers=2, callbacks=[SlowRound2()],
                          checkpoint_dir={ckpt!r}, enable_progress_bar=False)
     loop.fit(TinyModule(), clients)
 """)
@@ -180,13 +185,17 @@ def test_ctrl_c_ends_every_worker_and_saves_the_last_round(tmp_path):
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, text=True)
     try:
-        assert proc.stdout.readline().strip() == "READY"
+        line = proc.stdout.readline().strip()
+        if line != "READY":
+            proc.kill()
+            pytest.fail(f"the script did not start: {proc.communicate()[1][-3000:]}")
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    assert "Stopped by SIGINT (Ctrl+C) among the clients of round 2; rounds 0-1 are saved" in err
     assert sorted(p.name for p in (tmp_path / "ckpt").glob("round-*.ckpt")) == ["round-00001.ckpt", "round-00002.ckpt"]
     deadline = time.monotonic() + 5
     while _processes_running(str(script)) and time.monotonic() < deadline:

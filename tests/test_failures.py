@@ -137,7 +137,7 @@ def test_failed_slot_does_not_shift_fedmut_start_models(synthetic):
 def test_all_clients_fail_skip_keeps_global(synthetic, tmp_path):
     rec = StartModelRecorder()
     inject = Inject(raise_on=[(1, "*")])
-    model, clients, val, loop = _run(synthetic, inject, tmp_path, callbacks=[rec])
+    model, clients, val, loop = _run(synthetic, inject, tmp_path, callbacks=[rec], on_client_failure="isolate")
     with pytest.warns(RuntimeWarning, match=r"Round 1: 0 of 4 clients succeeded.*skipped"):
         result = loop.fit(model, clients, val_dataloaders=val)
     assert [h["round_skipped"] for h in result.history] == [0, 1, 0]
@@ -150,7 +150,7 @@ def test_all_clients_fail_skip_keeps_global(synthetic, tmp_path):
 
 def test_all_clients_fail_raise(synthetic, tmp_path):
     inject = Inject(raise_on=[(1, "*")])
-    model, clients, val, loop = _run(synthetic, inject, tmp_path, on_round_failure="raise")
+    model, clients, val, loop = _run(synthetic, inject, tmp_path, on_round_failure="raise", on_client_failure="isolate")
     with pytest.raises(RoundFailedError, match=r"Round 1: 0 of 4 clients.*`min_clients_per_round`=1.*ValueError"):
         loop.fit(model, clients)
     assert [p.name for p in list_checkpoints(tmp_path / "ckpt")] == ["round-00001.ckpt"]
@@ -160,7 +160,8 @@ def test_all_clients_fail_raise(synthetic, tmp_path):
 
 def test_min_clients_per_round(synthetic):
     inject = Inject(raise_on=[(0, "*")])
-    model, clients, val, loop = _run(synthetic, inject, rounds=1, min_clients_per_round=2, on_round_failure="raise")
+    model, clients, val, loop = _run(synthetic, inject, rounds=1, min_clients_per_round=2, on_round_failure="raise",
+                                     on_client_failure="isolate")
     with pytest.raises(RoundFailedError, match="fewer than `min_clients_per_round`=2"):
         loop.fit(model, clients)
 

@@ -61,6 +61,7 @@ class _Record:
     payload: dict[str, Any]
     client_state: dict[str, Any] | None
     error: RemoteClientError | None
+    num_steps: int | None
 
 
 class DistributedExecutor(ClientExecutor):
@@ -192,9 +193,10 @@ def _pack(result: ClientResult) -> _Record:
         error = RemoteClientError(result.error_type or "Exception", str(result.error), text)
     state = None if result.state is None else {k: v.detach().cpu().clone() for k, v in result.state.items()}
     return _Record(slot=result.task.slot, num_examples=result.num_examples, state=state, metrics=dict(result.metrics),
-                   payload=result.payload, client_state=result.client_state, error=error)
+                   payload=result.payload, client_state=result.client_state, error=error, num_steps=result.num_steps)
 
 
 def _unpack(task: ClientTask, record: _Record) -> ClientResult:
     return ClientResult(task=task, num_examples=record.num_examples, state=record.state, metrics=record.metrics,
-                        payload=record.payload, client_state=record.client_state, error=record.error)
+                        payload=record.payload, client_state=record.client_state, error=record.error,
+                        num_steps=record.num_steps)

@@ -20,8 +20,9 @@ def interruptible(trainer: Trainer, method: Any, *args: Any, **kwargs: Any) -> A
     handler = signal.getsignal(signal.SIGINT) if main else None
     try:
         out = method(*args, **kwargs)
-    except SystemExit:
-        if trainer.interrupted:
+    except SystemExit as exc:
+        # Lightning's sys.exit(1) after a KeyboardInterrupt; other exits (preemption) go through as they are
+        if type(exc) is SystemExit and trainer.interrupted:
             raise KeyboardInterrupt from None
         raise
     finally:

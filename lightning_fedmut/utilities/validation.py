@@ -38,7 +38,8 @@ def check_int(name: str, value: Any, low: int | None = None, high: int | None = 
 
 
 def check_real(
-    name: str, value: Any, low: float | None = None, high: float | None = None, high_open: bool = False
+    name: str, value: Any, low: float | None = None, high: float | None = None, high_open: bool = False,
+    low_open: bool = False,
 ) -> float:
     """Return ``value`` as a float if it is a finite real in range; raise a message naming ``name`` otherwise.
 
@@ -57,10 +58,11 @@ def check_real(
         raise TypeError(f"Expected `{name}` to be a real number, got {value!r} of type {type(value).__name__}.")
     value = float(value)
     bad = value != value or value in (float("inf"), float("-inf"))
-    bad = bad or (low is not None and value < low)
+    bad = bad or (low is not None and (value <= low if low_open else value < low))
     bad = bad or (high is not None and (value >= high if high_open else value > high))
     if bad:
         lo = "-inf" if low is None else repr(float(low))
         hi = "inf" if high is None else repr(float(high))
-        raise ValueError(f"Expected `{name}` in [{lo}, {hi}{')' if high_open or high is None else ']'}, got {value}.")
+        opening = "(" if low_open or low is None else "["
+        raise ValueError(f"Expected `{name}` in {opening}{lo}, {hi}{')' if high_open or high is None else ']'}, got {value}.")
     return value

@@ -1,0 +1,50 @@
+"""A round's record: the history row, its timing, the logger's metrics and client table, the progress bar."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from lightning_fedmut import _tracking as tracking
+from lightning_fedmut.result import weighted_client_means
+
+if TYPE_CHECKING:
+    from lightning_fedmut.loop import FederatedLoop
+
+
+class RoundLog:
+    """Writes what a round leaves behind into the loop's history and timings, and to the logger (rank 0)."""
+
+    def __init__(self, loop: FederatedLoop) -> None:
+        self.loop = loop
+        self.table_rows = 0  # client_history rows already in the W&B client table
+
+    def resume(self) -> None:
+        """After a restore: the rows of the rounds before the last table log were logged by the earlier run."""
+        loop = self.loop
+        logged = (loop.progress.rounds_done // loop.client_table_every) * loop.client_table_every
+        self.table_rows = sum(1 for row in loop.client_history if row["round"] < logged)
+
+    def log(self, trained: list[dict[str, Any]], failed: list[dict[str, Any]], skipped: bool, start: float,
+            val_metrics: dict[str, float]) -> None:
+        loop = self.loop
+        row: dict[str, Any] = {"round": loop.round, **weighted_client_means(trained), "clients/trained": len(trained),
+                               "clients/failed": len(failed), "round_skipped": int(skipped), **loop.round_metrics}
+        loop.history.append(row)
+        elapsed = time.perf_counter() - start
+        timing = {"round": loop.round, "round_time": elapsed, "clients_per_second": len(trained) / elapsed}
+        loop.timings.append(timing)
+        tracking.log_round(loop._logger, {**row, **timing})
+        if (loop.round + 1) % loop.client_table_every == 0:
+            self.log_client_table()
+        shown = {k: f"{v:.4g}" for k, v in val_metrics.items()}
+        if loop._bar is not None:
+            loop._bar.set_postfix({**shown, "failed": len(loop.failures)} if loop.failures else shown, refresh=False)
+
+    def log_client_table(self) -> None:
+        """Log the client rows added since the last table log (none at all: nothing)."""
+        loop = self.loop
+        rows = loop.client_history[self.table_rows:]
+        if rows:
+            tracking.log_client_table(loop._logger, rows, loop.round)
+            self.table_rows = len(loop.client_history)
