@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import os
+import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch import LightningModule
@@ -32,10 +36,41 @@ class CheckpointConnector:
         self.keep_last = keep_last
         self.fingerprint: dict[str, Any] = {}
         self._round_start: dict[str, Any] = {}
+        self._lock: IO[str] | None = None
 
     @property
     def enabled(self) -> bool:
         return self.dirpath is not None
+
+    def lock(self) -> None:
+        """Take the folder for this fit: a second live run writing to it is refused, naming the process."""
+        if self.dirpath is None:
+            return
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        handle = open(self.dirpath / ".lock", "a+")  # noqa: SIM115 - held until unlock()
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            handle.close()
+            raise RuntimeError(
+                f"`checkpoint_dir`={str(self.dirpath)!r} is in use by another running fit ({owner}). Two runs writing"
+                " to one folder would overwrite each other's checkpoints: give this run its own `checkpoint_dir`,"
+                " or wait for the other to finish."
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        self._lock = handle
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
 
     def should_save(self, rounds_done: int, total_rounds: int, stopping: bool) -> bool:
         """Whether to save after ``rounds_done`` rounds."""
@@ -108,21 +143,45 @@ class CheckpointConnector:
 
 
 def fingerprint(loop: FederatedLoop, model: LightningModule, clients: list[Client]) -> dict[str, Any]:
-    """The settings a checkpoint of this run must match to be resumed."""
+    """The settings a checkpoint of this run must match to be resumed (plain data, as checkpoints hold)."""
     ids = [repr(c.id) for c in clients]
     shapes = [f"{k}:{tuple(v.shape)}:{v.dtype}" for k, v in model.state_dict().items()]
+    hparams = loop.hparams
     return {
         "model": class_path(model),
+        "model_hparams": _plain(dict(getattr(model, "hparams", {}))),
         "model_state": _digest(shapes) if len(shapes) > 8 else shapes,
         "clients": len(clients),
         "client_ids": _digest(ids) if len(ids) > 8 else ids,
+        "client_data": _digest([_data_digest(c) for c in clients]),
         "clients_per_round": loop.clients_per_round,
         "local_epochs": loop.local_epochs,
         "local_steps": loop.local_steps,
         "seed": loop.seed,
-        "aggregator": loop.hparams["aggregator"],
-        "sampler": loop.hparams["sampler"],
+        "aggregator": _plain(hparams["aggregator"]),
+        "sampler": _plain(hparams["sampler"]),
+        "callbacks": _plain([cb for cb, real in zip(hparams["callbacks"], loop.callbacks) if hasattr(real, "hparams")]),
     }
+
+
+def _data_digest(client: Client) -> str:
+    """What identifies a client's data: its example indices when it is a subset of a dataset, else its size."""
+    dataset = getattr(client.data, "dataset", None)
+    indices = getattr(dataset, "indices", None)
+    if indices is None:
+        return f"{client.id!r}:{client.num_examples}"
+    return f"{client.id!r}:" + hashlib.sha1(",".join(map(str, list(indices))).encode()).hexdigest()[:16]
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain data (numbers, strings, lists, dicts); anything else as its repr."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return repr(value)
 
 
 def _digest(items: list[str]) -> str:

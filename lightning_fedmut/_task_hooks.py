@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lightning_fedmut._failures import divergence_causes
@@ -17,13 +18,24 @@ if TYPE_CHECKING:
 
 
 class _Steps(Callback):
-    """Counts a client's optimizer steps, and fails the client when an epoch yields no batch (an empty or one-shot
-    iterable loader would make a run with ``local_steps`` loop forever)."""
+    """Counts a client's optimizer steps that changed its weights, and fails the client when an epoch yields no
+    batch (an empty or one-shot iterable loader would make a run with ``local_steps`` loop forever)."""
 
     def __init__(self, client_id: Any) -> None:
         self.client_id = client_id
         self.steps: int | None = None  # unknown unless a Trainer ran this callback
         self._batches = 0
+        self._start: float | None = None
+
+    @staticmethod
+    @torch.no_grad()
+    def _fingerprint(pl_module: LightningModule) -> float:
+        # one float64 sum of the trainable weights: any step that moves them moves it (one pass, no copy)
+        return float(sum(p.detach().double().sum() * (i + 1) for i, p in enumerate(pl_module.parameters())
+                         if p.requires_grad and p.is_floating_point()))
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start = self._fingerprint(pl_module)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._batches = 0
@@ -39,8 +51,9 @@ class _Steps(Callback):
                 " (with `local_steps`, a client runs as many epochs as the steps need)."
             )
 
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.steps = int(trainer.global_step)
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        changed = self._start is None or self._fingerprint(pl_module) != self._start
+        self.steps = int(trainer.global_step) if changed else 0
 
 
 class LoopTaskHooks(TaskHooks):

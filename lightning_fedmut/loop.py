@@ -294,6 +294,8 @@ class FederatedLoop:
         if saved is not None:
             ckpt.compare_fingerprints(saved["fingerprint"], self.checkpoint_connector.fingerprint)
             tracking.prepare_resume(self._logger, saved.get("run_id"))
+        if self.is_global_zero:  # last: released by teardown
+            self.checkpoint_connector.lock()
 
     def _setup(self, model: LightningModule, saved: dict[str, Any] | None) -> None:
         self._call("setup", model, "fit")
@@ -324,6 +326,7 @@ class FederatedLoop:
         self._in_client_phase = False
         self._call("teardown", model, "fit")
         self.executor.teardown()
+        self.checkpoint_connector.unlock()
 
     # ---------------------------------------------------------------- round
     def _run_round(self, model: LightningModule, round_index: int) -> None:
