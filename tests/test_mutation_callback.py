@@ -151,7 +151,8 @@ def test_memory_does_not_grow_with_clients_per_round(synthetic):
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        ({"radius": -1.0}, ValueError, r"`radius` in \[0.0, inf\), got -1.0"),
+        ({"radius": -1.0}, ValueError, r"`radius` in \[0.0, 1000000.0\], got -1.0"),
+        ({"radius": 1e300}, ValueError, r"`radius` in \[0.0, 1000000.0\], got 1e\+300"),
         ({"acceleration": 1.0}, ValueError, r"`acceleration` in \[0.0, 1.0\), got 1.0"),
         ({"acceleration": -0.1}, ValueError, r"`acceleration` in \[0.0, 1.0\), got -0.1"),
         ({"acceleration_rounds": 0}, ValueError, r"`acceleration_rounds` to be an integer >= 1, got 0"),

@@ -55,7 +55,8 @@ class MutationCallback(FederatedCallback):
         mutate_buffers: bool = False,
         seed: int | None = None,
     ) -> None:
-        self.radius = check_real("radius", radius, low=0.0)
+        # bounded: a radius of 1e300 overflows float32 weights mid-run instead of failing here
+        self.radius = check_real("radius", radius, low=0.0, high=1e6)
         self.acceleration = check_real("acceleration", acceleration, low=0.0, high=1.0, high_open=True)
         self.acceleration_rounds = check_int("acceleration_rounds", acceleration_rounds, low=1)
         if not isinstance(mutate_buffers, bool):
