@@ -159,15 +159,15 @@ def check_lightning_callbacks(trainer_kwargs: dict[str, Any]) -> None:
     )
     if trainer_kwargs.get("enable_checkpointing"):
         raise ValueError(
-            "`trainer_kwargs` sets enable_checkpointing=True: every client's local training would write its own"
-            " checkpoint, each round, and client Trainers do not checkpoint." + instead
+            "`trainer_kwargs` sets enable_checkpointing=True, which would make every client Trainer checkpoint its"
+            " own local training, every round: client Trainers do not checkpoint." + instead
         )
     for cb in callbacks:
         name = type(cb).__name__
         if isinstance(cb, Checkpoint):
-            raise ValueError(
-                f"{name} in `trainer_kwargs['callbacks']` would checkpoint every client's local training, each"
-                " round, not the federated model, and client Trainers do not checkpoint." + instead
+            raise TypeError(
+                f"{name} in `trainer_kwargs['callbacks']` would checkpoint every client's local training, every"
+                " round, not the federated model: client Trainers do not checkpoint." + instead
             )
         if isinstance(cb, ProgressBar) and trainer_kwargs.get("enable_progress_bar") is not True:
             raise ValueError(
@@ -180,7 +180,7 @@ def check_lightning_callbacks(trainer_kwargs: dict[str, Any]) -> None:
                 and _on_cpu(trainer_kwargs.get("accelerator", "auto")) and importlib.util.find_spec("psutil") is None):
             raise ValueError(
                 "DeviceStatsMonitor in `trainer_kwargs['callbacks']` reads CPU statistics with psutil, which is not"
-                " installed: `pip install psutil`."
+                " installed: `pip install psutil` (or run the client Trainers on a GPU)."
             )
 
 
@@ -227,7 +227,10 @@ def _module_monitors(model: LightningModule) -> list[tuple[str, str]]:
     if not (optimizers or callbacks):
         return []
     trainer = getattr(model, "_trainer", None)
-    spare = copy.deepcopy(model, memo={id(trainer): None} if trainer is not None else None)
+    try:
+        spare = copy.deepcopy(model, memo={id(trainer): None} if trainer is not None else None)
+    except Exception:  # noqa: BLE001 - a module that cannot be copied fails, with its own error, where clients train
+        return []
     spare._trainer = None
     found: list[tuple[str, str]] = []
     if optimizers:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,3 +62,36 @@ def weighted_client_means(rows: list[dict[str, Any]]) -> dict[str, float]:
             totals[k] = totals.get(k, 0.0) + row["num_examples"] * v
             weights[k] = weights.get(k, 0.0) + row["num_examples"]
     return {f"clients/{k}": totals[k] / weights[k] for k in totals}
+
+
+def client_metric_spread(rows: list[dict[str, Any]], names: Sequence[str]) -> dict[str, float]:
+    """How a client metric spreads over the clients of a round: unweighted mean, standard deviation, min and max.
+
+    For the personalised (local) accuracy that federated-learning papers report, e.g. ``val_acc`` from the
+    clients' own validation data: each client counts once, whatever its size (``clients/<name>``, the
+    example-weighted mean, is in the history already). The standard deviation is the population one (divided by
+    the number of clients). Rows without ``name`` are left out; a name no row has gives nothing.
+
+    Args:
+        rows: the round's ``client_history`` rows.
+        names: the metrics to describe.
+
+    Returns:
+        ``{"clients/<name>_mean": ..., "clients/<name>_std": ..., "clients/<name>_min": ...,
+        "clients/<name>_max": ...}`` for each name, in the order of ``names``.
+
+    Examples:
+        >>> client_metric_spread([{"client_id": 0, "num_examples": 30, "val_acc": 0.5},
+        ...                       {"client_id": 1, "num_examples": 10, "val_acc": 1.0}], ["val_acc", "val_loss"])
+        {'clients/val_acc_mean': 0.75, 'clients/val_acc_std': 0.25, 'clients/val_acc_min': 0.5, 'clients/val_acc_max': 1.0}
+    """
+    out: dict[str, float] = {}
+    for name in names:
+        values = [float(row[name]) for row in rows if name in row]
+        if not values:
+            continue
+        mean = math.fsum(values) / len(values)
+        std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values))
+        out.update({f"clients/{name}_mean": mean, f"clients/{name}_std": std,
+                    f"clients/{name}_min": min(values), f"clients/{name}_max": max(values)})
+    return out

@@ -1,6 +1,6 @@
 """Clients and partitions of a data set among them."""
 
-from lightning_fedmut.data.client import Client, check_partitions, make_clients
+from lightning_fedmut.data.client import Client, check_partitions, make_clients, train_val_split
 from lightning_fedmut.data.partition import (
     load_partition_json,
     partition_dirichlet,
@@ -18,4 +18,5 @@ __all__ = [
     "partition_iid",
     "partition_shards",
     "save_partition_json",
+    "train_val_split",
 ]

@@ -1,16 +1,18 @@
-"""A federated client: an id, its training data and its number of examples."""
+"""A federated client: an id, its training data, its number of examples and, optionally, its validation data."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
 import numpy as np
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from lightning_fedmut.utilities.validation import check_int
+from lightning_fedmut.utilities.validation import check_int, check_real
 
 ClientData = Union[DataLoader, LightningDataModule]
 
@@ -24,6 +26,12 @@ class Client:
         data: the client's training data, a ``DataLoader`` or a ``LightningDataModule``.
         num_examples: the number of training examples (the FedAvg weight). Inferred from a
             ``DataLoader`` over a sized dataset; required for a ``LightningDataModule``.
+        val_data: the client's own validation data, or ``None`` (the default: it trains without validating).
+            A ``DataLoader``; for a client whose ``data`` is a ``LightningDataModule``, that same DataModule,
+            whose ``val_dataloader`` is then used. The client validates its locally trained model at the end of
+            every local epoch, as ``Trainer.fit`` does, so ``EarlyStopping`` and ``ReduceLROnPlateau`` can
+            monitor ``val_loss``, and its validation metrics (the personalised, or local, accuracy) join its row
+            of ``result.client_history``.
 
     Examples:
         >>> import torch
@@ -31,11 +39,14 @@ class Client:
         >>> loader = DataLoader(TensorDataset(torch.zeros(7, 2)), batch_size=4)
         >>> Client(id=0, data=loader).num_examples
         7
+        >>> Client(id=1, data=loader, val_data=DataLoader(TensorDataset(torch.zeros(2, 2)))).val_data is not None
+        True
     """
 
     id: Any
     data: ClientData
     num_examples: int | None = None
+    val_data: ClientData | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.data, (DataLoader, LightningDataModule)):
@@ -73,6 +84,38 @@ class Client:
                     f"Client {self.id!r} has a DataLoader that yields no batch ({self.num_examples} examples,"
                     f" batch_size={self.data.batch_size}, drop_last={self.data.drop_last}). Set drop_last=False."
                 )
+        self._check_val_data()
+
+    def _check_val_data(self) -> None:
+        val = self.val_data
+        if val is None:
+            return
+        if isinstance(self.data, LightningDataModule):
+            if val is not self.data:
+                raise TypeError(
+                    f"Expected `val_data` of client {self.id!r} to be its own LightningDataModule (`data`), whose"
+                    f" `val_dataloader` it then validates on, got {type(val).__name__}. Return the validation"
+                    " loader from the DataModule's `val_dataloader`."
+                )
+            if not is_overridden("val_dataloader", val, LightningDataModule):
+                raise ValueError(
+                    f"Client {self.id!r} gets its LightningDataModule as `val_data`, but"
+                    f" {type(val).__name__} has no `val_dataloader`. Define one, or leave `val_data` out."
+                )
+            return
+        if not isinstance(val, DataLoader):
+            raise TypeError(
+                f"Expected `val_data` of client {self.id!r} to be a DataLoader or None, got {type(val).__name__}."
+            )
+        try:
+            batches = len(val)
+        except TypeError:
+            batches = None
+        if batches == 0:
+            raise ValueError(
+                f"Client {self.id!r} has a `val_data` DataLoader that yields no batch (batch_size={val.batch_size},"
+                f" drop_last={val.drop_last}). Set drop_last=False, or leave `val_data` out."
+            )
 
 
 Partitions = Union[Sequence[Sequence[int]], Mapping[Any, Sequence[int]]]
@@ -113,8 +156,54 @@ def check_partitions(partitions: Partitions, num_examples: int | None = None) ->
     return out
 
 
+def train_val_split(
+    partitions: Partitions, val_fraction: float, seed: int = 0
+) -> dict[Any, tuple[np.ndarray, np.ndarray]]:
+    """Split each client's indices into training and validation indices, reproducibly.
+
+    Client ``i`` (in partition order) draws from its own generator, ``numpy.random.default_rng([seed, i])``:
+    its split depends on the seed and its own indices only, not on the other clients. It keeps
+    ``ceil(val_fraction * n)`` of its ``n`` examples for validation and at least one for training; both parts
+    keep the partition's order.
+
+    Args:
+        partitions: index lists (ids ``0..n-1``) or a mapping ``{client_id: indices}``.
+        val_fraction: the share of each client's examples held out for validation, in ``(0, 1)``.
+        seed: seed of the split.
+
+    Examples:
+        >>> split = train_val_split([[0, 1, 2, 3, 4], [5, 6]], val_fraction=0.2, seed=0)
+        >>> [(train.tolist(), val.tolist()) for train, val in split.values()]
+        [([0, 1, 3, 4], [2]), ([6], [5])]
+    """
+    val_fraction = check_real("val_fraction", val_fraction, low=0.0, high=1.0, high_open=True)
+    if val_fraction == 0.0:
+        raise ValueError("Expected `val_fraction` in (0.0, 1.0), got 0.0. Leave it out (None) for no validation data.")
+    seed = check_int("seed", seed, low=0)
+    out: dict[Any, tuple[np.ndarray, np.ndarray]] = {}
+    for i, (cid, idx) in enumerate(check_partitions(partitions).items()):
+        n = len(idx)
+        n_val = math.ceil(round(val_fraction * n, 9))  # 0.2 * 10 is 2.0000000000000004: 2, not 3
+        if n_val >= n:
+            raise ValueError(
+                f"Client {cid!r} has {n} example{'s' if n > 1 else ''}: `val_fraction`={val_fraction} leaves none to"
+                " train on. Lower `val_fraction`, or repartition with a larger `min_size`."
+            )
+        held_out = np.zeros(n, dtype=bool)
+        held_out[np.random.default_rng([seed, i]).permutation(n)[:n_val]] = True
+        out[cid] = (idx[~held_out], idx[held_out])
+    return out
+
+
 def make_clients(
-    dataset: Dataset, partitions: Partitions, batch_size: int, shuffle: bool = True, **dataloader_kwargs: Any
+    dataset: Dataset,
+    partitions: Partitions,
+    batch_size: int,
+    shuffle: bool = True,
+    val_fraction: float | None = None,
+    seed: int = 0,
+    val_batch_size: int | None = None,
+    **dataloader_kwargs: Any,
 ) -> list[Client]:
     """One :class:`Client` per partition, each with a ``DataLoader`` over its subset of ``dataset``.
 
@@ -124,6 +213,11 @@ def make_clients(
         batch_size: local batch size.
         shuffle: reshuffle every epoch; the order is reproducible because the loop seeds each client's
             training from the run seed.
+        val_fraction: hold out this share of each client's examples as its validation data
+            (:attr:`Client.val_data`, split by :func:`train_val_split`); ``None``: no client validation data.
+            ``num_examples`` counts the training part only.
+        seed: seed of the training/validation split.
+        val_batch_size: batch size of the validation loaders; default ``batch_size``.
         **dataloader_kwargs: passed to every ``DataLoader`` (``num_workers``, ``pin_memory``, ...).
 
     Examples:
@@ -132,14 +226,31 @@ def make_clients(
         >>> ds = TensorDataset(torch.arange(10.0))
         >>> [c.num_examples for c in make_clients(ds, [[0, 1, 2], [3, 4]], batch_size=2)]
         [3, 2]
+        >>> clients = make_clients(ds, [list(range(10))], batch_size=2, val_fraction=0.2, seed=0)
+        >>> clients[0].num_examples, len(clients[0].val_data.dataset)
+        (8, 2)
     """
     batch_size = check_int("batch_size", batch_size, low=1)  # numpy integers too
     parts = check_partitions(partitions, len(dataset))  # type: ignore[arg-type]
+    if val_fraction is None:
+        return [
+            Client(
+                id=cid,
+                data=DataLoader(Subset(dataset, idx.tolist()), batch_size=batch_size, shuffle=shuffle,
+                                **dataloader_kwargs),
+                num_examples=len(idx),
+            )
+            for cid, idx in parts.items()
+        ]
+    val_batch_size = batch_size if val_batch_size is None else check_int("val_batch_size", val_batch_size, low=1)
     return [
         Client(
             id=cid,
-            data=DataLoader(Subset(dataset, idx.tolist()), batch_size=batch_size, shuffle=shuffle, **dataloader_kwargs),
-            num_examples=len(idx),
+            data=DataLoader(Subset(dataset, train.tolist()), batch_size=batch_size, shuffle=shuffle,
+                            **dataloader_kwargs),
+            num_examples=len(train),
+            val_data=DataLoader(Subset(dataset, val.tolist()), batch_size=val_batch_size, shuffle=False,
+                                **dataloader_kwargs),
         )
-        for cid, idx in parts.items()
+        for cid, (train, val) in train_val_split(parts, val_fraction, seed).items()
     ]

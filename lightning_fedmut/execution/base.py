@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from lightning.pytorch import Callback, LightningModule
+from lightning.pytorch.loggers import Logger
 from torch import Tensor
 
 from lightning_fedmut.tasks import ClientResult, ClientTask
@@ -27,24 +28,46 @@ class ClientTraining:
     Examples:
         >>> plan = ClientTraining(local_epochs=5, trainer_kwargs={"gradient_clip_val": 1.0})
         >>> kwargs = plan.trainer_kwargs_for([])
-        >>> kwargs["max_epochs"], kwargs["gradient_clip_val"], kwargs["logger"]
-        (5, 1.0, False)
+        >>> kwargs["max_epochs"], kwargs["gradient_clip_val"], kwargs["logger"], kwargs["limit_val_batches"]
+        (5, 1.0, False, 0)
+        >>> from lightning_fedmut.execution.client_logger import ClientLogger
+        >>> kwargs = plan.trainer_kwargs_for([], logger=ClientLogger(), validate=True)
+        >>> type(kwargs["logger"]).__name__, "limit_val_batches" in kwargs
+        ('ClientLogger', False)
     """
 
     local_epochs: int = 1
     local_steps: int | None = None
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
 
-    def trainer_kwargs_for(self, extra_callbacks: list[Callback]) -> dict[str, Any]:
-        """Arguments of one client's ``Trainer``: quiet defaults, the user's, the length, and the task's callbacks."""
+    @property
+    def callbacks(self) -> list[Callback]:
+        """The Lightning callbacks of ``trainer_kwargs``, as a list (every client Trainer gets them)."""
+        user = self.trainer_kwargs.get("callbacks") or []
+        return [user] if isinstance(user, Callback) else list(user)
+
+    def trainer_kwargs_for(
+        self, extra_callbacks: list[Callback], logger: Logger | None = None, validate: bool = False
+    ) -> dict[str, Any]:
+        """Arguments of one client's ``Trainer``: quiet defaults, the user's, the length, and the task's callbacks.
+
+        Args:
+            extra_callbacks: the task's own Lightning callbacks, added after the user's.
+            logger: the client Trainer's logger instead of ``logger=False``, unless ``trainer_kwargs`` sets one.
+            validate: the client has validation data: Lightning's default ``limit_val_batches`` instead of 0,
+                unless ``trainer_kwargs`` sets it.
+        """
         kwargs = {**QUIET_TRAINER_DEFAULTS, **self.trainer_kwargs}
+        if logger is not None and "logger" not in self.trainer_kwargs:
+            kwargs["logger"] = logger
+        if validate and "limit_val_batches" not in self.trainer_kwargs:
+            del kwargs["limit_val_batches"]
         if self.local_steps is not None:
             kwargs.update(max_steps=self.local_steps, max_epochs=-1)
         else:
             kwargs.update(max_epochs=self.local_epochs)
         if extra_callbacks:
-            user = kwargs.get("callbacks") or []
-            kwargs["callbacks"] = [*([user] if isinstance(user, Callback) else user), *extra_callbacks]
+            kwargs["callbacks"] = [*self.callbacks, *extra_callbacks]
         return kwargs
 
 

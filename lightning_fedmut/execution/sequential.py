@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
@@ -10,16 +11,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import EarlyStopping, StochasticWeightAveraging, Timer
 
 from lightning_fedmut.exceptions import NonFiniteWeightsError
 from lightning_fedmut.execution._calls import interruptible, scalars
 from lightning_fedmut.execution.base import ClientExecutor, ClientTraining, TaskHooks
+from lightning_fedmut.execution.client_logger import ClientLogger
 from lightning_fedmut.functional.state import copy_, first_non_finite
 from lightning_fedmut.tasks import ClientResult, ClientTask
 from lightning_fedmut.utilities.trainer import quiet_lightning
 
 __all__ = ["SequentialExecutor"]
+
+#: Lightning callbacks that keep the state of one training run (best score and patience, the running average,
+#: the clock): each client's training starts them as they were when ``fit`` started.
+PER_CLIENT_STATE_CALLBACKS: tuple[type[Callback], ...] = (EarlyStopping, StochasticWeightAveraging, Timer)
 
 
 class SequentialExecutor(ClientExecutor):
@@ -32,6 +39,16 @@ class SequentialExecutor(ClientExecutor):
     whose trained weights hold NaN or Inf (:class:`~lightning_fedmut.NonFiniteWeightsError`), becomes a
     failed result; Ctrl+C inside a client's training is raised as ``KeyboardInterrupt``.
 
+    Each client ``Trainer`` logs into a :class:`~lightning_fedmut.execution.ClientLogger` (unless
+    ``trainer_kwargs`` sets ``logger``); the result's ``metrics`` are the Trainer's ``callback_metrics`` and,
+    after them, what only the logger saw (``LearningRateMonitor``'s ``lr-SGD`` ...). A client with validation
+    data (:attr:`Client.val_data <lightning_fedmut.Client.val_data>`) validates as ``Trainer.fit`` does, at the
+    end of every local epoch, so ``EarlyStopping`` and ``ReduceLROnPlateau`` can monitor ``val_loss``; its
+    validation metrics are those of its trained model (with ``local_steps``, one more validation after the last
+    step makes sure). The user's ``EarlyStopping``, ``StochasticWeightAveraging`` and ``Timer`` are shared by
+    every client ``Trainer`` but restored before each client to their state when ``fit`` started, so each
+    client stops, averages and times its own training; other Lightning callbacks are passed as they are.
+
     Examples:
         >>> from lightning_fedmut import FederatedLoop
         >>> FederatedLoop(rounds=1, clients_per_round=1, executor=SequentialExecutor()).executor
@@ -42,6 +59,7 @@ class SequentialExecutor(ClientExecutor):
         self._working: LightningModule | None = None
         self._training = ClientTraining()
         self._entry_points: dict[str, list[Any]] = {}
+        self._fresh_callbacks: dict[int, tuple[Callback, dict[str, Any]]] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -50,8 +68,16 @@ class SequentialExecutor(ClientExecutor):
         # the global's Trainer, if it has one, is not copied
         trainer = getattr(module, "_trainer", None)
         self._working = copy.deepcopy(module, memo={id(trainer): None} if trainer is not None else None)
+        # The client logger ignores hyperparameters; without this Lightning would compare a client DataModule's
+        # hyperparameters with the module's before logging them, and refuse clients that trained without a logger.
+        self._working._log_hyperparams = False
         self._training = training
         self._entry_points = {}
+        # a callback's state when first seen: a second fit of the same loop starts its clients from it too
+        self._fresh_callbacks = {
+            id(cb): self._fresh_callbacks.get(id(cb)) or (cb, copy.deepcopy(vars(cb)))
+            for cb in training.callbacks if isinstance(cb, PER_CLIENT_STATE_CALLBACKS)
+        }
 
     def run(self, tasks: Iterable[ClientTask], hooks: TaskHooks) -> Iterator[ClientResult]:
         for task in tasks:
@@ -74,17 +100,24 @@ class SequentialExecutor(ClientExecutor):
 
     def _train(self, task: ClientTask) -> ClientResult:
         client = task.client
+        validate = client.val_data is not None
         try:
             torch.manual_seed(task.seed)
             random.seed(task.seed)
             np.random.seed(task.seed)
+            self._restore_callbacks()
+            logger = ClientLogger(self._training.trainer_kwargs.get("default_root_dir") or os.getcwd())
             with quiet_lightning(self._entry_points):
-                trainer = Trainer(**self._training.trainer_kwargs_for(task.callbacks))
-                if isinstance(client.data, LightningDataModule):
+                trainer = Trainer(**self._training.trainer_kwargs_for(task.callbacks, logger=logger, validate=validate))
+                if isinstance(client.data, LightningDataModule):  # its val_dataloader when val_data is itself
                     interruptible(trainer, trainer.fit, self._working, datamodule=client.data)
                 else:
-                    interruptible(trainer, trainer.fit, self._working, train_dataloaders=client.data)
-            metrics = scalars(trainer.callback_metrics)
+                    interruptible(trainer, trainer.fit, self._working, train_dataloaders=client.data,
+                                  val_dataloaders=client.val_data)
+                metrics = scalars(trainer.callback_metrics)
+                if validate and self._training.local_steps is not None:  # the last step may end no epoch
+                    metrics.update(self._validate(trainer, client))
+            metrics.update({k: v for k, v in logger.metrics.items() if k not in metrics})
             state = self._working.state_dict()
             bad = first_non_finite(state)
             if bad is not None:
@@ -92,3 +125,22 @@ class SequentialExecutor(ClientExecutor):
         except Exception as exc:  # noqa: BLE001 - one client's failure never ends the round
             return ClientResult(task=task, num_examples=client.num_examples, error=exc)
         return ClientResult(task=task, num_examples=client.num_examples, state=state, metrics=metrics)
+
+    def _validate(self, trainer: Trainer, client: Any) -> dict[str, float]:
+        """Validate the trained working copy on the client's validation data; its metrics as floats."""
+        if isinstance(client.val_data, LightningDataModule):
+            results = interruptible(trainer, trainer.validate, self._working, datamodule=client.val_data,
+                                    verbose=False)
+        else:
+            results = interruptible(trainer, trainer.validate, self._working, dataloaders=client.val_data,
+                                    verbose=False)
+        merged: dict[str, float] = {}
+        for d in results:
+            merged.update(scalars(d))
+        return merged
+
+    def _restore_callbacks(self) -> None:
+        """Put every per-client-state Lightning callback back as it was when ``fit`` started."""
+        for cb, fresh in self._fresh_callbacks.values():
+            vars(cb).clear()
+            vars(cb).update(copy.deepcopy(fresh))
