@@ -22,8 +22,10 @@ from lightning_fedmut.functional.state import first_non_finite
 from lightning_fedmut.utilities.trainer import RESERVED_TRAINER_KEYS, trainer_parameters
 
 
-def check_instance(name: str, value: Any, cls: type, what: str) -> Any:
-    """``value`` if it is a ``cls``, else a ``TypeError`` naming the argument."""
+def check_instance(name: str, value: Any, cls: type, what: str, default: Any = None) -> Any:
+    """``value`` (or a new ``default()`` when it is ``None``) if it is a ``cls``, else a ``TypeError`` naming it."""
+    if value is None and default is not None:
+        value = default()
     if not isinstance(value, cls):
         raise TypeError(f"Expected `{name}` to be {what}, got {type(value).__name__}.")
     return value

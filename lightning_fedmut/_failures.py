@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from lightning.pytorch import LightningModule
 from torch import Tensor
 
-from lightning_fedmut.exceptions import ClientFailureError, DivergenceError, NonFiniteWeightsError, RoundFailedError
+from lightning_fedmut import _tracking as tracking
+from lightning_fedmut.exceptions import (
+    ClientFailureError,
+    DivergenceError,
+    NonFiniteWeightsError,
+    Preempted,
+    RoundFailedError,
+)
 from lightning_fedmut.functional.state import first_non_finite
 from lightning_fedmut.utilities.warnings import warn_user
 
@@ -100,3 +109,21 @@ def _systematic(loop: FederatedLoop, failed: list[ClientResult], who: str) -> Cl
     )
     error.__cause__ = first.error
     return error
+
+
+@contextmanager
+def fit_guard(loop: FederatedLoop, module: LightningModule) -> Iterator[None]:
+    """Around a fit: on Ctrl+C or SIGTERM among the clients, save the rounds before; on any exception, tell the
+    callbacks and the logger; always tear down."""
+    try:
+        yield
+    except BaseException as exc:
+        if isinstance(exc, (KeyboardInterrupt, Preempted)):
+            if loop._in_client_phase:
+                loop.checkpoint_connector.save_on_interrupt(loop, module)
+            loop._signals.explain(exc, loop._in_client_phase)
+        loop._call("on_exception", module, exc)
+        tracking.finish_run(loop._logger, "failed")
+        raise
+    finally:
+        loop._teardown(module)

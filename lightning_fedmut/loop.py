@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -14,28 +13,12 @@ from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from lightning_fedmut import _checks as checks
+from lightning_fedmut import _failures as fault
 from lightning_fedmut import _tracking as tracking
 from lightning_fedmut import checkpoint as ckpt
 from lightning_fedmut._checkpoint_connector import CheckpointConnector, fingerprint
-from lightning_fedmut._checks import (
-    check_bool,
-    check_callbacks,
-    check_checkpoint_dir,
-    check_choice,
-    check_divergence,
-    check_fit,
-    check_instance,
-    check_sampled,
-    check_trainer_kwargs,
-)
 from lightning_fedmut._config import loop_hparams, run_config
-from lightning_fedmut._failures import (
-    CLIENT_FAILURE_POLICIES,
-    check_global_finite,
-    client_failed,
-    round_clients_done,
-    round_failed,
-)
 from lightning_fedmut._round_log import RoundLog
 from lightning_fedmut._signals import SignalGuard
 from lightning_fedmut._task_hooks import LoopTaskHooks
@@ -46,7 +29,6 @@ from lightning_fedmut.client_state import ClientStateStore, InMemoryClientStateS
 from lightning_fedmut.data.client import Client
 from lightning_fedmut.distributed import executor_for
 from lightning_fedmut.divergence import DivergenceMonitor
-from lightning_fedmut.exceptions import Preempted
 from lightning_fedmut.execution import ClientExecutor, ClientTraining, Evaluator, SequentialExecutor
 from lightning_fedmut.functional.state import copy_
 from lightning_fedmut.progress import FitProgress
@@ -155,29 +137,25 @@ class FederatedLoop:
         self.local_steps = None if local_steps is None else check_int("local_steps", local_steps, low=1)
         self.evaluate_every = check_int("evaluate_every", evaluate_every, low=1)
         self.seed = check_int("seed", seed, low=0)
-        self.aggregator = check_instance(
-            "aggregator", FedAvg() if aggregator is None else aggregator, Aggregator, "a lightning_fedmut Aggregator")
-        self.callbacks = check_callbacks(callbacks)
-        self.logger = None if logger is None else check_instance(
+        self.aggregator = checks.check_instance("aggregator", aggregator, Aggregator, "a lightning_fedmut Aggregator", FedAvg)
+        self.callbacks = checks.check_callbacks(callbacks)
+        self.logger = None if logger is None else checks.check_instance(
             "logger", logger, Logger, "a Lightning Logger (e.g. WandbLogger, CSVLogger)")
-        self.trainer_kwargs = check_trainer_kwargs(trainer_kwargs)
-        self.checkpoint_dir = check_checkpoint_dir(checkpoint_dir)
+        self.trainer_kwargs = checks.check_trainer_kwargs(trainer_kwargs)
+        self.checkpoint_dir = checks.check_checkpoint_dir(checkpoint_dir)
         self.min_clients_per_round = check_int(
             "min_clients_per_round", min_clients_per_round, low=1, high=self.clients_per_round)
-        self.on_round_failure = check_choice("on_round_failure", on_round_failure, _ROUND_FAILURE_POLICIES)
-        self.enable_progress_bar = check_bool("enable_progress_bar", enable_progress_bar)
+        self.on_round_failure = checks.check_choice("on_round_failure", on_round_failure, _ROUND_FAILURE_POLICIES)
+        self.enable_progress_bar = checks.check_bool("enable_progress_bar", enable_progress_bar)
         self.client_table_every = check_int("client_table_every", client_table_every, low=1)
-        self.sampler = check_instance(
-            "sampler", UniformSampler() if sampler is None else sampler, ClientSampler, "a ClientSampler")
-        executor = check_instance(
-            "executor", SequentialExecutor() if executor is None else executor, ClientExecutor, "a ClientExecutor")
+        self.sampler = checks.check_instance("sampler", sampler, ClientSampler, "a ClientSampler", UniformSampler)
+        executor = checks.check_instance("executor", executor, ClientExecutor, "a ClientExecutor", SequentialExecutor)
         self.executor = executor_for(executor, None if workers is None else check_int("workers", workers, low=1),
                                      check_int("workers_per_device", workers_per_device, low=1))
-        self.client_states = check_instance(
-            "client_state_store", InMemoryClientStateStore() if client_state_store is None else client_state_store,
-            ClientStateStore, "a ClientStateStore")
-        self.on_client_failure = check_choice("on_client_failure", on_client_failure, CLIENT_FAILURE_POLICIES)
-        self.divergence = check_divergence(divergence)
+        self.client_states = checks.check_instance("client_state_store", client_state_store, ClientStateStore,
+                                                   "a ClientStateStore", InMemoryClientStateStore)
+        self.on_client_failure = checks.check_choice("on_client_failure", on_client_failure, fault.CLIENT_FAILURE_POLICIES)
+        self.divergence = checks.check_divergence(divergence)
         self.evaluator = Evaluator(self.trainer_kwargs)
         self.progress = FitProgress()
         self.checkpoint_connector = CheckpointConnector(
@@ -204,6 +182,11 @@ class FederatedLoop:
     def round(self) -> int:
         """The round in progress (0-based)."""
         return self.progress.round
+
+    @property
+    def num_clients(self) -> int:
+        """The number of clients of the federation (of the ``fit`` in progress, or the last one)."""
+        return len(self._clients)
 
     @property
     def is_global_zero(self) -> bool:
@@ -239,7 +222,7 @@ class FederatedLoop:
         Returns:
             A :class:`FederatedResult` with the per-round history.
         """
-        clients = check_fit(model, clients, val_dataloaders, self.clients_per_round)
+        clients = checks.check_fit(model, clients, val_dataloaders, self.clients_per_round)
         resumed = None if ckpt_path is None else ckpt.load_resume_checkpoint(ckpt_path, self.checkpoint_dir)
         saved = None if resumed is None else resumed[1]
         return self.executor.launch(partial(self._fit, model, clients, val_dataloaders, saved))
@@ -248,7 +231,7 @@ class FederatedLoop:
              ) -> FederatedResult:
         """The body of ``fit``, in every worker process."""
         self._begin(model, clients, val, saved)
-        with quiet_console(), self._signals, self._fit_guard(model):
+        with quiet_console(), self._signals, fault.fit_guard(self, model):
             self._setup(model, saved)
             for r in range(self.progress.rounds_done, self.rounds):
                 self._run_round(model, r)
@@ -261,22 +244,6 @@ class FederatedLoop:
             self._finish(model)
         return FederatedResult(history=self.history, client_history=self.client_history, failures=self.failures,
                                timings=self.timings, module=model)
-
-    @contextmanager
-    def _fit_guard(self, model: LightningModule) -> Iterator[None]:
-        """On any exception: save on Ctrl+C among the clients, tell callbacks and the logger; always tear down."""
-        try:
-            yield
-        except BaseException as exc:
-            if isinstance(exc, (KeyboardInterrupt, Preempted)):
-                if self._in_client_phase:
-                    self.checkpoint_connector.save_on_interrupt(self, model)
-                self._signals.explain(exc, self._in_client_phase)
-            self._call("on_exception", model, exc)
-            tracking.finish_run(self._logger, "failed")
-            raise
-        finally:
-            self._teardown(model)
 
     def _begin(self, model: LightningModule, clients: list[Client], val: Any, saved: dict[str, Any] | None) -> None:
         """Fresh run state; a checkpoint, if any, must match this run."""
@@ -336,13 +303,14 @@ class FederatedLoop:
         self.checkpoint_connector.on_round_start(self)
         self._call("on_round_start", model)
         picked = list(self.sampler.sample(round_index, self._clients, self.clients_per_round))
-        self.sampled_clients = check_sampled(self.sampler, picked, self.clients_per_round, self._client_index,
+        self.round_metrics.update(getattr(self.sampler, "metrics", None) or {})
+        self.sampled_clients = checks.check_sampled(self.sampler, picked, self.clients_per_round, self._client_index,
                                              round_index)
         self.aggregator.reset()
         trained, failed = self._train_clients(model)
         skipped = len(trained) < self.min_clients_per_round
         if skipped:
-            round_failed(self, trained, failed)
+            fault.round_failed(self, trained, failed)
         else:
             self._aggregate(model)
         evaluated = self._val is not None and (
@@ -373,14 +341,14 @@ class FederatedLoop:
                 self._first_results.append(result)
             if result.failed:
                 failed.append({**row, "type": result.error_type, "message": str(result.error)})
-                client_failed(self, result, self._first_results)
+                fault.client_failed(self, result, self._first_results)
             else:
                 self.aggregator.update(result)
                 trained.append({**row, "num_examples": result.num_examples, **result.metrics})
                 new_states.append((task.client.id, result.client_state))
             self._bar.update(1)
         self._in_client_phase = False
-        round_clients_done(self, results, first_round=self.round == self._first_round)
+        fault.round_clients_done(self, results, first_round=self.round == self._first_round)
         if self.divergence is not None:
             self.divergence.on_clients(self, sum(f["type"] == "NonFiniteWeightsError" for f in failed), len(results))
         for client_id, state in new_states:  # stored after the round's clients, so an interrupt saves a whole round
@@ -395,7 +363,8 @@ class FederatedLoop:
         state = model.state_dict()
         new_state = self.aggregator.compute(state)
         copy_([state[k] for k in new_state], list(new_state.values()))
-        check_global_finite(self, state)
+        self.round_metrics.update(getattr(self.aggregator, "metrics", None) or {})  # its figures (FedExP's step)
+        fault.check_global_finite(self, state)
         self._call("on_after_aggregate", model)
 
     def _evaluate(self, model: LightningModule) -> dict[str, float]:

@@ -74,9 +74,6 @@ def run(method: str, seed: int):
     model = DigitsCNN(lr=0.01, momentum=0.5)
     plugins = METHODS[method]()
     plugins.setdefault("aggregator", FedAvg(weighted=False))  # FedMut's uniform mean, for every method
-    callbacks = plugins.setdefault("callbacks", [])
-    if not any(isinstance(cb, ServerReport) for cb in callbacks):
-        callbacks.append(ServerReport())  # log the server plugins' own figures (FedAdam's step norm ...)
     loop = FederatedLoop(rounds=ROUNDS, clients_per_round=10, local_epochs=5, enable_progress_bar=False, seed=seed,
                          **plugins)
     return loop.fit(model, clients, val_dataloaders=DataLoader(test, batch_size=500))

@@ -255,7 +255,4 @@ class Scaffold(FederatedCallback):
 
 def _federation_size(loop: FederatedLoop) -> int:
     """The number of clients handed to ``fit``."""
-    size = getattr(loop, "num_clients", None)
-    if size is None:
-        size = len(loop._clients)  # set by fit before any callback's setup
-    return int(size)
+    return int(loop.num_clients)  # set by fit before any callback's setup

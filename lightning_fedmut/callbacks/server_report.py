@@ -18,14 +18,13 @@ if TYPE_CHECKING:
 
 
 class ServerReport(FederatedCallback):
-    r"""Log the aggregator's and the sampler's own figures, and evaluate the average of the last two global models.
+    r"""Evaluate the average of the last two global models (FedExP's authors' report).
 
-    **Figures.** Server-side plugins that keep figures of the round expose them as a ``metrics`` dict
-    (:class:`~lightning_fedmut.aggregators.FedExP`'s ``fedexp/server_lr``, the FedOpt aggregators'
+    (Server-side plugins' own figures, a ``metrics`` dict on the aggregator or the sampler:
+    :class:`~lightning_fedmut.aggregators.FedExP`'s ``fedexp/server_lr``, the FedOpt aggregators'
     ``<name>/pseudo_gradient_norm`` and ``<name>/step_norm``,
-    :class:`~lightning_fedmut.sampling.ClusteredSampler`'s ``clustered_sampling/clusters``); this callback
-    copies them into ``loop.round_metrics`` after aggregation, so they are logged with the round and kept in
-    the history.
+    :class:`~lightning_fedmut.sampling.ClusteredSampler`'s ``clustered_sampling/clusters``, are copied into
+    ``loop.round_metrics`` by the loop itself, after sampling and after aggregation.)
 
     **The last two iterates** (``average_last_two=True``). FedExP's authors report the average
     ``(w_glb(t) + w_glb(t+1)) / 2`` of the last two global models, because FedExP's iterates oscillate,
@@ -85,10 +84,6 @@ class ServerReport(FederatedCallback):
 
     def on_after_aggregate(self, loop: FederatedLoop, module: LightningModule) -> None:
         self._iterates += 1
-        for plugin in (loop.aggregator, loop.sampler):
-            metrics = getattr(plugin, "metrics", None)
-            if isinstance(metrics, dict):
-                loop.round_metrics.update(metrics)
 
     @torch.no_grad()
     def on_validation_start(self, loop: FederatedLoop, module: LightningModule) -> None:
