@@ -312,6 +312,16 @@ def check_fit(model: Any, clients: Any, val_dataloaders: Any, clients_per_round:
             "Expected `val_dataloaders` to be a DataLoader or a list of DataLoaders, got"
             f" {type(val_dataloaders).__name__}."
         )
+    for i, loader in enumerate(loaders if val_dataloaders is not None else []):
+        try:  # one batch now: a loader that cannot be read fails before any client trains
+            next(iter(loader))
+        except StopIteration:
+            raise ValueError(f"`val_dataloaders`[{i}] yields no batch: give it at least one example.") from None
+        except Exception as exc:
+            raise ValueError(
+                f"`val_dataloaders`[{i}] raised on its first batch ({type(exc).__name__}: {exc}); fix the loader"
+                " before training."
+            ) from exc
     if val_dataloaders is not None and not is_overridden("validation_step", model, LightningModule):
         raise ValueError(
             f"`val_dataloaders` was given but {type(model).__name__} has no `validation_step`:"

@@ -315,7 +315,14 @@ class FederatedLoop:
             self._aggregate(model)
         evaluated = self._val is not None and (
             (round_index + 1) % self.evaluate_every == 0 or round_index + 1 == self.rounds)
-        val_metrics = self._evaluate(model) if evaluated else {}
+        try:
+            val_metrics = self._evaluate(model) if evaluated else {}
+        except Exception:  # keep the aggregated round: record it unevaluated, save it, then stop
+            self.round_metrics["evaluation_failed"] = 1
+            self._round_log.log(trained, failed, skipped, start, {})
+            self.progress.complete_round()
+            self.checkpoint_connector.save(self, model, self.progress.rounds_done)
+            raise
         self._round_log.log(trained, failed, skipped, start, val_metrics)
         self._call("on_round_end", model)
         self.progress.complete_round()

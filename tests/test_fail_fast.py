@@ -338,3 +338,57 @@ def test_resuming_with_other_hyperparameters_or_data_names_each_difference(synth
     for setting in ("model_hparams", "client_data", "callbacks"):
         assert f"{setting}: checkpoint has" in message
     assert "'lr': 0.1" in message and "'radius': 2.0" in message
+
+
+# --------------------------------------------------------------------------- validation data
+class _FlakyValidation(torch.utils.data.Dataset):
+    """Readable until ``broken`` is set."""
+
+    broken = False
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        if _FlakyValidation.broken:
+            raise OSError("the validation share went away")
+        return self.dataset[index]
+
+
+def test_a_validation_loader_that_cannot_be_read_fails_before_training(synthetic):
+    train, val = synthetic
+    _FlakyValidation.broken = True
+    try:
+        loop = FederatedLoop(rounds=2, clients_per_round=2, local_steps=1, enable_progress_bar=False)
+        with pytest.raises(ValueError, match=r"`val_dataloaders`\[0\] raised on its first batch \(OSError: the"):
+            loop.fit(TinyModule(), _clients(train), val_dataloaders=DataLoader(_FlakyValidation(val), batch_size=30))
+    finally:
+        _FlakyValidation.broken = False
+    assert loop.history == []
+
+
+def test_a_validation_loader_that_breaks_mid_run_saves_the_round_first(synthetic, tmp_path):
+    train, val = synthetic
+
+    class BreakAt(FederatedCallback):
+        def on_validation_start(self, loop, module):
+            _FlakyValidation.broken = loop.round == 2
+
+    loop = FederatedLoop(rounds=4, clients_per_round=2, local_steps=1, checkpoint_dir=tmp_path, checkpoint_every=3,
+                         callbacks=[BreakAt()], enable_progress_bar=False)
+    try:
+        with pytest.raises(OSError, match="the validation share went away"):
+            loop.fit(TinyModule(), _clients(train), val_dataloaders=DataLoader(_FlakyValidation(val), batch_size=30))
+    finally:
+        _FlakyValidation.broken = False
+    # round 2 was aggregated: it is kept, marked unevaluated, although checkpoint_every=3 would not save it
+    assert [p.name for p in tmp_path.glob("round-*.ckpt")] == ["round-00003.ckpt"]
+    assert loop.history[-1]["round"] == 2 and loop.history[-1]["evaluation_failed"] == 1
+    resumed = FederatedLoop(rounds=4, clients_per_round=2, local_steps=1, checkpoint_dir=tmp_path, checkpoint_every=3,
+                            enable_progress_bar=False).fit(
+        TinyModule(), _clients(train), val_dataloaders=DataLoader(_FlakyValidation(val), batch_size=30),
+        ckpt_path="last")
+    assert [h["round"] for h in resumed.history] == [0, 1, 2, 3] and "val_acc" in resumed.history[3]
