@@ -214,7 +214,7 @@ def make_clients(
         shuffle: reshuffle every epoch; the order is reproducible because the loop seeds each client's
             training from the run seed.
         val_fraction: hold out this share of each client's examples as its validation data
-            (:attr:`Client.val_data`, split by :func:`train_val_split`); ``None``: no client validation data.
+            (the client's ``val_data``, split by :func:`train_val_split`); ``None``: no client validation data.
             ``num_examples`` counts the training part only.
         seed: seed of the training/validation split.
         val_batch_size: batch size of the validation loaders; default ``batch_size``.

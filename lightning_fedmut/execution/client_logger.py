@@ -24,7 +24,7 @@ class ClientLogger(Logger):
     The executor gives one to each client ``Trainer`` (unless ``trainer_kwargs`` sets ``logger``), so that
     Lightning callbacks that need a logger work inside the federation: ``LearningRateMonitor``'s ``lr-SGD``,
     ``DeviceStatsMonitor``'s statistics, or ``self.logger.log_metrics(...)`` in the module. What it kept
-    joins the client's metrics (:attr:`ClientResult.metrics <lightning_fedmut.tasks.ClientResult.metrics>`),
+    joins the client's metrics (the ``metrics`` of its :class:`~lightning_fedmut.tasks.ClientResult`),
     hence ``result.client_history`` and the W&B client table, under the client's id. The loop's own logger
     (``FederatedLoop(logger=...)``) logs once per round; this one never reaches W&B or the disk by itself.
 

@@ -42,7 +42,7 @@ class SequentialExecutor(ClientExecutor):
     Each client ``Trainer`` logs into a :class:`~lightning_fedmut.execution.ClientLogger` (unless
     ``trainer_kwargs`` sets ``logger``); the result's ``metrics`` are the Trainer's ``callback_metrics`` and,
     after them, what only the logger saw (``LearningRateMonitor``'s ``lr-SGD`` ...). A client with validation
-    data (:attr:`Client.val_data <lightning_fedmut.Client.val_data>`) validates as ``Trainer.fit`` does, at the
+    data (``Client(val_data=...)``) validates as ``Trainer.fit`` does, at the
     end of every local epoch, so ``EarlyStopping`` and ``ReduceLROnPlateau`` can monitor ``val_loss``; its
     validation metrics are those of its trained model (with ``local_steps``, one more validation after the last
     step makes sure). The user's ``EarlyStopping``, ``StochasticWeightAveraging`` and ``Timer`` are shared by
