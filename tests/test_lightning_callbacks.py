@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import sys
 from datetime import timedelta
 
 import pytest
@@ -260,3 +261,25 @@ def test_a_real_logger_in_trainer_kwargs_is_refused_with_the_reason(tmp_path):
         FederatedLoop(rounds=1, clients_per_round=1, trainer_kwargs={"logger": CSVLogger(tmp_path)})
     _fit_without = FederatedLoop(rounds=1, clients_per_round=1, trainer_kwargs={"logger": False})
     assert _fit_without.trainer_kwargs["logger"] is False  # no logger at all stays allowed
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="workers are forked; tested on Linux")
+def test_callbacks_and_client_validation_with_two_workers_equal_one_process(synthetic):
+    """Each client's EarlyStopping starts afresh, so which worker trained the previous client does not matter."""
+    from lightning_fedmut.distributed import DistributedExecutor
+
+    train, val = synthetic
+    clients = make_clients(train, PARTS, batch_size=16, val_fraction=0.25, seed=0)
+
+    def run(executor):
+        torch.manual_seed(0)
+        model = StepLRModule()
+        kwargs = {"callbacks": [EarlyStopping(monitor="val_loss", patience=0, min_delta=0.05), LearningRateMonitor()]}
+        result = FederatedLoop(rounds=2, clients_per_round=3, local_epochs=4, aggregator=FedAvg(weighted=False),
+                               trainer_kwargs=kwargs, seed=0, enable_progress_bar=False, executor=executor).fit(
+            model, clients, val_dataloaders=DataLoader(val, batch_size=60))
+        return result
+
+    one, two = run(None), run(DistributedExecutor(workers=2, timeout=60.0))
+    assert {"lr-SGD", "val_acc", "val_loss"} <= set(one.client_history[0])
+    _same_run(one, two)
