@@ -6,7 +6,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from lightning_fedmut import _tracking as tracking
-from lightning_fedmut.result import weighted_client_means
+from lightning_fedmut._checks import is_validation_metric
+from lightning_fedmut.result import client_metric_spread, weighted_client_means
 
 if TYPE_CHECKING:
     from lightning_fedmut.loop import FederatedLoop
@@ -28,8 +29,10 @@ class RoundLog:
     def log(self, trained: list[dict[str, Any]], failed: list[dict[str, Any]], skipped: bool, start: float,
             val_metrics: dict[str, float]) -> None:
         loop = self.loop
-        row: dict[str, Any] = {"round": loop.round, **weighted_client_means(trained), "clients/trained": len(trained),
-                               "clients/failed": len(failed), "round_skipped": int(skipped), **loop.round_metrics}
+        local = sorted({k for r in trained for k in r if is_validation_metric(k)})  # clients' own validation
+        row: dict[str, Any] = {"round": loop.round, **weighted_client_means(trained), **client_metric_spread(trained, local),
+                               "clients/trained": len(trained), "clients/failed": len(failed),
+                               "round_skipped": int(skipped), **loop.round_metrics}
         loop.history.append(row)
         elapsed = time.perf_counter() - start
         timing = {"round": loop.round, "round_time": elapsed, "clients_per_second": len(trained) / elapsed}

@@ -222,7 +222,8 @@ class FederatedLoop:
         Returns:
             A :class:`FederatedResult` with the per-round history.
         """
-        clients = checks.check_fit(model, clients, val_dataloaders, self.clients_per_round)
+        clients = checks.check_fit(model, clients, val_dataloaders, self.clients_per_round,
+                                   trainer_kwargs=self.trainer_kwargs)
         resumed = None if ckpt_path is None else ckpt.load_resume_checkpoint(ckpt_path, self.checkpoint_dir)
         saved = None if resumed is None else resumed[1]
         return self.executor.launch(partial(self._fit, model, clients, val_dataloaders, saved))
@@ -315,15 +316,9 @@ class FederatedLoop:
             self._aggregate(model)
         evaluated = self._val is not None and (
             (round_index + 1) % self.evaluate_every == 0 or round_index + 1 == self.rounds)
-        try:
-            val_metrics = self._evaluate(model) if evaluated else {}
-        except Exception:  # keep the aggregated round: record it unevaluated, save it, then stop
-            self.round_metrics["evaluation_failed"] = 1
-            self._round_log.log(trained, failed, skipped, start, {})
-            self.progress.complete_round()
-            self.checkpoint_connector.save(self, model, self.progress.rounds_done)
-            raise
-        self._round_log.log(trained, failed, skipped, start, val_metrics)
+        keep = partial(self._round_log.log, trained, failed, skipped, start)
+        val_metrics = self._evaluate(model, keep) if evaluated else {}
+        keep(val_metrics)
         self._call("on_round_end", model)
         self.progress.complete_round()
 
@@ -374,14 +369,21 @@ class FederatedLoop:
         fault.check_global_finite(self, state)
         self._call("on_after_aggregate", model)
 
-    def _evaluate(self, model: LightningModule) -> dict[str, float]:
+    def _evaluate(self, model: LightningModule, keep: Any) -> dict[str, float]:
         self._call("on_validation_start", model)
         try:
-            metrics = self.executor.evaluate(self.evaluator, model, self._val)
-        except SystemExit:  # Lightning's SIGTERM exit: the signal is pending, the round is finished first
-            if self._signals.pending is None:
-                raise
-            metrics = self.executor.evaluate(self.evaluator, model, self._val)
+            try:
+                metrics = self.executor.evaluate(self.evaluator, model, self._val)
+            except SystemExit:  # Lightning's SIGTERM exit: the signal is pending, the round is finished first
+                if self._signals.pending is None:
+                    raise
+                metrics = self.executor.evaluate(self.evaluator, model, self._val)
+        except Exception:  # the data broke: keep the aggregated round, recorded unevaluated and saved, then stop
+            self.round_metrics["evaluation_failed"] = 1
+            keep({})
+            self.progress.complete_round()
+            self.checkpoint_connector.save(self, model, self.progress.rounds_done)
+            raise
         if self.divergence is not None:
             self.divergence.on_evaluation(self, metrics, model.state_dict())
         self.round_metrics.update(metrics)

@@ -198,7 +198,7 @@ def test_wandb_run_config_holds_the_flags_without_an_agent(tmp_path, capsys, mon
                           " or the class path of a LightningDataModule, got 'imagenet'")),
     (["--partition.scheme=random"], "--partition.scheme: expected one of iid, dirichlet, shards, json, got 'random'"),
     (["--config", "missing.yaml"], "--config: file not found: "),
-    (["--mutation.radius=-1"], "--mutation: MutationCallback(...) rejected its arguments: Expected `radius` in [0.0, inf), got -1.0."),
+    (["--mutation.radius=-1"], "--mutation: MutationCallback(...) rejected its arguments: Expected `radius` in [0.0, 1000000.0], got -1.0."),
     ([*TINY, "--loop.clients_per_round=9"], "--loop.clients_per_round: expected at most the number of clients (4), got 9"),
     ([*TINY, "--partition.scheme=json"], "--partition.path: expected a JSON file with --partition.scheme=json, got none"),
     ([*TINY, "--partition.num_clients=5000"], "--partition: Expected `num_clients` to be an integer <= 600, got 5000."),

@@ -287,3 +287,19 @@ def test_client_metric_spread_against_numpy(synthetic):
     got = client_metric_spread(last, ["val_acc"])
     assert got["clients/val_acc_std"] == pytest.approx(float(values.std()), abs=1e-15)
     assert (got["clients/val_acc_min"], got["clients/val_acc_max"]) == (values.min(), values.max())
+
+
+def test_the_history_holds_the_spread_of_the_clients_local_accuracy(synthetic):
+    from lightning_fedmut import FederatedLoop
+    from lightning_fedmut.data import make_clients as make
+    from lightning_fedmut.data import partition_iid as iid
+
+    train, _ = synthetic
+    clients = make(train, iid(len(train), 6, seed=0), batch_size=16, val_fraction=0.25)
+    result = FederatedLoop(rounds=2, clients_per_round=4, local_steps=2, enable_progress_bar=False, seed=0).fit(
+        TinyModule(), clients)
+    for row in result.history:
+        local = [c["val_acc"] for c in result.client_history if c["round"] == row["round"]]
+        assert row["clients/val_acc_mean"] == pytest.approx(np.mean(local), abs=1e-12)
+        assert row["clients/val_acc_std"] == pytest.approx(np.std(local), abs=1e-12)
+        assert (row["clients/val_acc_min"], row["clients/val_acc_max"]) == (min(local), max(local))

@@ -161,7 +161,8 @@ def test_fresh_optimizer_per_client(synthetic):
             return opt
 
     FederatedLoop(rounds=2, clients_per_round=3, local_steps=1, seed=0).fit(CountOptim(), _clients(train))
-    assert len(made) == 6  # one optimizer per client per round
+    # one optimizer per client per round, and one made by fit's check (does a scheduler monitor val_*?) on a copy
+    assert len(made) == 6 + 1
 
 
 def test_working_copy_made_once(synthetic, monkeypatch):
@@ -177,8 +178,12 @@ def test_working_copy_made_once(synthetic, monkeypatch):
         return real(obj, *a, **k)
 
     monkeypatch.setattr("lightning_fedmut.execution.sequential.copy.deepcopy", counting)
+    FederatedLoop(rounds=1, clients_per_round=1, local_steps=1, seed=0).fit(TinyModule(), _clients(train))
+    per_fit = list(calls)
+    calls.clear()
     FederatedLoop(rounds=3, clients_per_round=3, local_steps=1, seed=0).fit(TinyModule(), _clients(train))
-    assert calls == ["TinyModule"]
+    # the working copy, and the throwaway one fit's checks call configure_optimizers on: never per client or round
+    assert calls == per_fit == ["TinyModule", "TinyModule"]
 
 
 def test_csv_logger_gets_round_steps(synthetic, tmp_path):

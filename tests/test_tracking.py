@@ -148,7 +148,7 @@ def test_progress_bar_on_and_off(synthetic, capsys):
     FederatedLoop(rounds=2, clients_per_round=2, local_steps=1, seed=0).fit(
         TinyModule(), clients, val_dataloaders=DataLoader(val, batch_size=60))
     err = capsys.readouterr().err
-    assert "round 2/2" in err and "4/4" in err and "val_acc=" in err
+    assert "round 1: 100%" in err and "4/4" in err and "val_acc=" in err
     FederatedLoop(rounds=2, clients_per_round=2, local_steps=1, seed=0, enable_progress_bar=False).fit(
         TinyModule(), clients, val_dataloaders=DataLoader(val, batch_size=60))
     captured = capsys.readouterr()
