@@ -1,10 +1,11 @@
-"""The ``lightning-fedmut`` command: ``fit``, ``demo`` and ``sweep``.
+"""The ``lightning-fedmut`` command: ``fit``, ``demo``, ``sweep`` and ``benchmark``.
 
 ``lightning-fedmut fit`` federates any LightningModule (``--model`` by class path), built on jsonargparse
 like LightningCLI: ``--config run.yaml``, ``--print_config``, and every flag in the ``--key=value`` form
 that ``wandb agent`` passes. ``lightning-fedmut demo`` compares FedMut with FedAvg on the bundled digits
 in about a minute. ``lightning-fedmut sweep FILE`` runs a W&B sweep file's configurations locally, as
-offline W&B runs of one group. Argument errors print one line and exit with code 2.
+offline W&B runs of one group. ``lightning-fedmut benchmark CONFIG`` runs a table of methods x partitions x
+seeds, resumably, and writes it in the FedMut paper's form. Argument errors print one line and exit with code 2.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ COMMANDS = {
     "fit": "federate a LightningModule (flags or --config YAML; --print_config shows the full config)",
     "demo": "FedMut vs FedAvg on the bundled digits: a per-round table, two plots, W&B runs",
     "sweep": "run a W&B sweep file's grid or random configurations locally, as offline W&B runs",
+    "benchmark": "methods x partitions x seeds from one file, resumable: the paper's table, CSV, curves",
 }
 
-USAGE = "usage: lightning-fedmut {fit,demo,sweep} [options]   (lightning-fedmut COMMAND --help)\n\ncommands:\n" + "\n".join(
-    f"  {name:<6} {text}" for name, text in COMMANDS.items()
+USAGE = "usage: lightning-fedmut {fit,demo,sweep,benchmark} [options]   (lightning-fedmut COMMAND --help)\n\ncommands:\n" + "\n".join(
+    f"  {name:<9} {text}" for name, text in COMMANDS.items()
 )
 
 
@@ -58,6 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from lightning_fedmut.cli.sweep import sweep_main
 
             return sweep_main(rest)
+        if command == "benchmark":
+            from lightning_fedmut.cli.benchmark import benchmark_main
+
+            return benchmark_main(rest)
         raise CLIError(f"unknown command {command!r}: expected one of {', '.join(COMMANDS)}")
     except CLIError as err:
         if command not in COMMANDS:

@@ -1,0 +1,532 @@
+"""A benchmark's configuration: methods x partitions x seeds, each cell one ``lightning-fedmut fit`` config.
+
+A benchmark file (YAML) names one data set and model, the ``fit`` arguments every cell shares, the methods
+(each a set of ``fit`` arguments: ``mutation``, ``aggregator``, ``callbacks``, ``loop.*`` ...), the partitions
+and the seeds. :func:`load_benchmark` checks all of it against the ``fit`` command's schema, so that a
+misspelled key, an unknown method or partition name or a bad value is one line, before any cell runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["METHODS", "Benchmark", "Cell", "load_benchmark", "partition_options"]
+
+_MUTATION = "lightning_fedmut.callbacks.MutationCallback"
+
+
+def _plugin(class_path: str, **init_args: Any) -> dict[str, Any]:
+    return {"class_path": class_path, "init_args": init_args} if init_args else {"class_path": class_path}
+
+
+#: The built-in methods by name: the ``fit`` arguments each adds to a cell (tutorial 8's settings: the
+#: methods' defaults, FedProx's mu = 0.01 as in the FedMut paper, FedAdam's and FedYogi's server_lr 0.03, FedExP
+#: evaluated on the average of its last two iterates, FedMut with radius 4, acceleration 0.3 over 50 rounds).
+#: Every method aggregates with the uniform mean unless it names its own aggregator.
+METHODS: dict[str, dict[str, Any]] = {
+    "FedAvg": {},
+    "FedMut": {"mutation": _plugin(_MUTATION, radius=4.0, acceleration=0.3, acceleration_rounds=50)},
+    "FedProx": {"callbacks": [_plugin("lightning_fedmut.callbacks.FedProx", mu=0.01)]},
+    "SCAFFOLD": {"callbacks": [_plugin("lightning_fedmut.callbacks.Scaffold")]},
+    "FedAvgM": {"aggregator": _plugin("lightning_fedmut.aggregators.FedAvgM", server_lr=1.0, momentum=0.9)},
+    "FedAdagrad": {"aggregator": _plugin("lightning_fedmut.aggregators.FedAdagrad", server_lr=0.1)},
+    "FedAdam": {"aggregator": _plugin("lightning_fedmut.aggregators.FedAdam", server_lr=0.03)},
+    "FedYogi": {"aggregator": _plugin("lightning_fedmut.aggregators.FedYogi", server_lr=0.03)},
+    "FedExP": {"aggregator": _plugin("lightning_fedmut.aggregators.FedExP", epsilon=1e-3),
+               "callbacks": [_plugin("lightning_fedmut.callbacks.ServerReport", average_last_two=True)]},
+    "FedMR": {"callbacks": [_plugin("lightning_fedmut.callbacks.FedMR")]},
+    "Clustered sampling": {"loop": {"sampler": _plugin("lightning_fedmut.sampling.ClusteredSampler")}},
+}
+
+_TOP_LEVEL = ("name", "description", "data", "model", "fit", "methods", "partitions", "seeds", "metric", "goal",
+              "last", "gain", "parallel", "logger", "project", "published", "source")
+#: What every cell starts from before the benchmark's ``fit`` arguments: no mutation unless a method asks for it
+#: (``fit``'s own default is FedMut), no Lightning checkpoints of the global model, no progress bar.
+_BASE: dict[str, Any] = {"mutation": None, "model_checkpoint": None, "loop": {"enable_progress_bar": False}}
+#: ``fit`` arguments the benchmark sets itself, per cell.
+_MANAGED = ("config", "seed", "ckpt_path", "logger", "project", "group", "run_name", "save_dir", "history_file",
+            "loop.checkpoint_dir", "data")
+_GOALS = ("max", "min")
+_LOGGERS = ("wandb", "csv", "none")
+_DIRICHLET = re.compile(r"(?:dir|dirichlet)[-_ :(]*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\)?", re.IGNORECASE)
+_SHARDS = re.compile(r"shards?[-_ :(]*([0-9]+)\)?", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of a benchmark: a method under a partition with a seed.
+
+    Attributes:
+        method: the method's name (a row of the table).
+        partition: the partition's name (a column).
+        seed: the run's seed (model initialisation, partition, client order, mutation).
+        args: the ``fit`` arguments of the cell as given (merged from the benchmark's layers).
+        config: the same arguments resolved by the ``fit`` schema (every default filled in): what a finished
+            cell is compared with when the benchmark runs again.
+        folder: the cell's folder, relative to the benchmark's output folder.
+    """
+
+    method: str
+    partition: str
+    seed: int
+    args: dict[str, Any] = field(repr=False)
+    config: dict[str, Any] = field(repr=False)
+    folder: str = ""
+
+    @property
+    def name(self) -> str:
+        """The run's name, in W&B and the console: ``method | partition | seed s``."""
+        return f"{self.method} | {self.partition} | seed {self.seed}"
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A checked benchmark: what :func:`load_benchmark` returns and :func:`~lightning_fedmut.experiments.run_benchmark`
+    runs.
+
+    Attributes:
+        name: the benchmark's name: the W&B group of its runs and the default output folder.
+        data: the data set (a built-in name or a LightningDataModule config), as ``fit``'s ``data``.
+        methods: the rows of the table, in order.
+        partitions: the columns, in order, with the ``fit`` partition options of each.
+        seeds: the seeds every cell runs with.
+        cells: every run, methods outermost, then partitions, then seeds.
+        metric: the history key the table reports (default ``val_acc``).
+        goal: ``max`` or ``min``: which value of ``metric`` is best (bold).
+        last: each run's value is the mean of its last ``last`` evaluations of ``metric``.
+        gain: ``(method, baseline)`` of the table's last row (default FedMut over FedAvg when both run).
+        parallel: how many cells run at once, each in its own process.
+        logger: ``wandb``, ``csv`` or ``none``.
+        project: the W&B project (default: ``WANDB_PROJECT`` or ``lightning-fedmut``).
+        description: a line shown above the table.
+        published: published numbers to show beside the table: ``{method: {partition: value}}``.
+        source: where the published numbers come from.
+    """
+
+    name: str
+    data: Any
+    methods: tuple[str, ...]
+    partitions: dict[str, dict[str, Any]]
+    seeds: tuple[int, ...]
+    cells: tuple[Cell, ...]
+    metric: str = "val_acc"
+    goal: str = "max"
+    last: int = 5
+    gain: tuple[str, str] | None = None
+    parallel: int = 1
+    logger: str = "wandb"
+    project: str | None = None
+    description: str | None = None
+    published: dict[str, dict[str, float]] = field(default_factory=dict)
+    source: str | None = None
+
+
+def partition_options(name: str) -> dict[str, Any]:
+    """The ``fit`` partition options that a partition's short name stands for.
+
+    ``iid``; ``dir0.1`` (also ``dirichlet-0.1``, ``Dir(0.1)``): Dirichlet labels with that concentration;
+    ``shards2``: label-sorted shards, that many per client; ``json:PATH``: a ``{client: [indices]}`` file such
+    as the FedMut reference code's partition files.
+
+    Examples:
+        >>> partition_options("Dir(0.5)"), partition_options("iid")
+        ({'scheme': 'dirichlet', 'alpha': 0.5}, {'scheme': 'iid'})
+        >>> partition_options("json:parts/cifar10_dir0.1.json")
+        {'scheme': 'json', 'path': 'parts/cifar10_dir0.1.json'}
+        >>> partition_options("dirchlet")
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected a partition name among iid, dir<alpha> (e.g. dir0.1), shards<n> (e.g. shards2) and json:<path>, or a mapping of the name to fit's partition options, got 'dirchlet'.
+    """
+    text = str(name).strip()
+    if text.lower() == "iid":
+        return {"scheme": "iid"}
+    if text.lower().startswith("json:") and len(text) > 5:
+        return {"scheme": "json", "path": text[5:]}
+    match = _DIRICHLET.fullmatch(text)
+    if match:
+        return {"scheme": "dirichlet", "alpha": float(match.group(1))}
+    match = _SHARDS.fullmatch(text)
+    if match:
+        return {"scheme": "shards", "shards_per_client": int(match.group(1))}
+    raise ValueError("Expected a partition name among iid, dir<alpha> (e.g. dir0.1), shards<n> (e.g. shards2) and"
+                     f" json:<path>, or a mapping of the name to fit's partition options, got {name!r}.")
+
+
+def partition_label(name: str) -> str:
+    """How the table heads a partition given by its short name.
+
+    Examples:
+        >>> [partition_label(n) for n in ("iid", "dir0.1", "shards2", "json:a/b.json")]
+        ['IID', 'Dir(0.1)', 'Shards(2)', 'b.json']
+    """
+    options = partition_options(name)
+    if options["scheme"] == "iid":
+        return "IID"
+    if options["scheme"] == "dirichlet":
+        return f"Dir({options['alpha']:g})"
+    if options["scheme"] == "shards":
+        return f"Shards({options['shards_per_client']})"
+    return Path(options["path"]).name
+
+
+def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``update`` over ``base``: mappings merge key by key, a plugin given another ``class_path`` replaces the
+    old one, ``callbacks`` lists add up, anything else is replaced.
+
+    Examples:
+        >>> merge({"loop": {"rounds": 3, "local_epochs": 5}, "callbacks": [1]}, {"loop": {"rounds": 9}, "callbacks": [2]})
+        {'loop': {'rounds': 9, 'local_epochs': 5}, 'callbacks': [1, 2]}
+        >>> merge({"aggregator": {"class_path": "a.A", "init_args": {"x": 1}}}, {"aggregator": {"class_path": "b.B"}})
+        {'aggregator': {'class_path': 'b.B'}}
+    """
+    out = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        old = out.get(key)
+        if key == "callbacks" and isinstance(old, list) and isinstance(value, list):
+            out[key] = old + copy.deepcopy(value)
+        elif isinstance(old, Mapping) and isinstance(value, Mapping) and not _replaces(old, value):
+            out[key] = merge(old, value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _replaces(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    return "class_path" in new and "class_path" in old and _short(new["class_path"]) != _short(old["class_path"])
+
+
+def _short(class_path: Any) -> str:
+    return str(class_path).rsplit(".", 1)[-1]
+
+
+def slug(text: str) -> str:
+    """A folder name for a method or partition name.
+
+    Examples:
+        >>> slug("FedMut (radius 0.5) + FedAdam"), slug("Dir(0.1)")
+        ('fedmut-radius-0-5-fedadam', 'dir-0-1')
+    """
+    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "x"
+
+
+# ------------------------------------------------------------------------------------------ the fit schema
+@functools.lru_cache(maxsize=4)
+def cell_parser(data: str | None, model: str | None) -> Any:
+    """``fit``'s parser for a benchmark on ``data`` (a built-in name; None for a DataModule) with ``model`` (a
+    class path; None for the data set's default model), plus ``callbacks``: a list of federated callbacks."""
+    from lightning_fedmut.callbacks import FederatedCallback
+    from lightning_fedmut.cli.fit import fit_parser
+
+    argv = (["--data", data] if data else []) + (["--model", model] if model else [])
+    parser = fit_parser(argv)
+    parser.add_argument("--callbacks", type=list[FederatedCallback] | None, default=None,
+                        help="Federated callbacks of the method (FedProx, Scaffold, FedMR, ServerReport ...).")
+    return parser
+
+
+def _known_keys(parser: Any) -> list[str]:
+    return sorted({a.dest for a in parser._actions if a.dest not in ("help", "config") and not a.dest.endswith(".help")})
+
+
+def check_keys(args: Mapping[str, Any], parser: Any, where: str, forbidden: Sequence[str] = _MANAGED) -> None:
+    """Raise a one-line ``ValueError`` for a key of ``args`` that ``fit`` does not take or that the benchmark
+    sets itself."""
+    known = _known_keys(parser)
+
+    def walk(tree: Mapping[str, Any], prefix: str) -> None:
+        for key, value in tree.items():
+            name = f"{prefix}{key}"
+            if name in forbidden:
+                raise ValueError(f"{where}: `{name}` is set by the benchmark for each cell"
+                                 f"{' (use `seeds`)' if name == 'seed' else ''}; remove it")
+            if name in known:
+                continue
+            if isinstance(value, Mapping) and any(k.startswith(f"{name}.") for k in known):
+                walk(value, f"{name}.")
+                continue
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f" (did you mean `{close[0]}`?)" if close else ""
+            raise ValueError(f"{where}: `{name}` is not an argument of `lightning-fedmut fit`{hint}")
+
+    walk(args, "")
+
+
+def resolve(args: Mapping[str, Any], parser: Any, where: str) -> Any:
+    """Parse a cell's ``fit`` arguments; a bad value is one ``ValueError`` line naming ``where`` and the key."""
+    from jsonargparse import ArgumentError
+
+    from lightning_fedmut.cli._parser import one_line_error
+
+    try:
+        return parser.parse_object(_mutation_class(args))
+    except (ArgumentError, ValueError, TypeError) as err:  # jsonargparse's errors, or a type's own check
+        raise ValueError(f"{where}: {one_line_error(str(err), parser)}") from None
+
+
+def _mutation_class(args: Mapping[str, Any]) -> dict[str, Any]:
+    """``mutation: {init_args: ...}`` without a class path means FedMut's MutationCallback."""
+    out = dict(args)
+    mutation = out.get("mutation")
+    if isinstance(mutation, Mapping) and "class_path" not in mutation:
+        out["mutation"] = {"class_path": _MUTATION, **mutation}
+    return out
+
+
+def check_plugins(cfg: Any, where: str) -> None:
+    """Build the method's plugins once (cheap), so that their constructors' checks run before any cell."""
+    from lightning_fedmut.aggregators import Aggregator
+    from lightning_fedmut.callbacks import FederatedCallback, MutationCallback
+    from lightning_fedmut.cli._parser import CLIError
+    from lightning_fedmut.cli.fit import _build
+    from lightning_fedmut.sampling import ClientSampler
+
+    try:
+        _build("mutation", MutationCallback | None, cfg.mutation)
+        _build("aggregator", Aggregator, cfg.aggregator)
+        _build("callbacks", list[FederatedCallback] | None, cfg.callbacks)
+        _build("loop.sampler", ClientSampler | None, cfg.loop.sampler)
+    except CLIError as err:
+        raise ValueError(f"{where}: {err.message}") from None
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def read_config(source: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """The benchmark config as a mapping, and its name for messages (the file name)."""
+    if isinstance(source, Mapping):
+        return copy.deepcopy(dict(source)), "benchmark"
+    path = Path(source)
+    if not path.is_file():
+        raise ValueError(f"CONFIG: expected a benchmark file (YAML), got {str(source)!r}: no such file")
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ValueError(f"CONFIG: {str(source)!r} is not valid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(content, dict):
+        raise TypeError(f"{path.name}: expected a mapping with `data`, `methods`, `partitions` and `seeds`,"
+                         f" got {type(content).__name__}")
+    content.setdefault("name", path.stem)
+    return content, path.name
+
+
+def load_benchmark(source: str | os.PathLike | Mapping[str, Any], overrides: Mapping[str, Any] | None = None
+                   ) -> Benchmark:
+    """Read and check a benchmark config (a YAML file or a mapping); every problem is one line, a ``ValueError``
+    (a ``TypeError`` for a value of the wrong kind), raised before anything runs.
+
+    Args:
+        source: the benchmark file, or its content as a mapping.
+        overrides: merged over the config first (mappings key by key), e.g. ``{"seeds": 1, "fit": {"loop":
+            {"rounds": 3}}}`` for a quick run of a shipped config.
+
+    Examples:
+        >>> bench = load_benchmark({"name": "tiny", "data": "digits", "methods": ["FedAvg", "FedMut"],
+        ...                         "partitions": ["iid", "dir0.1"], "seeds": 2, "fit": {"loop": {"rounds": 2}}})
+        >>> bench.methods, list(bench.partitions), bench.seeds, len(bench.cells)
+        (('FedAvg', 'FedMut'), ['IID', 'Dir(0.1)'], (0, 1), 8)
+        >>> bench.cells[-1].name, bench.cells[-1].folder, bench.gain
+        ('FedMut | Dir(0.1) | seed 1', 'cells/fedmut/dir-0-1/seed-1', ('FedMut', 'FedAvg'))
+        >>> load_benchmark({"data": "digits", "methods": ["FedAvg", "FedNope"], "partitions": ["iid"], "seeds": 1})
+        Traceback (most recent call last):
+        ...
+        ValueError: benchmark: methods: unknown method 'FedNope': expected one of FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, Clustered sampling, or a mapping of the method's name to its fit arguments
+    """
+    config, where = read_config(source)
+    if overrides:
+        config = merge(config, overrides)
+    try:
+        return _check(config, where)
+    except (ValueError, TypeError) as err:
+        message = str(err)
+        raise type(err)(message if message.startswith(f"{where}: ") else f"{where}: {message}") from None
+
+
+def _check(config: dict[str, Any], where: str) -> Benchmark:
+    from lightning_fedmut.cli.fit import config_dict
+
+    unknown = [k for k in config if k not in _TOP_LEVEL]
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), _TOP_LEVEL, n=1, cutoff=0.6)
+        hint = f" (did you mean `{close[0]}`?)" if close else ""
+        raise ValueError(f"unknown key `{unknown[0]}`{hint}; a benchmark file takes {', '.join(_TOP_LEVEL)}")
+    for key in ("data", "methods", "partitions", "seeds"):
+        if config.get(key) is None:
+            raise ValueError(f"`{key}` is required")
+    name = str(config.get("name") or "benchmark")
+    data = config["data"]
+    model = config.get("model")
+    model_path = model if isinstance(model, str) else (model or {}).get("class_path") if isinstance(model, Mapping) else None
+    parser = cell_parser(data if isinstance(data, str) else None, model_path)
+    common = config.get("fit") or {}
+    if not isinstance(common, Mapping):
+        raise TypeError(f"fit: expected a mapping of lightning-fedmut fit arguments, got {common!r}")
+    check_keys(common, parser, "fit", forbidden=(*_MANAGED, "partition.scheme"))
+    methods = _methods(config["methods"])
+    partitions = _partitions(config["partitions"])
+    seeds = _seeds(config["seeds"])
+    base = merge(_BASE, {"data": data, **({"model": model} if model is not None else {})})
+    base = merge(base, common)
+    cells = []
+    for method, method_args in methods.items():
+        check_keys(method_args, parser, f"methods.{method}", forbidden=(*_MANAGED, "partition"))
+        checked = False
+        for label, options in partitions.items():
+            for seed in seeds:
+                args = merge(merge(base, method_args), {"partition": options, "seed": seed})
+                cfg = resolve(args, parser, f"methods.{method}" if not checked else f"partitions.{label}")
+                if not checked:
+                    check_plugins(cfg, f"methods.{method}")
+                    checked = True
+                folder = f"cells/{slug(method)}/{slug(label)}/seed-{seed}"
+                cells.append(Cell(method, label, seed, args, config_dict(cfg), folder))
+    _unique_folders(methods, partitions)
+    gain = _gain(config.get("gain", "default"), tuple(methods))
+    metric = config.get("metric", "val_acc")
+    if not isinstance(metric, str) or not metric:
+        raise ValueError(f"metric: expected a history key such as val_acc, got {metric!r}")
+    goal = config.get("goal", "max")
+    if goal not in _GOALS:
+        raise ValueError(f"goal: expected one of max, min, got {goal!r}")
+    logger = config.get("logger", "wandb")
+    if logger not in _LOGGERS:
+        raise ValueError(f"logger: expected one of wandb, csv, none, got {logger!r}")
+    workers = (cells[0].config.get("loop") or {}).get("workers") if cells else None
+    parallel = _positive("parallel", config.get("parallel", 1))
+    if parallel > 1 and workers not in (None, 1):
+        raise ValueError(f"parallel: expected 1 when fit.loop.workers is set (each cell already uses {workers}"
+                         f" processes), got {parallel}")
+    return Benchmark(
+        name=name, data=data, methods=tuple(methods), partitions=partitions, seeds=seeds, cells=tuple(cells),
+        metric=metric, goal=goal, last=_positive("last", config.get("last", 5)), gain=gain, parallel=parallel,
+        logger=logger, project=config.get("project"), description=config.get("description"),
+        published=_published(config.get("published") or {}, tuple(methods), tuple(partitions)),
+        source=config.get("source"),
+    )
+
+
+def _methods(value: Any) -> dict[str, dict[str, Any]]:
+    names = ", ".join(METHODS)
+
+    def preset(name: Any) -> dict[str, Any]:
+        if name not in METHODS:
+            close = difflib.get_close_matches(str(name), list(METHODS), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ValueError(f"methods: unknown method {name!r}{hint}: expected one of {names}, or a mapping of the"
+                             " method's name to its fit arguments")
+        return copy.deepcopy(METHODS[name])
+
+    if isinstance(value, str) or not isinstance(value, (Sequence, Mapping)) or not value:
+        raise ValueError(f"methods: expected a non-empty list of method names or a mapping of names to fit"
+                         f" arguments, got {value!r}")
+    if not isinstance(value, Mapping):
+        out = {}
+        for name in value:
+            if name in out:
+                raise ValueError(f"methods: {name!r} is listed twice")
+            out[str(name)] = preset(name)
+        return out
+    out = {}
+    for name, args in value.items():
+        if args is None:
+            out[str(name)] = preset(name)
+        elif isinstance(args, Mapping):
+            args = dict(args)
+            base = args.pop("base", None)
+            out[str(name)] = merge(preset(base), args) if base is not None else args
+        else:
+            raise ValueError(f"methods.{name}: expected a mapping of fit arguments (or null for the built-in"
+                             f" method of that name), got {args!r}")
+    return out
+
+
+def _partitions(value: Any) -> dict[str, dict[str, Any]]:
+    if isinstance(value, str) or not isinstance(value, (Sequence, Mapping)) or not value:
+        raise ValueError(f"partitions: expected a non-empty list of partition names (iid, dir0.1 ...) or a mapping"
+                         f" of names to fit's partition options, got {value!r}")
+    out: dict[str, dict[str, Any]] = {}
+    items = value.items() if isinstance(value, Mapping) else ((None, v) for v in value)
+    for label, options in items:
+        try:
+            if label is None:
+                label, options = partition_label(options), partition_options(options)
+            elif options is None:
+                options = partition_options(label)
+            elif isinstance(options, str):
+                options = partition_options(options)
+        except ValueError as err:
+            raise ValueError(f"partitions: {err}") from None
+        if not isinstance(options, Mapping):
+            raise TypeError(f"partitions.{label}: expected a mapping of fit's partition options (scheme, alpha,"
+                             f" num_clients ...) or a partition name, got {options!r}")
+        if str(label) in out:
+            raise ValueError(f"partitions: {label!r} is listed twice")
+        out[str(label)] = dict(options)
+    return out
+
+
+def _seeds(value: Any) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ValueError(f"seeds: expected a number of seeds >= 1 or a list of seeds, got {value}")
+        return tuple(range(value))
+    if isinstance(value, Sequence) and not isinstance(value, str) and value and all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
+        if len(set(value)) != len(value):
+            raise ValueError(f"seeds: expected distinct seeds, got {list(value)}")
+        return tuple(int(s) for s in value)
+    raise ValueError(f"seeds: expected a number of seeds >= 1 or a list of integers >= 0, got {value!r}")
+
+
+def _positive(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+    return value
+
+
+def _gain(value: Any, methods: tuple[str, ...]) -> tuple[str, str] | None:
+    if value == "default":
+        return ("FedMut", "FedAvg") if {"FedMut", "FedAvg"} <= set(methods) else None
+    if value is None:
+        return None
+    if (isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2
+            and all(v in methods for v in value) and value[0] != value[1]):
+        return str(value[0]), str(value[1])
+    raise ValueError(f"gain: expected [method, baseline], two of the benchmark's methods ({', '.join(methods)}),"
+                     f" or null, got {value!r}")
+
+
+def _published(value: Any, methods: tuple[str, ...], partitions: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"published: expected a mapping {{method: {{partition: value}}}}, got {value!r}")
+    out: dict[str, dict[str, float]] = {}
+    for method, row in value.items():
+        if not isinstance(row, Mapping):
+            raise TypeError(f"published.{method}: expected a mapping {{partition: value}}, got {row!r}")
+        for label, number in row.items():
+            if label not in partitions:
+                raise ValueError(f"published.{method}: unknown partition {label!r}: expected one of"
+                                 f" {', '.join(partitions)}")
+            if isinstance(number, bool) or not isinstance(number, (int, float)):
+                raise TypeError(f"published.{method}.{label}: expected a number, got {number!r}")
+            out.setdefault(str(method), {})[str(label)] = float(number)
+    return out
+
+
+def _unique_folders(methods: Mapping[str, Any], partitions: Mapping[str, Any]) -> None:
+    for kind, names in (("methods", list(methods)), ("partitions", list(partitions))):
+        seen: dict[str, str] = {}
+        for name in names:
+            other = seen.setdefault(slug(name), name)
+            if other != name:
+                raise ValueError(f"{kind}: {other!r} and {name!r} would share the folder {slug(name)!r}:"
+                                 " rename one")

@@ -1,0 +1,430 @@
+"""Running a benchmark: every cell a federated ``fit``, resumable, one after another or several at once.
+
+Each cell has a folder under the output folder, ``cells/<method>/<partition>/seed-<s>/``:
+
+- ``cell.json``: the cell's resolved ``fit`` config, written before it runs;
+- ``checkpoints/``: its federated checkpoints (``loop.checkpoint_dir``), one per round, so that a killed cell
+  resumes from its last completed round (``ckpt_path="last"``) and ends as an uninterrupted one would;
+- ``history.json``: written when the cell finishes, atomically: the per-round history, the W&B run (the
+  checkpoints are then deleted);
+- ``failed.json``: the error of a cell that failed (it runs again, from its checkpoints, on the next run).
+
+A finished cell (``history.json`` of the same config) is skipped; a cell folder that holds a run of other
+arguments is refused before anything runs, so that a table never mixes two settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import traceback
+import typing
+from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lightning_fedmut.experiments.config import Benchmark, Cell, cell_parser, load_benchmark, merge, resolve, slug
+from lightning_fedmut.experiments.report import run_value, summarize, write_report
+
+__all__ = ["BenchmarkResult", "run_benchmark", "run_cell"]
+
+HISTORY, FAILED, CELL = "history.json", "failed.json", "cell.json"
+
+
+@dataclass
+class BenchmarkResult:
+    """What :func:`run_benchmark` returns.
+
+    Attributes:
+        benchmark: the checked benchmark.
+        output_dir: where its files are.
+        records: one per cell, in the benchmark's order: ``status`` (``ok``, ``failed`` or ``missing``),
+            ``method``, ``partition``, ``seed``, ``run_name``, ``run_id``, ``history`` (ok) or ``error`` (failed).
+        summary: every number of the table (see :func:`~lightning_fedmut.experiments.summarize`).
+        ran: how many cells ran this time (the others were finished before).
+        files: the files written: ``results.md``, ``results.csv``, ``summary.json``, ``curves.png``.
+    """
+
+    benchmark: Benchmark
+    output_dir: Path
+    records: list[dict[str, Any]]
+    summary: dict[str, Any]
+    ran: int = 0
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        """The records of the cells that failed."""
+        return [r for r in self.records if r["status"] == "failed"]
+
+    @property
+    def complete(self) -> bool:
+        """Whether every cell finished."""
+        return all(r["status"] == "ok" for r in self.records)
+
+
+def run_benchmark(
+    config: str | os.PathLike | Mapping[str, Any] | Benchmark,
+    output_dir: str | os.PathLike | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    parallel: int | None = None,
+    group: str | None = None,
+    dry_run: bool = False,
+    report_only: bool = False,
+    echo: Callable[[str], None] | None = print,
+) -> BenchmarkResult:
+    """Run every cell of a benchmark that has not finished yet, then write its table, CSV, curves and summary.
+
+    Args:
+        config: a benchmark file (YAML), its content as a mapping, or a :class:`~lightning_fedmut.experiments.Benchmark`.
+        output_dir: the benchmark's folder; default ``results/<name>``.
+        overrides: merged over the config (see :func:`~lightning_fedmut.experiments.load_benchmark`).
+        parallel: cells run at once, each in its own process; default the config's ``parallel`` (1: one after
+            another in this process).
+        group: the W&B group of the cells' runs; default the benchmark's name.
+        dry_run: list the cells and whether each is finished; run and write nothing.
+        report_only: run nothing; write the outputs from the cells finished so far.
+        echo: where progress lines go (None: nowhere).
+
+    Returns:
+        A :class:`BenchmarkResult`. A cell that fails is recorded as failed and the others go on.
+
+    Raises:
+        ValueError: the config is invalid (``TypeError`` for a value of the wrong kind), or a cell folder holds a
+            run of other arguments; raised before any cell runs.
+        RuntimeError: the data set cannot be loaded (before any cell runs).
+        KeyboardInterrupt: Ctrl+C; the finished cells and the running cells' completed rounds are kept.
+
+    Examples:
+        >>> import tempfile
+        >>> config = {"name": "tiny", "data": "digits", "methods": ["FedAvg", "FedMut"], "partitions": ["iid"],
+        ...           "seeds": 1, "logger": "none", "fit": {"loop": {"rounds": 1, "clients_per_round": 2},
+        ...                                                 "partition": {"num_clients": 4}}}
+        >>> with tempfile.TemporaryDirectory() as out:
+        ...     result = run_benchmark(config, out, dry_run=True)
+        Benchmark tiny: 2 methods x 1 partition x 1 seed = 2 cells; 0 finished, 2 to run
+          to run    FedAvg | IID | seed 0
+          to run    FedMut | IID | seed 0
+        >>> result.ran, [r["status"] for r in result.records]
+        (0, ['missing', 'missing'])
+    """
+    bench = config if isinstance(config, Benchmark) else load_benchmark(config, overrides)
+    out = Path(output_dir if output_dir is not None else Path("results") / slug(bench.name))
+    say = echo or (lambda _line: None)
+    workers = bench.parallel if parallel is None else int(parallel)
+    if workers < 1:
+        raise ValueError(f"parallel: expected an integer >= 1, got {parallel}")
+    _check_folders(bench, out)
+    todo = [c for c in bench.cells if not (out / c.folder / HISTORY).is_file()]
+    say(f"Benchmark {bench.name}: {_count(len(bench.methods), 'method')} x {_count(len(bench.partitions), 'partition')}"
+        f" x {_count(len(bench.seeds), 'seed')} = {_count(len(bench.cells), 'cell')};"
+        f" {len(bench.cells) - len(todo)} finished, {len(todo)} to run"
+        + (f", {workers} at a time" if workers > 1 and todo and not (dry_run or report_only) else ""))
+    if dry_run:
+        for cell in bench.cells:
+            say(f"  {'finished' if cell not in todo else 'to run':<9} {cell.name}")
+        return BenchmarkResult(bench, out, [_missing(c) for c in bench.cells], {}, 0)
+    ran = 0
+    if todo and not report_only:
+        _check_data(bench.cells[0].config)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "benchmark.yaml").write_text(yaml.safe_dump(_resolved(bench), sort_keys=False), encoding="utf-8")
+        logging = {"kind": bench.logger, "project": bench.project, "group": group or bench.name, "save_dir": str(out)}
+        ran = _run_all(bench, todo, out, logging, workers, say)
+    records = [read_record(out / c.folder, c) for c in bench.cells]
+    summary = summarize(records, methods=bench.methods, partitions=tuple(bench.partitions), seeds=bench.seeds,
+                        metric=bench.metric, last=bench.last, goal=bench.goal, gain=bench.gain)
+    files = write_report(summary, records, out, bench) if any(r["status"] != "missing" for r in records) else {}
+    failed = sum(r["status"] == "failed" for r in records)
+    missing = sum(r["status"] == "missing" for r in records)
+    say(f"{len(records) - failed - missing} of {len(records)} cells finished" + (f", {failed} failed" if failed else "")
+        + (f", {missing} not run" if missing else "") + (f"; results in {out}" if files else ""))
+    return BenchmarkResult(bench, out, records, summary, ran, files)
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _missing(cell: Cell) -> dict[str, Any]:
+    return {"status": "missing", "method": cell.method, "partition": cell.partition, "seed": cell.seed,
+            "run_name": cell.name, "folder": cell.folder}
+
+
+def _comparable(config: Any) -> str:
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def _first_difference(old: Any, new: Any, prefix: str = "") -> str:
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        for key in sorted(set(old) | set(new), key=str):
+            if _comparable(old.get(key)) != _comparable(new.get(key)):
+                return _first_difference(old.get(key), new.get(key), f"{prefix}{key}.")
+    return f"{prefix.rstrip('.')}: {old!r} there, {new!r} now"
+
+
+def _check_folders(bench: Benchmark, out: Path) -> None:
+    """Refuse, before anything runs, a cell folder that holds a run of other arguments."""
+    for cell in bench.cells:
+        stored = out / cell.folder / CELL
+        if not stored.is_file():
+            continue
+        try:
+            old = json.loads(stored.read_text(encoding="utf-8"))["config"]
+        except (OSError, ValueError, KeyError):
+            continue  # a cell.json cut short by a kill: the cell starts again (its checkpoints are checked by fit)
+        new = json.loads(_comparable(cell.config))
+        if _comparable(old) != _comparable(new):
+            raise ValueError(f"{out / cell.folder} holds a run of other arguments ({_first_difference(old, new)}):"
+                             " delete that folder to run the cell again, or choose another output folder")
+
+
+def _check_data(config: Mapping[str, Any]) -> None:
+    """Load a built-in data set once before any cell, so that missing files are one error, not one per cell."""
+    data = config.get("data")
+    if not isinstance(data, str):
+        return
+    from lightning_fedmut.datasets import DatasetDownloadError, load_dataset
+
+    try:
+        load_dataset(data, root=config.get("data_dir", "data"), download=bool(config.get("download", True)))
+    except (DatasetDownloadError, ImportError, OSError) as err:
+        raise RuntimeError(f"data: {data} cannot be loaded: {' '.join(str(err).split())}") from None
+
+
+def _resolved(bench: Benchmark) -> dict[str, Any]:
+    """The benchmark as it runs, for ``benchmark.yaml``: every method's fit arguments spelled out."""
+    methods: dict[str, Any] = {}
+    for cell in bench.cells:
+        methods.setdefault(cell.method, {k: v for k, v in cell.args.items() if k not in ("partition", "seed")})
+    return json.loads(json.dumps({
+        "name": bench.name, "data": bench.data, "metric": bench.metric, "goal": bench.goal, "last": bench.last,
+        "gain": list(bench.gain) if bench.gain else None, "seeds": list(bench.seeds),
+        "partitions": bench.partitions, "methods": methods,
+    }, default=str))
+
+
+def _write_json(path: Path, content: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(content, default=str, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_record(folder: Path, cell: Cell) -> dict[str, Any]:
+    """The record of one cell from its folder: finished (``history.json``), failed, or missing."""
+    for name in (HISTORY, FAILED):
+        path = folder / name
+        if path.is_file():
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+            except ValueError:
+                continue
+            record["folder"] = cell.folder
+            return record
+    return _missing(cell)
+
+
+# --------------------------------------------------------------------------------------------- one cell
+def run_cell(args: Mapping[str, Any], folder: str | os.PathLike, meta: Mapping[str, Any],
+             logging: Mapping[str, Any]) -> dict[str, Any]:
+    """Run one cell (a federated ``fit`` of ``args``) in ``folder``, resuming from its checkpoints; write its
+    record there (``history.json``, or ``failed.json`` with the error) and return it.
+
+    Args:
+        args: the cell's ``fit`` arguments (``Cell.args``).
+        folder: the cell's folder (its checkpoints go to ``checkpoints/`` in it).
+        meta: ``benchmark``, ``method``, ``partition``, ``seed``, ``run_name`` and ``config``: written into the
+            record and, as ``benchmark.*`` keys, into the W&B run's config.
+        logging: ``kind`` (wandb, csv or none), ``project``, ``group`` and ``save_dir`` of the cell's logger.
+
+    Returns:
+        The record: ``status`` ``ok`` with ``history``, ``run_id`` and ``seconds``, or ``failed`` with ``error``.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    record: dict[str, Any] = {key: meta[key] for key in ("method", "partition", "seed", "run_name")}
+    state: dict[str, Any] = {}
+    try:
+        history, failures = _fit_cell(args, folder, meta, logging, state)
+        record.update(status="ok", history=history, client_failures=failures)
+    except Exception as err:  # noqa: BLE001 - any error fails the cell; Ctrl+C and SIGTERM stop the benchmark
+        record.update(status="failed", error=_one_line(err),
+                      traceback="".join(traceback.format_exception(err)[-6:]))
+    finally:
+        _finish_logger(state.get("logger"), state, failed=record.get("status") != "ok")
+    record.update(run_id=state.get("run_id"), wandb_dir=state.get("wandb_dir"),
+                  seconds=round(time.perf_counter() - start, 3), config=meta.get("config"))
+    if record["status"] == "ok":
+        _write_json(folder / HISTORY, record)
+        (folder / FAILED).unlink(missing_ok=True)
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # finished: its history is all the table needs
+    else:
+        _write_json(folder / FAILED, record)
+    return record
+
+
+def _one_line(err: BaseException) -> str:
+    text = getattr(err, "message", None) or str(err)
+    return f"{type(err).__name__}: {' '.join(str(text).split())}"
+
+
+def _fit_cell(args: Mapping[str, Any], folder: Path, meta: Mapping[str, Any], logging: Mapping[str, Any],
+              state: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+    """What ``lightning-fedmut fit`` does with the cell's arguments, plus the method's ``callbacks``."""
+    import torch
+    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    from lightning_fedmut.aggregators import Aggregator
+    from lightning_fedmut.callbacks import FederatedCallback, GlobalModelCheckpoint, MutationCallback
+    from lightning_fedmut.cli._logging import flatten_config, make_logger
+    from lightning_fedmut.cli._parser import CLIError, plain
+    from lightning_fedmut.cli.fit import _build, _data, _partitions, config_dict, resume_checkpoint
+    from lightning_fedmut.data import make_clients
+    from lightning_fedmut.loop import FederatedLoop
+
+    data_arg, model_arg = args.get("data"), args.get("model")
+    model_path = model_arg if isinstance(model_arg, str) else (
+        model_arg.get("class_path") if isinstance(model_arg, Mapping) else None)
+    parser = cell_parser(data_arg if isinstance(data_arg, str) else None, model_path)
+    full = merge(args, {"loop": {"checkpoint_dir": str(folder / "checkpoints")}, "ckpt_path": "last"})
+    cfg = resolve(full, parser, meta["run_name"])
+    ckpt_path = resume_checkpoint(cfg.ckpt_path, cfg.loop.checkpoint_dir)
+    torch.manual_seed(cfg.seed)
+    model = _build("model", LightningModule, cfg.model)
+    mutation = _build("mutation", MutationCallback | None, cfg.mutation)
+    extra = _build("callbacks", list[FederatedCallback] | None, cfg.callbacks) or []
+    model_checkpoint = _build("model_checkpoint", GlobalModelCheckpoint | None, cfg.model_checkpoint)
+    aggregator = _build("aggregator", Aggregator, cfg.aggregator)
+    data = _build("data", LightningDataModule, cfg.data)
+    train, val, collate_fn = _data(cfg, data)
+    parts = _partitions(cfg.partition, train, cfg.seed)
+    clients = make_clients(train, parts, batch_size=cfg.batch_size,
+                           **({"collate_fn": collate_fn} if collate_fn is not None else {}))
+    if val is not None and not is_overridden("validation_step", model, LightningModule):
+        val = None
+    hints = typing.get_type_hints(FederatedLoop.__init__)
+    loop_args = plain(cfg.loop.as_dict())
+    for key, value in loop_args.items():  # class-typed loop arguments (sampler, executor ...) given by class path
+        if isinstance(value, Mapping) and "class_path" in value:
+            loop_args[key] = _build(f"loop.{key}", hints[key], getattr(cfg.loop, key))
+    if loop_args["clients_per_round"] > len(clients):
+        raise CLIError(f"loop.clients_per_round: expected at most the number of clients ({len(clients)}),"
+                       f" got {loop_args['clients_per_round']}")
+    callbacks = ([mutation] if mutation is not None else []) + list(extra)
+    if model_checkpoint is not None:
+        callbacks.append(model_checkpoint)
+    logger = make_logger(logging["kind"], save_dir=logging["save_dir"], project=logging.get("project"),
+                         group=logging.get("group"), name=meta["run_name"], silent=True)
+    state["logger"] = logger
+    config = config_dict(cfg)
+    config.pop("ckpt_path", None)
+    if logger is not None:
+        logger.log_hyperparams({
+            "benchmark.name": meta.get("benchmark"), "benchmark.method": meta["method"],
+            "benchmark.partition": meta["partition"], "benchmark.seed": meta["seed"], **flatten_config(config)})
+    loop = FederatedLoop(**loop_args, aggregator=aggregator, callbacks=callbacks, logger=logger, seed=cfg.seed)
+    result = loop.fit(model, clients, val_dataloaders=val, ckpt_path=ckpt_path)
+    state["run_id"] = None if logger is None or logger.version is None else str(logger.version)
+    return result.history, len(result.failures)
+
+
+def _finish_logger(logger: Any, state: dict[str, Any], failed: bool) -> None:
+    if logger is None:
+        return
+    from lightning.pytorch.loggers import WandbLogger
+
+    if isinstance(logger, WandbLogger) and getattr(logger, "_experiment", None) is not None:
+        run = logger.experiment
+        state.setdefault("run_id", run.id)
+        state["wandb_dir"] = os.path.dirname(run.dir) if getattr(run, "dir", None) else None
+        run.finish(exit_code=1 if failed else 0)
+    elif hasattr(logger, "finalize"):
+        logger.finalize("failed" if failed else "success")
+
+
+# -------------------------------------------------------------------------------------------- all cells
+def _task(bench: Benchmark, cell: Cell, out: Path) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    meta = {"benchmark": bench.name, "method": cell.method, "partition": cell.partition, "seed": cell.seed,
+            "run_name": cell.name, "config": cell.config}
+    return cell.args, str(out / cell.folder), meta
+
+
+def _start(bench: Benchmark, cell: Cell, out: Path) -> None:
+    folder = out / cell.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_json(folder / CELL, {"method": cell.method, "partition": cell.partition, "seed": cell.seed,
+                                "run_name": cell.name, "config": cell.config})
+
+
+def _line(bench: Benchmark, record: Mapping[str, Any]) -> str:
+    if record["status"] != "ok":
+        return f"failed: {record.get('error')}"
+    value, rows = run_value(record.get("history") or [], bench.metric, bench.last)
+    shown = f"{bench.metric} {value:.4f} (mean of the last {len(rows)})" if value is not None else f"no {bench.metric}"
+    return f"ok, {shown}, {record.get('seconds', 0):.1f} s"
+
+
+def _run_all(bench: Benchmark, todo: list[Cell], out: Path, logging: dict[str, Any], workers: int,
+             say: Callable[[str], None]) -> int:
+    width = len(str(len(todo)))
+    if workers == 1:
+        for i, cell in enumerate(todo):
+            _start(bench, cell, out)
+            args, folder, meta = _task(bench, cell, out)
+            record = run_cell(args, folder, meta, logging)
+            say(f"[{i + 1:>{width}}/{len(todo)}] {cell.name}: {_line(bench, record)}")
+        return len(todo)
+    import multiprocessing
+
+    done = 0
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_init, initargs=(workers,)) as pool:
+        pending = {}
+        for cell in todo:
+            _start(bench, cell, out)
+            args, folder, meta = _task(bench, cell, out)
+            pending[pool.submit(run_cell, args, folder, meta, logging)] = cell
+        try:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    cell = pending.pop(future)
+                    done += 1
+                    try:
+                        line = _line(bench, future.result())
+                    except BrokenProcessPool as err:  # the worker died (killed, out of memory)
+                        record = {**_missing(cell), "status": "failed", "error": f"worker process died: {err}"}
+                        _write_json(out / cell.folder / FAILED, record)
+                        line = f"failed: {record['error']}"
+                    say(f"[{done:>{width}}/{len(todo)}] {cell.name}: {line}")
+        except KeyboardInterrupt:
+            for future in pending:
+                future.cancel()
+            raise
+    return len(todo)
+
+
+def _worker_init(workers: int) -> None:
+    """A cell process: its share of the CPU threads, and SIGTERM (a checkpointed stop) when the benchmark dies."""
+    import signal
+
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C goes to the benchmark, which stops the workers
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: a worker finishes its cell after the benchmark died
+        pass
