@@ -64,6 +64,17 @@ class TinyDataModule(LightningDataModule):
         return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True)
 
 
+class Crash(FederatedCallback):
+    """Raises at the start of round ``at_round``: a crash to resume from."""
+
+    def __init__(self, at_round):
+        self.at_round = at_round
+
+    def on_round_start(self, loop, module):
+        if loop.round == self.at_round:
+            raise RuntimeError(f"crash at round {loop.round}")
+
+
 class Recorder(FederatedCallback):
     """Records every hook call as a string."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import Recorder, TinyModule, make_result, state_of
+from helpers import Crash, Recorder, TinyModule, make_result, state_of
 from lightning.pytorch import Callback
 from torch.utils.data import DataLoader
 
@@ -19,15 +19,6 @@ from lightning_fedmut.utilities.seed import CLIENT_STREAM, derive_seed
 
 def _clients(train, n=8):
     return make_clients(train, partition_iid(len(train), n, seed=0), batch_size=16)
-
-
-class Crash(FederatedCallback):
-    def __init__(self, at_round):
-        self.at_round = at_round
-
-    def on_round_start(self, loop, module):
-        if loop.round == self.at_round:
-            raise RuntimeError(f"crash at round {loop.round}")
 
 
 # ---------------------------------------------------------------- samplers

@@ -9,24 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TinyModule, state_of
+from helpers import Crash, TinyModule, state_of
 from torch.utils.data import DataLoader
 
-from lightning_fedmut import FedAvg, FederatedCallback, FederatedLoop, MutationCallback, make_clients
+from lightning_fedmut import FedAvg, FederatedLoop, MutationCallback, make_clients
 from lightning_fedmut.checkpoint import list_checkpoints, load_checkpoint
 from lightning_fedmut.data import partition_iid
 
 ROUNDS = 6
 T_B = 4  # acceleration reaches 0 after round 4; stopping after round 3 is "just before the end"
-
-
-class Crash(FederatedCallback):
-    def __init__(self, at_round):
-        self.at_round = at_round
-
-    def on_round_start(self, loop, module):
-        if loop.round == self.at_round:
-            raise RuntimeError(f"crash at round {loop.round}")
 
 
 class InterruptingModule(TinyModule):
