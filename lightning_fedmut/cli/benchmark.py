@@ -36,9 +36,9 @@ def benchmark_parser() -> Any:
                         help="Cells run at once, each in its own process; default the file's parallel (1).")
     parser.add_argument("--group", type=str | None, default=None,
                         help="W&B group of the cells' runs; default the benchmark's name.")
-    parser.add_argument("--set", type=list[str], default=[],
-                        help="Overrides of the file, KEY=VALUE with a dotted key and a YAML value, e.g."
-                             " --set='[seeds=1, fit.loop.rounds=3]'.")
+    parser.add_argument("--set", type=str, action="append", default=[],
+                        help="An override of the file, KEY=VALUE with a dotted key and a YAML value (repeatable), e.g."
+                             " --set seeds=1 --set fit.loop.rounds=3 --set 'methods=[FedAvg, FedMut]'.")
     parser.add_argument("--dry_run", type=bool, nargs="?", const=True, default=False,
                         help="List the cells and which are finished; run nothing.")
     parser.add_argument("--report_only", type=bool, nargs="?", const=True, default=False,

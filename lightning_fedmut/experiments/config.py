@@ -56,6 +56,8 @@ _BASE: dict[str, Any] = {"mutation": None, "model_checkpoint": None, "loop": {"e
 #: ``fit`` arguments the benchmark sets itself, per cell.
 _MANAGED = ("config", "seed", "ckpt_path", "logger", "project", "group", "run_name", "save_dir", "history_file",
             "loop.checkpoint_dir", "data")
+_WHERE_FROM = {"seed": " (from `seeds`)", "partition": " (from `partitions`; shared options go in `fit.partition`)",
+               "partition.scheme": " (from `partitions`)", "data": " (from the top-level `data`)"}
 _GOALS = ("max", "min")
 _LOGGERS = ("wandb", "csv", "none")
 _DIRICHLET = re.compile(r"(?:dir|dirichlet)[-_ :(]*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\)?", re.IGNORECASE)
@@ -236,7 +238,7 @@ def cell_parser(data: str | None, model: str | None) -> Any:
 
 
 def _known_keys(parser: Any) -> list[str]:
-    return sorted({a.dest for a in parser._actions if a.dest not in ("help", "config") and not a.dest.endswith(".help")})
+    return sorted({a.dest for a in parser._actions if a.dest not in ("help", "config", "print_config") and not a.dest.endswith(".help")})
 
 
 def check_keys(args: Mapping[str, Any], parser: Any, where: str, forbidden: Sequence[str] = _MANAGED) -> None:
@@ -248,12 +250,12 @@ def check_keys(args: Mapping[str, Any], parser: Any, where: str, forbidden: Sequ
         for key, value in tree.items():
             name = f"{prefix}{key}"
             if name in forbidden:
-                raise ValueError(f"{where}: `{name}` is set by the benchmark for each cell"
-                                 f"{' (use `seeds`)' if name == 'seed' else ''}; remove it")
-            if name in known:
-                continue
+                raise ValueError(f"{where}: `{name}` is set by the benchmark for each cell{_WHERE_FROM.get(name, '')};"
+                                 " remove it")
             if isinstance(value, Mapping) and any(k.startswith(f"{name}.") for k in known):
-                walk(value, f"{name}.")
+                walk(value, f"{name}.")  # a group (loop, partition): check its keys
+                continue
+            if name in known:
                 continue
             close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
             hint = f" (did you mean `{close[0]}`?)" if close else ""
@@ -271,7 +273,12 @@ def resolve(args: Mapping[str, Any], parser: Any, where: str) -> Any:
     try:
         return parser.parse_object(_mutation_class(args))
     except (ArgumentError, ValueError, TypeError) as err:  # jsonargparse's errors, or a type's own check
-        raise ValueError(f"{where}: {one_line_error(str(err), parser)}") from None
+        raise ValueError(f"{where}: {_key_message(one_line_error(str(err), parser))}") from None
+
+
+def _key_message(message: str) -> str:
+    """A ``fit`` flag's message about a key of the YAML file: ``loop.rounds: ...`` rather than ``--loop.rounds``."""
+    return message.removeprefix("--")
 
 
 def _mutation_class(args: Mapping[str, Any]) -> dict[str, Any]:
@@ -294,10 +301,11 @@ def check_plugins(cfg: Any, where: str) -> None:
     try:
         _build("mutation", MutationCallback | None, cfg.mutation)
         _build("aggregator", Aggregator, cfg.aggregator)
-        _build("callbacks", list[FederatedCallback] | None, cfg.callbacks)
+        for callback in cfg.callbacks or []:
+            _build("callbacks", FederatedCallback, callback)
         _build("loop.sampler", ClientSampler | None, cfg.loop.sampler)
     except CLIError as err:
-        raise ValueError(f"{where}: {err.message}") from None
+        raise ValueError(f"{where}: {_key_message(err.message)}") from None
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -376,17 +384,21 @@ def _check(config: dict[str, Any], where: str) -> Benchmark:
     seeds = _seeds(config["seeds"])
     base = merge(_BASE, {"data": data, **({"model": model} if model is not None else {})})
     base = merge(base, common)
-    cells = []
+    # each layer on its own first, so that an error names the layer that holds it
+    resolve(merge(base, {"seed": seeds[0]}), parser, "fit")
+    for label, options in partitions.items():
+        check_keys({"partition": options}, parser, f"partitions.{label}", forbidden=())
+        resolve(merge(base, {"partition": options, "seed": seeds[0]}), parser, f"partitions.{label}")
     for method, method_args in methods.items():
         check_keys(method_args, parser, f"methods.{method}", forbidden=(*_MANAGED, "partition"))
-        checked = False
+        check_plugins(resolve(merge(base, {**method_args, "seed": seeds[0]}), parser, f"methods.{method}"),
+                      f"methods.{method}")
+    cells = []
+    for method, method_args in methods.items():
         for label, options in partitions.items():
             for seed in seeds:
                 args = merge(merge(base, method_args), {"partition": options, "seed": seed})
-                cfg = resolve(args, parser, f"methods.{method}" if not checked else f"partitions.{label}")
-                if not checked:
-                    check_plugins(cfg, f"methods.{method}")
-                    checked = True
+                cfg = resolve(args, parser, f"methods.{method} with partitions.{label}")
                 folder = f"cells/{slug(method)}/{slug(label)}/seed-{seed}"
                 cells.append(Cell(method, label, seed, args, config_dict(cfg), folder))
     _unique_folders(methods, partitions)

@@ -302,7 +302,7 @@ def _fit_cell(args: Mapping[str, Any], folder: Path, meta: Mapping[str, Any], lo
     torch.manual_seed(cfg.seed)
     model = _build("model", LightningModule, cfg.model)
     mutation = _build("mutation", MutationCallback | None, cfg.mutation)
-    extra = _build("callbacks", list[FederatedCallback] | None, cfg.callbacks) or []
+    extra = [_build("callbacks", FederatedCallback, callback) for callback in cfg.callbacks or []]
     model_checkpoint = _build("model_checkpoint", GlobalModelCheckpoint | None, cfg.model_checkpoint)
     aggregator = _build("aggregator", Aggregator, cfg.aggregator)
     data = _build("data", LightningDataModule, cfg.data)
