@@ -17,43 +17,30 @@ if TYPE_CHECKING:
     from lightning_fedmut.loop import FederatedLoop
 
 
-class _Steps(Callback):
-    """Counts a client's optimizer steps that changed its weights, and fails the client when an epoch yields no
-    batch (an empty or one-shot iterable loader would make a run with ``local_steps`` loop forever)."""
+class _EpochGuard(Callback):
+    """With ``local_steps`` a client runs epochs until the steps are done: fail it when an epoch yields no batch
+    (an empty or one-shot iterable loader would loop forever). Given to client Trainers only then."""
 
     def __init__(self, client_id: Any) -> None:
         self.client_id = client_id
-        self.steps: int | None = None  # unknown unless a Trainer ran this callback
-        self._batches = 0
-        self._start: float | None = None
-
-    @staticmethod
-    @torch.no_grad()
-    def _fingerprint(pl_module: LightningModule) -> float:
-        # one float64 sum of the trainable weights: any step that moves them moves it (one pass, no copy)
-        return float(sum(p.detach().double().sum() * (i + 1) for i, p in enumerate(pl_module.parameters())
-                         if p.requires_grad and p.is_floating_point()))
-
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._start = self._fingerprint(pl_module)
+        self._step_at_start = 0
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._batches = 0
-
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        self._batches += 1
+        self._step_at_start = trainer.global_step
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._batches == 0 and trainer.limit_train_batches != 0:
+        if trainer.global_step == self._step_at_start and trainer.limit_train_batches != 0:
             raise ClientDataExhaustedError(
                 f"Client {self.client_id!r}'s data yielded no batch in epoch {trainer.current_epoch}: its loader is"
                 " empty, or an iterable that can be read only once. Give it a DataLoader that can be iterated again"
                 " (with `local_steps`, a client runs as many epochs as the steps need)."
             )
 
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        changed = self._start is None or self._fingerprint(pl_module) != self._start
-        self.steps = int(trainer.global_step) if changed else 0
+
+@torch.no_grad()
+def _fingerprint(state: dict[str, Any], keys: list[str]) -> float:
+    """One float64 number of the trainable weights: a step that moves any of them moves it (one pass, no copy)."""
+    return float(sum(state[k].double().sum() * (i + 1) for i, k in enumerate(keys)))
 
 
 class LoopTaskHooks(TaskHooks):
@@ -61,13 +48,15 @@ class LoopTaskHooks(TaskHooks):
 
     def __init__(self, loop: FederatedLoop, module: LightningModule, global_state: dict[str, Any]) -> None:
         self.loop, self.module, self.global_state = loop, module, global_state
-        self._steps: dict[int, _Steps] = {}
+        self._keys = [k for k, p in module.named_parameters() if p.requires_grad and p.is_floating_point()]
+        self._start: dict[int, float] = {}  # each slot's start weights, as one number
 
     def on_task_start(self, task: ClientTask) -> None:
         loop = self.loop
-        self._steps[task.slot] = _Steps(task.client.id)
-        task.callbacks.append(self._steps[task.slot])
+        if loop.local_steps is not None:
+            task.callbacks.append(_EpochGuard(task.client.id))
         loop._call("on_client_fit_start", self.module, task)
+        self._start[task.slot] = _fingerprint(task.start_state, self._keys)
         if loop._start_models_change:
             name = first_non_finite(task.start_state)
             if name is not None:
@@ -77,9 +66,9 @@ class LoopTaskHooks(TaskHooks):
                 )
 
     def on_task_end(self, result: ClientResult) -> None:
-        counter = self._steps.pop(result.task.slot, None)
-        if counter is not None and result.num_steps is None:
-            result.num_steps = counter.steps
+        start = self._start.pop(result.task.slot, None)
+        if start is not None and result.state is not None and _fingerprint(result.state, self._keys) == start:
+            result.num_steps = 0  # its training changed none of its weights
         if result.failed:
             self.loop._call("on_client_fit_failure", self.module, result)
         else:

@@ -74,7 +74,8 @@ class ClientResult:
         client_state: the client's state to keep for its next task; the loop stores it after the round's
             clients have trained. Starts as the task's ``client_state``.
         error: the exception that made the client fail, or ``None``.
-        num_steps: the optimizer steps the client took (``None`` when unknown).
+        num_steps: the optimizer steps the client took, ``0`` when its training changed none of its weights
+            (``None`` when unknown).
 
     Examples:
         >>> import torch
