@@ -372,3 +372,66 @@ def test_the_config_layers_and_the_paper_partition_files(tmp_path):
 
     result = run_benchmark(bench, tmp_path / "out", dry_run=True, echo=None)
     assert [r["status"] for r in result.records] == ["missing"] * 6 and not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------- shipped configs
+CONFIGS = ROOT / "examples" / "benchmarks"
+
+
+def test_the_cpu_tables_are_the_issues_grid():
+    for name in ("digits", "mnist1d"):
+        bench = load_benchmark(CONFIGS / f"{name}.yaml")
+        assert bench.data == name
+        assert bench.methods == ("FedAvg", "FedProx", "SCAFFOLD", "FedAdam", "FedExP", "FedMR", "FedMut")
+        assert list(bench.partitions) == ["IID", "Dir(0.1)", "Dir(0.5)", "Dir(1)"]
+        assert bench.seeds == (0, 1, 2) and bench.gain == ("FedMut", "FedAvg") and len(bench.cells) == 84
+        config = bench.cells[0].config
+        assert (config["batch_size"], config["loop"]["clients_per_round"], config["loop"]["local_epochs"],
+                config["partition"]["num_clients"]) == (50, 10, 5, 20)
+
+
+def make_cifar10(root: Path, per_batch: int = 8) -> None:
+    """CIFAR-10's python batches in torchvision's layout, with random images."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                 "labels": [int(v) for v in rng.integers(0, 10, per_batch)]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+
+
+PAPER = {"cifar10_cnn": ("LeNetCNN", 0.3, "Dir(0.1)", 47.93, 51.25),
+         "cifar10_resnet18": ("ResNet18", 0.5, "Dir(0.1)", 44.41, 55.43),
+         "cifar10_vgg16": ("VGG16", 0.3, "IID", 80.20, 81.70)}
+
+
+@pytest.mark.parametrize("name", list(PAPER))
+def test_the_paper_configs_run_when_the_data_is_present(tmp_path, name):
+    model, acceleration, column, fedavg, fedmut = PAPER[name]
+    bench = load_benchmark(CONFIGS / f"{name}.yaml")
+    assert bench.data == "cifar10" and bench.seeds == (0, 1, 2) and len(bench.cells) == 84
+    fedmut_cell = next(c for c in bench.cells if c.method == "FedMut")
+    assert fedmut_cell.config["model"]["class_path"] == f"lightning_fedmut.models.{model}"
+    assert fedmut_cell.config["mutation"]["init_args"]["radius"] == 4.0
+    assert fedmut_cell.config["mutation"]["init_args"]["acceleration"] == acceleration
+    assert (fedmut_cell.config["loop"]["clients_per_round"], fedmut_cell.config["loop"]["local_epochs"],
+            fedmut_cell.config["batch_size"], fedmut_cell.config["partition"]["num_clients"]) == (10, 5, 50, 100)
+    assert fedmut_cell.config["model"]["init_args"]["lr"] == 0.01
+    assert fedmut_cell.config["model"]["init_args"]["momentum"] == 0.5
+    assert bench.published == {"FedAvg": {column: fedavg}, "FedMut": {column: fedmut}}
+
+    if name != "cifar10_cnn":
+        return  # ResNet-18 and VGG-16 take seconds per step on a CPU; the models are tested in test_models.py
+    make_cifar10(tmp_path / "data")
+    small = {"seeds": 1, "methods": ["FedAvg", "FedMut"], "partitions": ["dir0.1"], "logger": "none",
+             "fit": {"data_dir": str(tmp_path / "data"), "eval_batch_size": 8,
+                     "partition": {"num_clients": 4, "min_size": 1},
+                     "loop": {"rounds": 2, "clients_per_round": 2, "local_steps": 1}}}
+    result = run_benchmark(CONFIGS / f"{name}.yaml", tmp_path / "out", overrides=small, echo=None)
+    assert result.complete, result.failed
+    markdown = result.files["results.md"].read_text(encoding="utf-8")
+    assert ("Published (Hu et al., FedMut, AAAI 2024, Table 1 (CIFAR-10, CNN)):\n\n| Method | Dir(0.1) |\n"
+            "| --- | ---: |\n| FedAvg | 47.93 |\n| FedMut | 51.25 |\n") in markdown

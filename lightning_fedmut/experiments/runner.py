@@ -316,7 +316,7 @@ def _fit_cell(args: Mapping[str, Any], folder: Path, meta: Mapping[str, Any], lo
     loop_args = plain(cfg.loop.as_dict())
     for key, value in loop_args.items():  # class-typed loop arguments (sampler, executor ...) given by class path
         if isinstance(value, Mapping) and "class_path" in value:
-            loop_args[key] = _build(f"loop.{key}", hints[key], getattr(cfg.loop, key))
+            loop_args[key] = _build(key, hints[key], getattr(cfg.loop, key))
     if loop_args["clients_per_round"] > len(clients):
         raise CLIError(f"loop.clients_per_round: expected at most the number of clients ({len(clients)}),"
                        f" got {loop_args['clients_per_round']}")
