@@ -435,3 +435,28 @@ def test_the_paper_configs_run_when_the_data_is_present(tmp_path, name):
     markdown = result.files["results.md"].read_text(encoding="utf-8")
     assert ("Published (Hu et al., FedMut, AAAI 2024, Table 1 (CIFAR-10, CNN)):\n\n| Method | Dir(0.1) |\n"
             "| --- | ---: |\n| FedAvg | 47.93 |\n| FedMut | 51.25 |\n") in markdown
+
+
+def test_a_sampler_method_is_the_python_run_it_names(tmp_path):
+    """Clustered sampling (a class-typed loop argument) against the same federation built by hand."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from lightning_fedmut import FedAvg, FederatedLoop, make_clients
+    from lightning_fedmut.data import partition_iid
+    from lightning_fedmut.datasets import load_dataset
+    from lightning_fedmut.models import DigitsCNN
+    from lightning_fedmut.sampling import ClusteredSampler
+
+    result = run_benchmark({**TINY, "methods": ["Clustered sampling"], "partitions": ["iid"], "seeds": [1],
+                            "logger": "none"}, tmp_path / "out", echo=None)
+    assert result.complete, result.failed
+    split = load_dataset("digits")
+    clients = make_clients(split.train, partition_iid(len(split.train), 6, seed=1), batch_size=50)
+    torch.manual_seed(1)
+    model = DigitsCNN()
+    loop = FederatedLoop(rounds=2, clients_per_round=3, local_epochs=1, aggregator=FedAvg(weighted=False),
+                         sampler=ClusteredSampler(), seed=1, enable_progress_bar=False)
+    reference = loop.fit(model, clients, val_dataloaders=DataLoader(split.test, batch_size=500)).history
+    for metric in ("val_acc", "val_loss"):
+        assert metric_rows(result.records[0]["history"], metric) == metric_rows(reference, metric)

@@ -31,7 +31,7 @@ def benchmark_parser() -> Any:
     )
     parser.add_argument("config", type=str, help="The benchmark file (YAML); examples/benchmarks/ has some.")
     parser.add_argument("--output", type=str | None, default=None,
-                        help="The benchmark's folder (cells, checkpoints, W&B runs, results); default results/<name>.")
+                        help="The benchmark's folder (cells, checkpoints, W&B runs, results); default outputs/benchmarks/<name>.")
     parser.add_argument("--parallel", type=PositiveInt | None, default=None,
                         help="Cells run at once, each in its own process; default the file's parallel (1).")
     parser.add_argument("--group", type=str | None, default=None,

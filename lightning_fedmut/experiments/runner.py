@@ -85,7 +85,7 @@ def run_benchmark(
 
     Args:
         config: a benchmark file (YAML), its content as a mapping, or a :class:`~lightning_fedmut.experiments.Benchmark`.
-        output_dir: the benchmark's folder; default ``results/<name>``.
+        output_dir: the benchmark's folder; default ``outputs/benchmarks/<name>``.
         overrides: merged over the config (see :func:`~lightning_fedmut.experiments.load_benchmark`).
         parallel: cells run at once, each in its own process; default the config's ``parallel`` (1: one after
             another in this process).
@@ -117,7 +117,7 @@ def run_benchmark(
         (0, ['missing', 'missing'])
     """
     bench = config if isinstance(config, Benchmark) else load_benchmark(config, overrides)
-    out = Path(output_dir if output_dir is not None else Path("results") / slug(bench.name))
+    out = Path(output_dir if output_dir is not None else Path("outputs") / "benchmarks" / slug(bench.name))
     say = echo or (lambda _line: None)
     workers = bench.parallel if parallel is None else int(parallel)
     if workers < 1:
