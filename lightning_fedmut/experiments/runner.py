@@ -386,31 +386,34 @@ def _run_all(bench: Benchmark, todo: list[Cell], out: Path, logging: dict[str, A
         return len(todo)
     import multiprocessing
 
-    done = 0
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_worker_init, initargs=(workers,)) as pool:
-        pending = {}
-        for cell in todo:
-            _start(bench, cell, out)
-            args, folder, meta = _task(bench, cell, out)
-            pending[pool.submit(run_cell, args, folder, meta, logging)] = cell
-        try:
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    cell = pending.pop(future)
-                    done += 1
-                    try:
-                        line = _line(bench, future.result())
-                    except BrokenProcessPool as err:  # the worker died (killed, out of memory)
-                        record = {**_missing(cell), "status": "failed", "error": f"worker process died: {err}"}
-                        _write_json(out / cell.folder / FAILED, record)
-                        line = f"failed: {record['error']}"
-                    say(f"[{done:>{width}}/{len(todo)}] {cell.name}: {line}")
-        except KeyboardInterrupt:
-            for future in pending:
-                future.cancel()
-            raise
+    queue, done = list(todo), 0
+    while queue:  # one pool, or a new one after a worker died (the cells it held are recorded as failed)
+        broken = False
+        with ProcessPoolExecutor(max_workers=min(workers, len(queue)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_worker_init, initargs=(workers,)) as pool:
+            pending: dict[Any, Cell] = {}
+            try:
+                while pending or (queue and not broken):
+                    while queue and not broken and len(pending) < workers:  # one cell per worker, none queued
+                        cell = queue.pop(0)
+                        _start(bench, cell, out)
+                        pending[pool.submit(run_cell, *_task(bench, cell, out), logging)] = cell
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        cell = pending.pop(future)
+                        done += 1
+                        try:
+                            line = _line(bench, future.result())
+                        except BrokenProcessPool as err:  # a worker died (killed, out of memory)
+                            broken = True
+                            record = {**_missing(cell), "status": "failed", "error": f"its process died: {err}"}
+                            _write_json(out / cell.folder / FAILED, record)
+                            line = f"failed: {record['error']}"
+                        say(f"[{done:>{width}}/{len(todo)}] {cell.name}: {line}")
+            except KeyboardInterrupt:  # the running cells stop at their next safe point, saved; no other starts
+                for process in list(getattr(pool, "_processes", {}).values()):
+                    process.terminate()
+                raise
     return len(todo)
 
 
