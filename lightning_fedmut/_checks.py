@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import os
+import random
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.callbacks import Checkpoint, DeviceStatsMonitor, ProgressBar
 from lightning.pytorch.utilities.model_helpers import is_overridden
@@ -220,36 +222,36 @@ def _scheduler_monitors(conf: Any) -> list[str]:
 def _module_monitors(model: LightningModule) -> list[tuple[str, str]]:
     """``(where, metric)`` for each metric that the module's schedulers and ``configure_callbacks`` monitor.
 
-    Both are called on a throwaway copy of the module (one deep copy per ``fit``), so that neither the module
-    nor the random state is touched; a method that needs a Trainer (``self.trainer.estimated_stepping_batches``)
-    cannot be inspected outside one and is skipped.
+    Both are called on the module itself, as Lightning calls them, with the random state saved and restored;
+    what they return is dropped (an optimizer over the parameters changes nothing). A method that needs a
+    Trainer (``self.trainer.estimated_stepping_batches``) cannot be inspected outside one and is skipped.
     """
     optimizers = is_overridden("configure_optimizers", model, LightningModule)
     callbacks = is_overridden("configure_callbacks", model, LightningModule)
     if not (optimizers or callbacks):
         return []
-    trainer = getattr(model, "_trainer", None)
-    try:
-        spare = copy.deepcopy(model, memo={id(trainer): None} if trainer is not None else None)
-    except Exception:  # noqa: BLE001 - a module that cannot be copied fails, with its own error, where clients train
-        return []
-    spare._trainer = None
     found: list[tuple[str, str]] = []
-    if optimizers:
+    states = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
         try:
-            conf = spare.configure_optimizers()
-        except Exception:  # noqa: BLE001 - it may need the Trainer that fit gives it
-            conf = None
-        found += [(f"`configure_optimizers` of {type(model).__name__} returns a scheduler that", m)
-                  for m in _scheduler_monitors(conf)]
-    if callbacks:
-        try:
-            extra = spare.configure_callbacks()
-        except Exception:  # noqa: BLE001
-            extra = []
-        extra = [extra] if isinstance(extra, Callback) else list(extra or [])
-        found += [(f"{type(cb).__name__} from `configure_callbacks` of {type(model).__name__}", cb.monitor)
-                  for cb in extra if isinstance(getattr(cb, "monitor", None), str)]
+            if optimizers:
+                try:
+                    conf = model.configure_optimizers()
+                except Exception:  # noqa: BLE001 - it may need the Trainer that fit gives it
+                    conf = None
+                found += [(f"`configure_optimizers` of {type(model).__name__} returns a scheduler that", m)
+                          for m in _scheduler_monitors(conf)]
+            if callbacks:
+                try:
+                    extra = model.configure_callbacks()
+                except Exception:  # noqa: BLE001
+                    extra = []
+                extra = [extra] if isinstance(extra, Callback) else list(extra or [])
+                found += [(f"{type(cb).__name__} from `configure_callbacks` of {type(model).__name__}", cb.monitor)
+                          for cb in extra if isinstance(getattr(cb, "monitor", None), str)]
+        finally:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
     return found
 
 

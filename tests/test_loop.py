@@ -161,7 +161,7 @@ def test_fresh_optimizer_per_client(synthetic):
             return opt
 
     FederatedLoop(rounds=2, clients_per_round=3, local_steps=1, seed=0).fit(CountOptim(), _clients(train))
-    # one optimizer per client per round, and one made by fit's check (does a scheduler monitor val_*?) on a copy
+    # one optimizer per client per round, and the one fit's check makes (does a scheduler monitor val_*?)
     assert len(made) == 6 + 1
 
 
@@ -182,8 +182,8 @@ def test_working_copy_made_once(synthetic, monkeypatch):
     per_fit = list(calls)
     calls.clear()
     FederatedLoop(rounds=3, clients_per_round=3, local_steps=1, seed=0).fit(TinyModule(), _clients(train))
-    # the working copy, and the throwaway one fit's checks call configure_optimizers on: never per client or round
-    assert calls == per_fit == ["TinyModule", "TinyModule"]
+    # the working copy, once per fit: never per client or round
+    assert calls == per_fit == ["TinyModule"]
 
 
 def test_csv_logger_gets_round_steps(synthetic, tmp_path):

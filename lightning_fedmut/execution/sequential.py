@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import copy
 import os
-import random
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
-import torch
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, StochasticWeightAveraging, Timer
 
@@ -20,6 +17,7 @@ from lightning_fedmut.execution.base import ClientExecutor, ClientTraining, Task
 from lightning_fedmut.execution.client_logger import ClientLogger
 from lightning_fedmut.functional.state import copy_, first_non_finite
 from lightning_fedmut.tasks import ClientResult, ClientTask
+from lightning_fedmut.utilities.seed import seed_process
 from lightning_fedmut.utilities.trainer import quiet_lightning
 
 __all__ = ["SequentialExecutor"]
@@ -102,9 +100,7 @@ class SequentialExecutor(ClientExecutor):
         client = task.client
         validate = client.val_data is not None
         try:
-            torch.manual_seed(task.seed)
-            random.seed(task.seed)
-            np.random.seed(task.seed)
+            seed_process(task.seed)
             self._restore_callbacks()
             logger = ClientLogger(self._training.trainer_kwargs.get("default_root_dir") or os.getcwd())
             with quiet_lightning(self._entry_points):
