@@ -460,3 +460,16 @@ def test_a_sampler_method_is_the_python_run_it_names(tmp_path):
     reference = loop.fit(model, clients, val_dataloaders=DataLoader(split.test, batch_size=500)).history
     for metric in ("val_acc", "val_loss"):
         assert metric_rows(result.records[0]["history"], metric) == metric_rows(reference, metric)
+
+
+def test_help_is_plain_text(capsys, monkeypatch):
+    from test_cli_help import MARKUP
+
+    monkeypatch.setenv("COLUMNS", "100")
+    assert main(["benchmark", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert [ln for ln in text.splitlines() if MARKUP.search(ln)] == []
+    for flag in ("--output", "--parallel", "--group", "--set", "--dry_run", "--report_only"):
+        assert f"  {flag} " in text
+    assert main(["--help"]) == 0
+    assert "  benchmark " in capsys.readouterr().out
