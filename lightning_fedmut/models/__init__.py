@@ -15,14 +15,17 @@ from lightning_fedmut.models.cifar import VGG16, LeNetCNN, ResNet18, lenet_cnn, 
 from lightning_fedmut.models.classifier import Classifier
 from lightning_fedmut.models.cnn import DigitsCNN, digits_cnn
 from lightning_fedmut.models.mnist1d import MNIST1DCNN, mnist1d_cnn
+from lightning_fedmut.models.shakespeare import CharLSTM, char_lstm
 
 __all__ = [
     "MNIST1DCNN",
     "VGG16",
+    "CharLSTM",
     "Classifier",
     "DigitsCNN",
     "LeNetCNN",
     "ResNet18",
+    "char_lstm",
     "default_model",
     "digits_cnn",
     "lenet_cnn",
