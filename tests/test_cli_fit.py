@@ -232,3 +232,18 @@ def test_top_level_usage_and_unknown_command(capsys):
     assert main(["fit", "--help"]) == 0
     help_text = capsys.readouterr().out
     assert "--mutation.radius" in help_text and "--partition.alpha" in help_text and "--print_config" in help_text
+
+
+def test_class_typed_loop_options_are_built(tmp_path, capsys):
+    """--loop.sampler and --loop.divergence take classes, as --aggregator does."""
+    code, _, _ = run([*TINY, "--partition.num_clients=6", "--loop.clients_per_round=3",
+                      "--loop.sampler=lightning_fedmut.sampling.ClusteredSampler",
+                      '--loop.divergence={"class_path": "lightning_fedmut.divergence.DivergenceMonitor",'
+                      ' "init_args": {"action": "warn", "patience": 2}}',
+                      f"--history_file={tmp_path / 'h.json'}"], capsys)
+    assert code == 0
+    saved = history(tmp_path / "h.json")
+    config = saved["config"]
+    assert config["loop"]["sampler"]["class_path"] == "lightning_fedmut.sampling.ClusteredSampler"
+    assert all("clustered_sampling/clusters" in row for row in saved["history"])  # the sampler that ran
+    assert config["loop"]["divergence"]["init_args"]["patience"] == 2

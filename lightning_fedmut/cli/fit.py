@@ -43,6 +43,8 @@ assert DatasetName.__args__ == DATASETS  # type: ignore[attr-defined]
 
 #: FederatedLoop arguments that get their own flags (or are built from them) instead of ``--loop.*``.
 _LOOP_SKIP = {"aggregator", "callbacks", "logger", "seed"}
+#: ``--loop.*`` options that take a class (``--loop.sampler lightning_fedmut.sampling.ClusteredSampler``).
+_LOOP_PLUGINS: dict[str, Any] = {}
 #: Defaults of the run that differ from the classes' own: the FedMut paper's setting on the digits.
 _LOOP_DEFAULTS = {"loop.rounds": 30, "loop.clients_per_round": 10, "loop.local_epochs": 5}
 
@@ -290,6 +292,19 @@ def config_dict(cfg: Namespace) -> dict[str, Any]:
     return out
 
 
+def _loop_plugins() -> dict[str, Any]:
+    from lightning_fedmut.client_state import ClientStateStore
+    from lightning_fedmut.divergence import DivergenceMonitor
+    from lightning_fedmut.execution import ClientExecutor
+    from lightning_fedmut.sampling import ClientSampler
+
+    return {"sampler": ClientSampler, "executor": ClientExecutor, "client_state_store": ClientStateStore,
+            "divergence": DivergenceMonitor}
+
+
+_LOOP_PLUGINS.update(_loop_plugins())
+
+
 def _build(key: str, type_: Any, value: Any) -> Any:
     """Instantiate one class-typed option, turning its constructor's complaint into a one-line error."""
     if value is None or isinstance(value, str):
@@ -365,6 +380,9 @@ def run_fit(cfg: Namespace) -> FederatedResult:
         print(f"{type(model).__name__} has no validation_step: the global model is not evaluated")
         val = None
     loop_args = plain(cfg.loop.as_dict())
+    for key, type_ in _LOOP_PLUGINS.items():  # class-typed loop options: built like --aggregator
+        if isinstance(loop_args.get(key), dict):
+            loop_args[key] = _build(key, type_, cfg.loop[key])
     if loop_args["clients_per_round"] > len(clients):
         raise CLIError(f"--loop.clients_per_round: expected at most the number of clients ({len(clients)}),"
                        f" got {loop_args['clients_per_round']}")
