@@ -81,7 +81,7 @@ class DistributedExecutor(ClientExecutor):
     federated learning simulates (up to a few tens of MB) is small beside the speed-up.
 
     Workers come from one of three places: started by the loop itself at ``fit`` (a plain ``python script.py``,
-    or the CLI; they are forked, see :mod:`lightning_fedmut.distributed.launcher`), or the processes of
+    or the CLI; they are forked: tutorial 9 says why), or the processes of
     ``torchrun`` or SLURM's ``srun``, which the loop detects and joins.
 
     Args:
