@@ -40,7 +40,7 @@ class _EpochGuard(Callback):
 @torch.no_grad()
 def _fingerprint(state: dict[str, Any], keys: list[str]) -> float:
     """One float64 number of the trainable weights: a step that moves any of them moves it (one pass, no copy)."""
-    return float(sum(state[k].double().sum() * (i + 1) for i, k in enumerate(keys)))
+    return float(sum(state[k].sum(dtype=torch.float64) * (i + 1) for i, k in enumerate(keys)))
 
 
 class LoopTaskHooks(TaskHooks):

@@ -32,7 +32,6 @@ import re
 import socket
 import tempfile
 import time
-import warnings
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
@@ -41,6 +40,7 @@ from typing import Any
 import torch
 
 from lightning_fedmut.utilities.validation import check_int
+from lightning_fedmut.utilities.warnings import warn_user
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -260,8 +260,8 @@ def load_resume_checkpoint(
         except CorruptCheckpointError as exc:
             errors.append(exc)
             if i + 1 < len(candidates):
-                warnings.warn(f"{exc} Resuming from the previous checkpoint, {str(candidates[i + 1])!r}, instead.",
-                              UserWarning, stacklevel=2)
+                warn_user(f"{exc} Resuming from the previous checkpoint, {str(candidates[i + 1])!r}, instead.",
+                          UserWarning)
     raise CorruptCheckpointError(
         f"Cannot resume from `checkpoint_dir`={str(directory)!r}: every checkpoint in it is truncated or corrupt.\n  "
         + "\n  ".join(str(e) for e in errors)

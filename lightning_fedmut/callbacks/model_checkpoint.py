@@ -8,7 +8,6 @@ import os
 import pickle
 import re
 import tempfile
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +15,7 @@ import torch
 
 from lightning_fedmut.callbacks.base import FederatedCallback
 from lightning_fedmut.utilities.validation import check_int
+from lightning_fedmut.utilities.warnings import warn_user
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule
@@ -173,12 +173,10 @@ class GlobalModelCheckpoint(FederatedCallback):
     def on_fit_end(self, loop: FederatedLoop, module: LightningModule) -> None:
         if self.monitor is not None and self.save_top_k != 0 and not self.best_k_models:
             seen = ", ".join(repr(k) for k in sorted(self._seen_metrics)) or "none"
-            warnings.warn(
+            warn_user(
                 f"GlobalModelCheckpoint(monitor={self.monitor!r}) wrote no best checkpoint: no round reported"
                 f" {self.monitor!r} (the rounds' metrics: {seen}). Pass `val_dataloaders` to `fit` so the global"
-                " model is evaluated, or monitor another metric.",
-                RuntimeWarning,
-                stacklevel=2,
+                " model is evaluated, or monitor another metric."
             )
 
     def state_dict(self) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -14,6 +13,7 @@ from lightning_fedmut.functional.mutation import acceleration_at, global_delta_,
 from lightning_fedmut.functional.state import copy_, floating_keys
 from lightning_fedmut.utilities.seed import MUTATION_STREAM, derive_seed
 from lightning_fedmut.utilities.validation import check_int, check_real
+from lightning_fedmut.utilities.warnings import warn_user
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule
@@ -99,11 +99,10 @@ class MutationCallback(FederatedCallback):
         self._coefficients = None
         weighted = getattr(loop.aggregator, "weighted", False)
         if weighted:
-            warnings.warn(
+            warn_user(
                 "MutationCallback runs with an example-weighted aggregator; FedMut's reference code uses the"
                 " uniform mean. Pass `aggregator=FedAvg(weighted=False)` to reproduce it.",
                 UserWarning,
-                stacklevel=2,
             )
 
     def teardown(self, loop: FederatedLoop, module: LightningModule, stage: str) -> None:

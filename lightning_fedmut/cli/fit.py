@@ -20,6 +20,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader
 
+from lightning_fedmut._config import class_path
 from lightning_fedmut.aggregators import Aggregator, FedAvg
 from lightning_fedmut.callbacks import GlobalModelCheckpoint, MutationCallback
 from lightning_fedmut.checkpoint import list_checkpoints
@@ -399,7 +400,7 @@ def run_fit(cfg: Namespace) -> FederatedResult:
     for key, obj in (("model", model), ("mutation", mutation), ("aggregator", aggregator), ("data", data),
                      ("model_checkpoint", model_checkpoint)):
         if isinstance(config.get(key), dict):  # the class path as the loop logs it (module.Class)
-            config[key]["class_path"] = f"{type(obj).__module__}.{type(obj).__qualname__}"
+            config[key]["class_path"] = class_path(obj)
     if logger is not None:
         logger.log_hyperparams(flatten_config(config))
     method = "FedMut" if mutation is not None else "FedAvg"

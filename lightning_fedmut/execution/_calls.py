@@ -33,6 +33,19 @@ def interruptible(trainer: Trainer, method: Any, *args: Any, **kwargs: Any) -> A
     return out
 
 
+def merged_scalars(results: list[dict[str, Any]]) -> dict[str, float]:
+    """The scalars of ``Trainer.validate``'s results (one dict per loader), merged into one dict.
+
+    Examples:
+        >>> merged_scalars([{"val_acc": torch.tensor(0.5)}, {"val_loss/dataloader_idx_1": 2.0}])
+        {'val_acc': 0.5, 'val_loss/dataloader_idx_1': 2.0}
+    """
+    merged: dict[str, float] = {}
+    for d in results:
+        merged.update(scalars(d))
+    return merged
+
+
 def scalars(metrics: dict[str, Any]) -> dict[str, float]:
     """The scalar entries of ``metrics`` as floats.
 

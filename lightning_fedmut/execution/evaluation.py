@@ -8,7 +8,7 @@ from typing import Any
 from lightning.pytorch import LightningModule, Trainer
 from torch.utils.data import DataLoader
 
-from lightning_fedmut.execution._calls import interruptible, scalars
+from lightning_fedmut.execution._calls import interruptible, merged_scalars
 from lightning_fedmut.utilities.trainer import QUIET_TRAINER_DEFAULTS, quiet_lightning
 
 __all__ = ["Evaluator", "evaluate"]
@@ -51,10 +51,7 @@ class Evaluator:
         with quiet_lightning(self._entry_points):
             trainer = Trainer(**{**EVAL_TRAINER_DEFAULTS, **self.trainer_kwargs})
             results = interruptible(trainer, trainer.validate, module, dataloaders=dataloaders, verbose=False)
-        merged: dict[str, float] = {}
-        for d in results:
-            merged.update(scalars(d))
-        return merged
+        return merged_scalars(results)
 
 
 def evaluate(

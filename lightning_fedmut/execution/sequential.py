@@ -12,7 +12,7 @@ from lightning.pytorch import Callback, LightningDataModule, LightningModule, Tr
 from lightning.pytorch.callbacks import EarlyStopping, StochasticWeightAveraging, Timer
 
 from lightning_fedmut.exceptions import NonFiniteWeightsError
-from lightning_fedmut.execution._calls import interruptible, scalars
+from lightning_fedmut.execution._calls import interruptible, merged_scalars, scalars
 from lightning_fedmut.execution.base import ClientExecutor, ClientTraining, TaskHooks
 from lightning_fedmut.execution.client_logger import ClientLogger
 from lightning_fedmut.functional.state import copy_, first_non_finite
@@ -130,10 +130,7 @@ class SequentialExecutor(ClientExecutor):
         else:
             results = interruptible(trainer, trainer.validate, self._working, dataloaders=client.val_data,
                                     verbose=False)
-        merged: dict[str, float] = {}
-        for d in results:
-            merged.update(scalars(d))
-        return merged
+        return merged_scalars(results)
 
     def _restore_callbacks(self) -> None:
         """Put every per-client-state Lightning callback back as it was when ``fit`` started."""

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from lightning.pytorch import Trainer
 
+from lightning_fedmut.utilities.warnings import warn_user
+
 #: Defaults of every client and evaluation Trainer; the user's ``trainer_kwargs`` win over them.
 QUIET_TRAINER_DEFAULTS: dict[str, Any] = {
     "logger": False,
@@ -108,11 +110,9 @@ def _missing_target(what: str) -> None:
     """Warn once that a patch target is gone: the run is correct but slower, never silently so."""
     if what not in _warned_missing:
         _warned_missing.add(what)
-        warnings.warn(
+        warn_user(
             f"lightning_fedmut could not find Lightning's `{what}` to speed up client Trainers; this Lightning"
-            " release moved it. Runs stay correct but each client Trainer is slower.",
-            RuntimeWarning,
-            stacklevel=4,
+            " release moved it. Runs stay correct but each client Trainer is slower."
         )
 
 
