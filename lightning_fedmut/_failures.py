@@ -64,13 +64,16 @@ EARLY_FAILURES = 3
 CLIENT_FAILURE_POLICIES = ("raise_systematic", "isolate")
 
 
-def client_failed(loop: FederatedLoop, result: ClientResult, first_results: list[ClientResult]) -> None:
-    """A client failed: say so, with its id; stop at once when the fit's first clients all fail alike."""
+def client_failed(loop: FederatedLoop, result: ClientResult, first_results: list[ClientResult] | None) -> None:
+    """A client failed: say so, with its id; stop at once when the fit's first clients all fail alike.
+
+    ``first_results`` are the results so far of the fit's first round (``None`` in later rounds).
+    """
     error = result.error
     if loop.is_global_zero:
         warn_user(f"Client {result.client.id!r} failed in round {loop.round} (slot {result.task.slot}) and is left"
                   f" out of the aggregate: {result.error_type}: {error}")
-    if loop.on_client_failure != "raise_systematic" or len(first_results) > EARLY_FAILURES:
+    if loop.on_client_failure != "raise_systematic" or first_results is None or len(first_results) > EARLY_FAILURES:
         return
     head = first_results[:EARLY_FAILURES]
     if len(head) == min(EARLY_FAILURES, loop.clients_per_round) and _same_failure(head):

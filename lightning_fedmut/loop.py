@@ -34,7 +34,7 @@ from lightning_fedmut.functional.state import copy_
 from lightning_fedmut.progress import FitProgress
 from lightning_fedmut.result import FederatedResult
 from lightning_fedmut.sampling import ClientSampler, UniformSampler
-from lightning_fedmut.tasks import ClientResult, ClientTask
+from lightning_fedmut.tasks import ClientTask
 from lightning_fedmut.utilities.seed import CLIENT_STREAM, derive_seed
 from lightning_fedmut.utilities.trainer import quiet_console
 from lightning_fedmut.utilities.validation import check_int
@@ -175,7 +175,6 @@ class FederatedLoop:
         self._start_models_change = False
         self._round_log = RoundLog(self)
         self._signals = SignalGuard(self)
-        self._first_results: list[ClientResult] = []  # the fit's first round: a failure that repeats stops it
         self._first_round = 0
 
     @property
@@ -255,7 +254,6 @@ class FederatedLoop:
         self.progress.reset()
         self.sampler.setup(self.seed, self.client_states)
         self.client_states.clear()
-        self._first_results = []
         if self.divergence is not None:
             self.divergence.reset()
         self.checkpoint_connector.fingerprint = fingerprint(self, model, clients)
@@ -334,23 +332,22 @@ class FederatedLoop:
         trained: list[dict[str, Any]] = []  # client_history rows
         failed: list[dict[str, Any]] = []  # failures rows
         new_states, results = [], []
+        first_round = self.round == self._first_round  # a failure that repeats among its first clients stops the fit
         self._bar.set_description(f"round {self.round}")  # 0-based, as in the history
         self._in_client_phase = True
         for result in self.executor.run(tasks, LoopTaskHooks(self, model, global_state)):
             task, row = result.task, {"round": self.round, "client_id": result.client.id, "slot": result.task.slot}
             results.append(result)
-            if self.progress.round == self._first_round:
-                self._first_results.append(result)
             if result.failed:
                 failed.append({**row, "type": result.error_type, "message": str(result.error)})
-                fault.client_failed(self, result, self._first_results)
+                fault.client_failed(self, result, results if first_round else None)
             else:
                 self.aggregator.update(result)
                 trained.append({**row, "num_examples": result.num_examples, **result.metrics})
                 new_states.append((task.client.id, result.client_state))
             self._bar.update(1)
         self._in_client_phase = False
-        fault.round_clients_done(self, results, first_round=self.round == self._first_round)
+        fault.round_clients_done(self, results, first_round=first_round)
         if self.divergence is not None:
             self.divergence.on_clients(self, sum(f["type"] == "NonFiniteWeightsError" for f in failed), len(results))
         for client_id, state in new_states:  # stored after the round's clients, so an interrupt saves a whole round
