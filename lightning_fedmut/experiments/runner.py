@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import threading
 import time
 import traceback
 import typing
@@ -390,14 +392,14 @@ def _run_all(bench: Benchmark, todo: list[Cell], out: Path, logging: dict[str, A
     while queue:  # one pool, or a new one after a worker died (the cells it held are recorded as failed)
         broken = False
         with ProcessPoolExecutor(max_workers=min(workers, len(queue)), mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_worker_init, initargs=(workers,)) as pool:
+                                 initializer=_worker_init, initargs=(workers, os.getpid())) as pool:
             pending: dict[Any, Cell] = {}
             try:
                 while pending or (queue and not broken):
                     while queue and not broken and len(pending) < workers:  # one cell per worker, none queued
                         cell = queue.pop(0)
                         _start(bench, cell, out)
-                        pending[pool.submit(run_cell, *_task(bench, cell, out), logging)] = cell
+                        pending[pool.submit(_cell_process, *_task(bench, cell, out), logging)] = cell
                     finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for future in finished:
                         cell = pending.pop(future)
@@ -417,17 +419,68 @@ def _run_all(bench: Benchmark, todo: list[Cell], out: Path, logging: dict[str, A
     return len(todo)
 
 
-def _worker_init(workers: int) -> None:
-    """A cell process: its share of the CPU threads, and SIGTERM (a checkpointed stop) when the benchmark dies."""
-    import signal
+#: In a cell process: the benchmark's process id, and whether a cell is running (set by ``_cell_process``).
+_PARENT: dict[str, int] = {}
+_RUNNING = threading.Event()
+#: How long an orphaned cell process may take to save its round after the benchmark died, before it exits anyway.
+ORPHAN_GRACE_S = 300.0
 
+
+def _worker_init(workers: int, parent: int) -> None:
+    """A cell process: its share of the CPU threads; SIGTERM when the benchmark dies (the cell saves its last
+    completed round and stops), and a watchdog that ends the process once the benchmark is gone."""
     import torch
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C goes to the benchmark, which stops the workers
+    _PARENT["pid"] = parent
+    deathsig = False
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: a worker finishes its cell after the benchmark died
+        deathsig = ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM) == 0  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the watchdog sends the SIGTERM
         pass
+    if _orphaned():  # the benchmark died while this process started
+        os._exit(0)
+    threading.Thread(target=_watch_parent, args=(not deathsig,), name="benchmark-watchdog", daemon=True).start()
+
+
+def _orphaned() -> bool:
+    """Whether the benchmark that started this cell process has died (the process was handed to another)."""
+    parent = _PARENT.get("pid")
+    return parent is not None and os.getppid() != parent
+
+
+def _watch_parent(send_sigterm: bool, every: float = 0.2) -> None:
+    """Poll the parent: once the benchmark is gone, an idle process exits at once; a running cell gets SIGTERM
+    (when the kernel did not send it) and ``ORPHAN_GRACE_S`` seconds to save its round, after which the process
+    exits anyway (its previous rounds are saved)."""
+    while not _orphaned():
+        time.sleep(every)
+    if not _RUNNING.is_set():
+        os._exit(0)
+    if send_sigterm:
+        os.kill(os.getpid(), signal.SIGTERM)
+    deadline = time.monotonic() + ORPHAN_GRACE_S
+    while _RUNNING.is_set() and time.monotonic() < deadline:
+        time.sleep(every)
+    os._exit(0 if not _RUNNING.is_set() else 143)
+
+
+def _cell_process(args: Mapping[str, Any], folder: str, meta: Mapping[str, Any], logging: Mapping[str, Any]
+                  ) -> dict[str, Any]:
+    """:func:`run_cell` in a cell process. When the benchmark has died, nobody reads the result: the process
+    exits as soon as the cell returns or stops (a pool worker would otherwise wait for its next cell forever)."""
+    _RUNNING.set()
+    try:
+        record = run_cell(args, folder, meta, logging)
+    except BaseException:
+        if _orphaned():
+            os._exit(143)
+        raise
+    finally:
+        _RUNNING.clear()
+    if _orphaned():
+        os._exit(0)
+    return record
