@@ -12,6 +12,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch import LightningModule
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
 from lightning_fedmut import _tracking as tracking
 from lightning_fedmut import checkpoint as ckpt
@@ -142,11 +143,42 @@ class CheckpointConnector:
         loop.progress.load_state_dict(saved["progress"])
 
 
+#: ``trainer_kwargs`` keys left out of the fingerprint: they change where and how visibly a run trains, not its
+#: numbers, so a run may resume on another machine or with other console and profiling settings.
+ENGINEERING_TRAINER_KEYS = frozenset({
+    "accelerator", "devices", "num_nodes", "strategy", "logger", "enable_progress_bar", "enable_model_summary",
+    "enable_checkpointing", "default_root_dir", "profiler", "log_every_n_steps", "detect_anomaly", "barebones",
+})
+
+
 def fingerprint(loop: FederatedLoop, model: LightningModule, clients: list[Client]) -> dict[str, Any]:
-    """The settings a checkpoint of this run must match to be resumed (plain data, as checkpoints hold)."""
+    """The settings a checkpoint of this run must match to be resumed (plain data, as checkpoints hold).
+
+    Every setting that changes the run's numbers is in it: the model, the clients and their data (ids,
+    examples, and the batch size, shuffling and ``drop_last`` of their loaders), the round's shape
+    (``clients_per_round``, ``local_epochs``/``local_steps``, ``min_clients_per_round``), the failure and
+    divergence policies, the aggregator, sampler and federated callbacks, the evaluation (``evaluate_every``
+    and the server's validation data) and ``trainer_kwargs`` except :data:`ENGINEERING_TRAINER_KEYS` and
+    Lightning callbacks that only observe. ``rounds`` is not: a run may resume to go on for more rounds.
+
+    Examples:
+        >>> import torch
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> from lightning_fedmut import Client, FederatedLoop
+        >>> from lightning_fedmut.models import DigitsCNN
+        >>> clients = [Client(i, DataLoader(TensorDataset(torch.zeros(4, 1)), batch_size=2, shuffle=True))
+        ...            for i in range(2)]
+        >>> loop = FederatedLoop(rounds=3, clients_per_round=2, trainer_kwargs={"gradient_clip_val": 1.0})
+        >>> found = fingerprint(loop, DigitsCNN(), clients)
+        >>> found["client_batch_size"], found["client_shuffle"], found["trainer_kwargs"], "rounds" in found
+        (2, True, {'gradient_clip_val': 1.0}, False)
+    """
     ids = [repr(c.id) for c in clients]
     shapes = [f"{k}:{tuple(v.shape)}:{v.dtype}" for k, v in model.state_dict().items()]
     hparams = loop.hparams
+    loaders = [_loader_settings(c.data) for c in clients]
+    val_loaders = [None if c.val_data is None else _loader_settings(c.val_data) for c in clients]
+    val = getattr(loop, "_val", None)
     return {
         "model": class_path(model),
         "model_hparams": _plain(dict(getattr(model, "hparams", {}))),
@@ -154,14 +186,84 @@ def fingerprint(loop: FederatedLoop, model: LightningModule, clients: list[Clien
         "clients": len(clients),
         "client_ids": _digest(ids) if len(ids) > 8 else ids,
         "client_data": _digest([_data_digest(c) for c in clients]),
+        "client_batch_size": _same_for_all([s["batch_size"] for s in loaders]),
+        "client_shuffle": _same_for_all([s["shuffle"] for s in loaders]),
+        "client_drop_last": _same_for_all([s["drop_last"] for s in loaders]),
+        "client_val_data": _same_for_all(val_loaders),
         "clients_per_round": loop.clients_per_round,
         "local_epochs": loop.local_epochs,
         "local_steps": loop.local_steps,
+        "min_clients_per_round": loop.min_clients_per_round,
+        "on_round_failure": loop.on_round_failure,
+        "on_client_failure": loop.on_client_failure,
+        "evaluate_every": loop.evaluate_every,
+        "val_data": None if val is None else [_loader_settings(v) for v in (val if isinstance(val, (list, tuple))
+                                                                            else [val])],
         "seed": loop.seed,
         "aggregator": _plain(hparams["aggregator"]),
         "sampler": _plain(hparams["sampler"]),
         "callbacks": _plain([cb for cb, real in zip(hparams["callbacks"], loop.callbacks) if hasattr(real, "hparams")]),
+        "divergence": None if loop.divergence is None else _plain(
+            {"class_path": class_path(loop.divergence), "init_args": getattr(loop.divergence, "hparams", {})}),
+        "trainer_kwargs": _trainer_settings(loop.trainer_kwargs),
     }
+
+
+def _loader_settings(data: Any) -> dict[str, Any]:
+    """What in a client's loader changes the numbers: batch size, shuffling, ``drop_last`` (and a dataset's size).
+
+    A ``LightningDataModule`` is named by its class and its hyperparameters' ``batch_size``, if any.
+    """
+    if isinstance(data, DataLoader):
+        sampler = data.sampler
+        shuffle: Any = {RandomSampler: True, SequentialSampler: False}.get(type(sampler), class_path(sampler))
+        batch_size = data.batch_size if data.batch_size is not None else class_path(data.batch_sampler)
+        try:
+            examples = len(data.dataset)  # type: ignore[arg-type]
+        except TypeError:
+            examples = None
+        return {"batch_size": batch_size, "shuffle": shuffle, "drop_last": data.drop_last, "examples": examples}
+    batch_size = _plain(dict(getattr(data, "hparams", {})).get("batch_size"))
+    return {"batch_size": batch_size, "shuffle": class_path(data), "drop_last": None, "examples": None}
+
+
+def _same_for_all(values: list[Any]) -> Any:
+    """The one value every client has, or a digest of the clients' values when they differ."""
+    if all(v == values[0] for v in values):
+        return values[0] if values else None
+    return "varies by client: " + _digest([repr(v) for v in values])
+
+
+def _trainer_settings(trainer_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``trainer_kwargs`` that change the numbers, as plain data (objects by class path)."""
+    from lightning.pytorch.callbacks import DeviceStatsMonitor, LearningRateMonitor, ModelSummary, ProgressBar
+
+    out = {}
+    for key in sorted(trainer_kwargs):
+        value = trainer_kwargs[key]
+        if key in ENGINEERING_TRAINER_KEYS:
+            continue
+        if key == "callbacks":
+            items = value if isinstance(value, (list, tuple)) else [value]
+            observers = (ProgressBar, ModelSummary, LearningRateMonitor, DeviceStatsMonitor)
+            value = [class_path(cb) for cb in items if not isinstance(cb, observers)]
+            if not value:
+                continue
+        out[key] = _setting(value)
+    return out
+
+
+def _setting(value: Any) -> Any:
+    """``value`` as plain data; an object as its class path (its repr may hold a memory address)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _setting(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_setting(v) for v in value]
+    if isinstance(value, torch.dtype):
+        return str(value)
+    return class_path(value)
 
 
 def _data_digest(client: Client) -> str:

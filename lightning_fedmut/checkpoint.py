@@ -47,6 +47,7 @@ __all__ = [
     "CorruptCheckpointError",
     "UnsafeCheckpointError",
     "checkpoint_name",
+    "check_resume_rounds",
     "compare_fingerprints",
     "list_checkpoints",
     "load_checkpoint",
@@ -298,20 +299,78 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def compare_fingerprints(saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Raise a ``ValueError`` naming every setting in which a checkpoint differs from the run resuming it.
 
+    Settings held as mappings (``trainer_kwargs``, the aggregator's arguments ...) are compared entry by entry,
+    each difference named with a dotted name. A setting the checkpoint does not record at all (it was written by
+    a release that did not check it yet) is not compared: a warning names it, and the resume goes on.
+
     Examples:
         >>> compare_fingerprints({"seed": 0, "clients": 10}, {"seed": 1, "clients": 10})
         Traceback (most recent call last):
         ...
         ValueError: Cannot resume: the checkpoint was made with other settings.
           seed: checkpoint has 0, this run has 1
+        Resume with the checkpoint's settings, or start a new run (another `checkpoint_dir`, no `ckpt_path`).
+        >>> compare_fingerprints({"trainer_kwargs": {}}, {"trainer_kwargs": {"gradient_clip_val": 0.5}})
+        Traceback (most recent call last):
+        ...
+        ValueError: Cannot resume: the checkpoint was made with other settings.
+          trainer_kwargs.gradient_clip_val: checkpoint has not set, this run has 0.5
+        Resume with the checkpoint's settings, or start a new run (another `checkpoint_dir`, no `ckpt_path`).
     """
-    mismatches = []
+    unrecorded = sorted(set(current) - set(saved))
+    mismatches: list[str] = []
     for key in sorted(set(saved) | set(current)):
-        if saved.get(key) != current.get(key):
-            a, b = _short(saved.get(key)), _short(current.get(key))
-            mismatches.append(f"{key}: checkpoint has {a}, this run has {b}")
+        if key not in unrecorded:
+            mismatches += _differences(key, saved.get(key, _UNSET), current.get(key, _UNSET))
     if mismatches:
-        raise ValueError("Cannot resume: the checkpoint was made with other settings.\n  " + "\n  ".join(mismatches))
+        raise ValueError(
+            "Cannot resume: the checkpoint was made with other settings.\n  " + "\n  ".join(mismatches)
+            + "\nResume with the checkpoint's settings, or start a new run (another `checkpoint_dir`, no `ckpt_path`)."
+        )
+    if unrecorded:
+        warn_user(
+            f"The checkpoint was written by an older release that did not record {', '.join(unrecorded)}: these"
+            " settings are not compared. Resume with the values the run was started with.", UserWarning)
+
+
+def check_resume_rounds(rounds_done: int, rounds: int) -> None:
+    """Refuse to resume a checkpoint of ``rounds_done`` rounds into a run of fewer ``rounds`` in all.
+
+    More rounds than the checkpoint holds extend the run; as many finish it at once.
+
+    Examples:
+        >>> check_resume_rounds(10, 30)
+        >>> check_resume_rounds(10, 6)
+        Traceback (most recent call last):
+        ...
+        ValueError: Cannot resume: the checkpoint holds 10 completed rounds, and this run asks for `rounds`=6 in all. Pass `rounds` >= 10 (more rounds extend the run), or resume from an earlier checkpoint.
+    """
+    if rounds < rounds_done:
+        raise ValueError(
+            f"Cannot resume: the checkpoint holds {rounds_done} completed rounds, and this run asks for `rounds`="
+            f"{rounds} in all. Pass `rounds` >= {rounds_done} (more rounds extend the run), or resume from an"
+            " earlier checkpoint."
+        )
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "not set"
+
+
+_UNSET = _Unset()
+
+
+def _differences(name: str, saved: Any, current: Any) -> list[str]:
+    """``name: checkpoint has A, this run has B`` for each difference, entry by entry where both are mappings."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out: list[str] = []
+        for key in sorted(set(saved) | set(current), key=str):
+            out += _differences(f"{name}.{key}", saved.get(key, _UNSET), current.get(key, _UNSET))
+        return out
+    if saved == current:
+        return []
+    return [f"{name}: checkpoint has {_short(saved)}, this run has {_short(current)}"]
 
 
 # ------------------------------------------------------------------ helpers

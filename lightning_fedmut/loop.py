@@ -259,6 +259,7 @@ class FederatedLoop:
         self.checkpoint_connector.fingerprint = fingerprint(self, model, clients)
         if saved is not None:
             ckpt.compare_fingerprints(saved["fingerprint"], self.checkpoint_connector.fingerprint)
+            ckpt.check_resume_rounds(saved["rounds_done"], self.rounds)
             tracking.prepare_resume(self._logger, saved.get("run_id"))
         if self.is_global_zero:  # last: released by teardown
             self.checkpoint_connector.lock()
