@@ -7,6 +7,12 @@ below (MNIST's IDX files, CIFAR's pickled batches, in torchvision's folder layou
 already holds the files needs no torchvision; torchvision (``pip install 'lightning_fedmut[vision]'``) is
 used only to download missing files, and a failed download raises one :class:`DatasetDownloadError`
 line saying what to do.
+
+Data files are data, never code: every CIFAR file is checked against its published size and MD5
+(:data:`CIFAR_CHECKSUMS`, the sums torchvision checks) before a byte of it is unpickled, and the batches are
+then read by an unpickler that builds only numpy arrays, lists, dicts, numbers and strings, so that even a
+file with the right sum cannot run code. A missing, partial or altered file, and an IDX file whose header and
+length disagree, is one :class:`DatasetIntegrityError` line naming the file and how to get the real one.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import gzip
+import hashlib
 import io
+import math
 import os
 import pickle
 import struct
@@ -28,8 +36,10 @@ import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 __all__ = [
+    "CIFAR_CHECKSUMS",
     "DATASETS",
     "DatasetDownloadError",
+    "DatasetIntegrityError",
     "DatasetSplit",
     "ImageDataset",
     "labels_of",
@@ -57,14 +67,43 @@ _VISION = {
     "mnist": {"folder": "MNIST", "tv": "MNIST", "mean": (0.1307,), "std": (0.3081,), "classes": 10},
     "fashion_mnist": {"folder": "FashionMNIST", "tv": "FashionMNIST", "mean": (0.2860,), "std": (0.3530,), "classes": 10},
     "cifar10": {"folder": "cifar-10-batches-py", "tv": "CIFAR10", "mean": (0.4914, 0.4822, 0.4465),
-                "std": (0.2470, 0.2435, 0.2616), "classes": 10},
+                "std": (0.2470, 0.2435, 0.2616), "classes": 10,
+                "url": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"},
     "cifar100": {"folder": "cifar-100-python", "tv": "CIFAR100", "mean": (0.5071, 0.4865, 0.4409),
-                 "std": (0.2673, 0.2564, 0.2762), "classes": 100},
+                 "std": (0.2673, 0.2564, 0.2762), "classes": 100,
+                 "url": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"},
+}
+
+#: The CIFAR files read, as published: ``{data set: {file name: (size in bytes, MD5)}}``. The sums are the
+#: ones torchvision checks (``torchvision/datasets/cifar.py``); the sizes are those of the files in the
+#: official archives. A file is unpickled only once its size and sum match.
+CIFAR_CHECKSUMS: dict[str, dict[str, tuple[int, str]]] = {
+    "cifar10": {
+        "data_batch_1": (31035704, "c99cafc152244af753f735de768cd75f"),
+        "data_batch_2": (31035320, "d4bba439e000b95fd0a9bffe97cbabec"),
+        "data_batch_3": (31035999, "54ebc095f3ab1f0389bbae665268c751"),
+        "data_batch_4": (31035696, "634d18415352ddfa80567beed471001a"),
+        "data_batch_5": (31035623, "482c414d41f54cd18b22e5b47cb7c3cb"),
+        "test_batch": (31035526, "40351d587109b95175f43aff81a1287e"),
+    },
+    "cifar100": {
+        "train": (155249918, "16019d7e3df5f24257cddd939b257f8d"),
+        "test": (31049707, "f0ef6b0ae62326f3e7ffdfab6717acfc"),
+    },
 }
 
 
 class DatasetDownloadError(RuntimeError):
     """A data set's files are missing and could not be downloaded (typically: the machine is offline)."""
+
+
+class DatasetIntegrityError(DatasetDownloadError, ValueError):
+    """A data set's file is there but is not the published file: partial, altered, or not data only.
+
+    Raised before anything from the file is used; the message names the file, what was expected and
+    found, and how to get the real one. It is a :class:`DatasetDownloadError` (the command line reports it
+    as one line) and a ``ValueError``.
+    """
 
 
 @dataclass(frozen=True)
@@ -232,7 +271,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (MNIST's format), plain or gzipped, as a numpy array.
 
     The header is two zero bytes, a type code (``0x08`` for uint8), the number of dimensions, and one
-    big-endian 32-bit size per dimension.
+    big-endian 32-bit size per dimension; the data that follows must be exactly as long as the header
+    says. A file that is not IDX, or whose length disagrees with its header (a partial download, a
+    truncated gzip stream), raises :class:`DatasetIntegrityError` naming the file.
 
     Examples:
         >>> import tempfile
@@ -243,22 +284,34 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         ...     read_idx(p).tolist()
         [7, 0, 2]
     """
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    name = str(path)
+    opener = gzip.open if name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except EOFError as err:  # gzip stream cut short
+        raise DatasetIntegrityError(f"{name!r} is truncated: {err}.") from None
+    except gzip.BadGzipFile as err:
+        raise DatasetIntegrityError(f"{name!r} is not a gzip file: {err}.") from None
     if len(data) < 4:
-        raise ValueError(f"{str(path)!r} is not an IDX file: it holds {len(data)} bytes.")
+        raise DatasetIntegrityError(f"{name!r} is not an IDX file: it holds {len(data)} bytes.")
     zero, code, ndim = struct.unpack(">HBB", data[:4])
     dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
     if zero != 0 or code not in dtypes:
-        raise ValueError(f"{str(path)!r} is not an IDX file: bad magic number {data[:4].hex()}.")
-    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+        raise DatasetIntegrityError(f"{name!r} is not an IDX file: bad magic number {data[:4].hex()}.")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DatasetIntegrityError(
+            f"{name!r} is truncated: its header needs {header} bytes for {ndim} dimensions, the file holds {len(data)}.")
+    shape = struct.unpack(f">{ndim}I", data[4:header])
     dtype = np.dtype(dtypes[code])
-    body = data[4 + 4 * ndim :]
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(body) != expected:
-        raise ValueError(f"{str(path)!r} is truncated: expected {expected} bytes of data for shape {shape}, got {len(body)}.")
-    return np.frombuffer(body, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+    body = len(data) - header
+    expected = math.prod(shape) * dtype.itemsize  # exact: numpy's product would wrap around for a forged shape
+    if body != expected:
+        state = "is truncated" if body < expected else "is longer than its header says"
+        raise DatasetIntegrityError(
+            f"{name!r} {state}: expected {expected} bytes of data for shape {shape}, got {body}.")
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def _idx_file(folder: Path, name: str) -> Path | None:
@@ -288,13 +341,133 @@ def _cifar_files(root: Path, name: str) -> dict[str, list[Path]] | None:
     return files if all(p.is_file() for paths in files.values() for p in paths) else None
 
 
-def _read_cifar(paths: list[Path], label_key: str) -> tuple[np.ndarray, np.ndarray]:
+def _missing(root: Path, name: str) -> list[str]:
+    """The names of ``name``'s files that are not in its folder under ``root``."""
+    if name in CIFAR_CHECKSUMS:
+        folder = root / _VISION[name]["folder"]
+        return [f for f in CIFAR_CHECKSUMS[name] if not (folder / f).is_file()]
+    raw = root / _VISION[name]["folder"] / "raw"
+    return [f for pair in _MNIST_FILES.values() for f in pair if _idx_file(raw, f) is None]
+
+
+def _refetch_hint(name: str, folder: Path) -> str:
+    """How to get ``name``'s published files into ``folder``, for the end of an error."""
+    spec = _VISION[name]
+    elsewhere = (f"or unpack {spec['url']} into {str(folder.parent)!r}" if "url" in spec
+                 else "or copy the published files there from a machine that has them")
+    return (f"Delete {str(folder)!r} and run again with download enabled (the default; needs torchvision and network"
+            f" access), {elsewhere}.")
+
+
+@functools.lru_cache(maxsize=1)
+def _data_globals() -> dict[tuple[str, str], Any]:
+    """The only globals a data set's pickle may name, by ``(module, name)``."""
+    import codecs
+
+    reconstruct = np.zeros(0).__reduce__()[0]  # numpy's own, whatever module this numpy keeps it in
+    frombuffer = np.zeros(1).__reduce_ex__(5)[0]
+    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                                           ("_codecs", "encode"): codecs.encode}
+    for core in ("numpy.core", "numpy._core"):
+        allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
+        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
+    return allowed
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """An unpickler that builds plain data only: numpy arrays, dicts, lists, numbers, strings and bytes.
+
+    Any other global a pickle names (a function to call, a class to build) is refused before it is looked
+    up, so a crafted file cannot run code. What CIFAR's batches need: numpy's array reconstruction (the
+    Python 2 ``numpy.core`` names of the published files and the ``numpy._core`` names of numpy 2),
+    ``numpy.dtype``, and ``_codecs.encode``, with which Python 3 writes ``bytes`` at protocol 2.
+    """
+
+    def __init__(self, file: io.BytesIO, source: str):
+        super().__init__(file, encoding="latin1")
+        self.source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = _data_globals().get((module, name))
+        if found is None:
+            raise DatasetIntegrityError(
+                f"{self.source!r} is not plain data: it asks to load {module}.{name}, which a data set file never"
+                " needs; it was refused and nothing in the file was run.")
+        return found
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise DatasetIntegrityError(f"{self.source!r} is not plain data: it holds a persistent reference.")
+
+
+def _verified_bytes(path: Path, size: int, md5: str, hint: str) -> bytes:
+    """The bytes of ``path``, once they are ``size`` bytes with MD5 ``md5`` (the bytes checked are the bytes used)."""
+    with open(path, "rb") as f:
+        data = f.read(size + 1)
+    if len(data) != size:
+        found = f"{len(data)} bytes" if len(data) <= size else f"more than {size} bytes"
+        raise DatasetIntegrityError(f"{str(path)!r} is partial or not the published file: {found}, expected {size}"
+                                    f" bytes. {hint}")
+    digest = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    if digest != md5:
+        raise DatasetIntegrityError(f"{str(path)!r} is not the published file: size {size} bytes, MD5 {digest},"
+                                    f" expected MD5 {md5}. {hint}")
+    return data
+
+
+def _check_sizes(paths: list[Path], sums: dict[str, tuple[int, str]], hint: str) -> None:
+    """Refuse a file of the wrong size before any file is read."""
+    for path in paths:
+        size = path.stat().st_size
+        expected = sums[path.name][0]
+        if size != expected:
+            raise DatasetIntegrityError(f"{str(path)!r} is partial or not the published file: {size} bytes,"
+                                        f" expected {expected} bytes. {hint}")
+
+
+def _entry(batch: dict, key: str) -> Any:
+    """``batch[key]`` whether the file's keys read as ``str`` (Python 2 strings) or ``bytes``."""
+    if key in batch:
+        return batch[key]
+    return batch.get(key.encode("ascii"))
+
+
+def _read_cifar_batch(data: bytes, source: str, label_key: str, classes: int) -> tuple[np.ndarray, list[int]]:
+    """The images ``(N, 3, 32, 32)`` and labels of one CIFAR batch, read as data only and checked."""
+    try:
+        batch = _DataUnpickler(io.BytesIO(data), source).load()
+    except DatasetIntegrityError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            OverflowError, struct.error) as err:  # a malformed pickle
+        raise DatasetIntegrityError(f"{source!r} is not a CIFAR batch: {type(err).__name__}: {err}") from None
+    images = _entry(batch, "data") if isinstance(batch, dict) else None
+    labels = _entry(batch, label_key) if isinstance(batch, dict) else None
+    if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 2
+            and images.shape[1] == 3 * 32 * 32):
+        found = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
+        raise DatasetIntegrityError(f"{source!r} is not a CIFAR batch: expected 'data' to be a uint8 array"
+                                    f" (N, 3072), got {found}.")
+    if not (isinstance(labels, list) and len(labels) == len(images)
+            and all(isinstance(y, int) and 0 <= y < classes for y in labels)):
+        raise DatasetIntegrityError(f"{source!r} is not a CIFAR batch: expected {label_key!r} to be a list of"
+                                    f" {len(images)} integers in [0, {classes}).")
+    return images.reshape(-1, 3, 32, 32), labels
+
+
+def _read_cifar(paths: list[Path], name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The images and labels of ``paths``, each file verified against :data:`CIFAR_CHECKSUMS` before it is read."""
+    sums, hint = CIFAR_CHECKSUMS[name], _refetch_hint(name, paths[0].parent)
+    label_key, classes = ("fine_labels" if name == "cifar100" else "labels"), int(_VISION[name]["classes"])
     images, labels = [], []
     for path in paths:
-        with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="latin1")
-        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.extend(batch[label_key])
+        size, md5 = sums[path.name]
+        data = _verified_bytes(path, size, md5, hint)
+        try:
+            batch_images, batch_labels = _read_cifar_batch(data, str(path), label_key, classes)
+        except DatasetIntegrityError as err:
+            raise DatasetIntegrityError(f"{err} {hint}") from None
+        images.append(batch_images)
+        labels.extend(batch_labels)
     return np.concatenate(images), np.asarray(labels, dtype=np.int64)
 
 
@@ -303,7 +476,11 @@ def _find_or_download(name: str, root: Path, find: Callable[[Path, str], Any], d
     files = find(root, name)
     if files is None:
         if not download:
-            raise DatasetDownloadError(f"{_VISION[name]['tv']} files not found in {str(folder)!r} and download=False.")
+            message = f"{_VISION[name]['tv']} files not found in {str(folder)!r} and download=False."
+            if folder.is_dir():  # some of the files are there: name the others and how to get them
+                message = (f"{_VISION[name]['tv']} files not found in {str(folder)!r} and download=False:"
+                           f" {', '.join(_missing(root, name))} missing. {_refetch_hint(name, folder)}")
+            raise DatasetDownloadError(message)
         _download(name, root)
         files = find(root, name)
         if files is None:  # pragma: no cover - torchvision changed its layout
@@ -343,21 +520,36 @@ def load_mnist_split(
     """MNIST or Fashion-MNIST (``1x28x28``, 10 classes) from torchvision's layout ``root/MNIST/raw``.
 
     The IDX files (plain or ``.gz``) are read with :func:`read_idx`; only missing files need torchvision,
-    which downloads them when ``download=True``.
+    which downloads them when ``download=True``. A file whose length disagrees with its header, images
+    that are not ``uint8`` ``(N, H, W)``, a label count that is not the image count, or a label outside
+    ``[0, 10)`` is refused before training.
 
     Raises:
         DatasetDownloadError: the files are missing and cannot be downloaded.
+        DatasetIntegrityError: a file is partial or does not hold what MNIST's files hold.
     """
     name = "fashion_mnist" if fashion else "mnist"
     root = Path(root)
-    files = _find_or_download(name, root, _mnist_files, download, root / _VISION[name]["folder"] / "raw")
-    spec = _VISION[name]
+    raw = root / _VISION[name]["folder"] / "raw"
+    files = _find_or_download(name, root, _mnist_files, download, raw)
+    spec, classes, hint = _VISION[name], int(_VISION[name]["classes"]), _refetch_hint(name, raw)
     out = []
     for split in ("train", "test"):
-        images, labels = (read_idx(p) for p in files[split])
-        if images.ndim != 3 or len(images) != len(labels):
-            raise ValueError(f"{str(files[split][0])!r}: expected images (N, H, W) and N labels, got {images.shape} and {labels.shape}.")
-        out.append(ImageDataset(images[:, None].astype(np.uint8), labels.astype(np.int64), spec["mean"], spec["std"]))
+        try:
+            images, labels = (read_idx(p) for p in files[split])
+        except DatasetIntegrityError as err:
+            raise DatasetIntegrityError(f"{err} {hint}") from None
+        image_file, label_file = (str(p) for p in files[split])
+        if images.ndim != 3 or images.dtype != np.uint8:
+            raise DatasetIntegrityError(f"{image_file!r} does not hold MNIST images: expected uint8 (N, H, W),"
+                                        f" got {images.dtype} {images.shape}. {hint}")
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise DatasetIntegrityError(f"{label_file!r} does not hold one label per image of {image_file!r}:"
+                                        f" expected shape ({len(images)},), got {labels.shape}. {hint}")
+        if labels.size and not (0 <= int(labels.min()) and int(labels.max()) < classes):
+            raise DatasetIntegrityError(f"{label_file!r} holds labels outside [0, {classes}): from {int(labels.min())}"
+                                        f" to {int(labels.max())}. {hint}")
+        out.append(ImageDataset(images[:, None], labels.astype(np.int64), spec["mean"], spec["std"]))
     return out[0], out[1]
 
 
@@ -367,17 +559,22 @@ def load_cifar_split(
     """CIFAR-10 or CIFAR-100 (``3x32x32``; 10 or 100 fine classes) from torchvision's layout under ``root``.
 
     The pickled batches (``cifar-10-batches-py/data_batch_1`` ..., ``cifar-100-python/train``) are read
-    directly; only missing files need torchvision, which downloads them when ``download=True``.
+    directly; only missing files need torchvision, which downloads them when ``download=True``. Every file
+    is first checked against its published size and MD5 (:data:`CIFAR_CHECKSUMS`), and is then read by an
+    unpickler that builds numpy arrays and plain Python data only: a data folder is data, never code.
 
     Raises:
         DatasetDownloadError: the files are missing and cannot be downloaded.
+        DatasetIntegrityError: a file is partial, is not the published file, or holds more than data;
+            nothing from it was used.
     """
     name = "cifar100" if cifar100 else "cifar10"
     root = Path(root)
-    files = _find_or_download(name, root, _cifar_files, download, root / _VISION[name]["folder"])
+    folder = root / _VISION[name]["folder"]
+    files = _find_or_download(name, root, _cifar_files, download, folder)
+    _check_sizes(files["train"] + files["test"], CIFAR_CHECKSUMS[name], _refetch_hint(name, folder))
     spec = _VISION[name]
-    label_key = "fine_labels" if cifar100 else "labels"
-    train, test = (_read_cifar(files[split], label_key) for split in ("train", "test"))
+    train, test = (_read_cifar(files[split], name) for split in ("train", "test"))
     return ImageDataset(*train, spec["mean"], spec["std"]), ImageDataset(*test, spec["mean"], spec["std"])
 
 
