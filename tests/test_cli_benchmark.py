@@ -390,17 +390,24 @@ def test_the_cpu_tables_are_the_issues_grid():
                 config["partition"]["num_clients"]) == (50, 10, 5, 20)
 
 
-def make_cifar10(root: Path, per_batch: int = 8) -> None:
-    """CIFAR-10's python batches in torchvision's layout, with random images."""
+def make_cifar10(root: Path, monkeypatch, per_batch: int = 8) -> None:
+    """CIFAR-10's python batches in torchvision's layout, with random images, taken for the published files."""
+    import hashlib
     import pickle
+
+    from lightning_fedmut.datasets import CIFAR_CHECKSUMS
 
     rng = np.random.default_rng(0)
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
+    sums = {}
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         batch = {"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
                  "labels": [int(v) for v in rng.integers(0, 10, per_batch)]}
-        (folder / name).write_bytes(pickle.dumps(batch))
+        data = pickle.dumps(batch)
+        (folder / name).write_bytes(data)
+        sums[name] = (len(data), hashlib.md5(data).hexdigest())
+    monkeypatch.setitem(CIFAR_CHECKSUMS, "cifar10", sums)  # the files are verified before they are read
 
 
 PAPER = {"cifar10_cnn": ("LeNetCNN", 0.3, "Dir(0.1)", 47.93, 51.25),
@@ -409,7 +416,7 @@ PAPER = {"cifar10_cnn": ("LeNetCNN", 0.3, "Dir(0.1)", 47.93, 51.25),
 
 
 @pytest.mark.parametrize("name", list(PAPER))
-def test_the_paper_configs_run_when_the_data_is_present(tmp_path, name):
+def test_the_paper_configs_run_when_the_data_is_present(tmp_path, monkeypatch, name):
     model, acceleration, column, fedavg, fedmut = PAPER[name]
     bench = load_benchmark(CONFIGS / f"{name}.yaml")
     assert bench.data == "cifar10" and bench.seeds == (0, 1, 2) and len(bench.cells) == 84
@@ -425,7 +432,7 @@ def test_the_paper_configs_run_when_the_data_is_present(tmp_path, name):
 
     if name != "cifar10_cnn":
         return  # ResNet-18 and VGG-16 take seconds per step on a CPU; the models are tested in test_models.py
-    make_cifar10(tmp_path / "data")
+    make_cifar10(tmp_path / "data", monkeypatch)
     small = {"seeds": 1, "methods": ["FedAvg", "FedMut"], "partitions": ["dir0.1"], "logger": "none",
              "fit": {"data_dir": str(tmp_path / "data"), "eval_batch_size": 8,
                      "partition": {"num_clients": 4, "min_size": 1},
