@@ -5,6 +5,7 @@ finished cell whose ``history.json`` is truncated or wrong-shaped runs again, an
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,8 @@ import pytest
 import yaml
 
 from lightning_fedmut.callbacks import FederatedCallback
+from lightning_fedmut.cli import main
+from lightning_fedmut.experiments import run_benchmark
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
@@ -138,6 +141,147 @@ def test_the_cells_exit_once_saved_when_the_parent_is_killed(tmp_path):
         if parent.poll() is None:
             parent.kill()
             parent.wait()
-        for pid in below:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        _end(below)
+
+
+def _end(pids: set[int]) -> None:
+    """End the processes a failed run left, the cells first: the resource tracker, once they are gone, removes
+    their semaphores and exits by itself."""
+    def tracker(pid: int) -> bool:
+        try:
+            return b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+
+    trackers = {pid for pid in pids if tracker(pid)}
+    for pid in sorted(pids - trackers):
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in trackers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in sorted(trackers):
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+# ------------------------------------------------------------------------------- a broken finished cell
+def _table_numbers(summary: dict) -> dict:
+    return {(m, p): (c["values"], c["seeds"], c["mean"], c["std"]) for m, row in summary["cells"].items()
+            for p, c in row.items()}
+
+
+CORRUPT = {
+    "truncated": lambda text: text[: len(text) // 2],
+    "a round short": lambda text: json.dumps({**json.loads(text), "history": json.loads(text)["history"][:1]}),
+    "history not a list": lambda text: json.dumps({**json.loads(text), "history": {"round": 0}}),
+    "rows out of order": lambda text: json.dumps({**json.loads(text), "history": json.loads(text)["history"][::-1]}),
+}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The tiny benchmark, run once: its folder, its numbers and its table."""
+    out = tmp_path_factory.mktemp("finished") / "out"
+    result = run_benchmark(TINY, out, echo=None)
+    assert result.complete and result.ran == 2
+    return out, _table_numbers(result.summary), (out / "results.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("damage", list(CORRUPT))
+def test_a_broken_history_file_reruns_its_cell(finished, tmp_path, damage):
+    import shutil
+
+    source, numbers, table = finished
+    out = tmp_path / "out"
+    shutil.copytree(source, out)
+    history = out / "cells/fedmut/iid/seed-0/history.json"
+    history.write_text(CORRUPT[damage](history.read_text(encoding="utf-8")), encoding="utf-8")
+
+    report = run_benchmark(TINY, out, report_only=True, echo=None)  # the table leaves it out, naming the file
+    assert [r["status"] for r in report.records] == ["ok", "failed"]
+    assert report.records[1]["error"].startswith(f"{history} ")
+    assert report.records[1]["error"].endswith(": run the benchmark again to rerun the cell")
+
+    lines: list[str] = []
+    result = run_benchmark(TINY, out, echo=lines.append)
+    assert result.ran == 1 and result.complete
+    assert lines[0].startswith(f"FedMut | IID | seed 0: runs again: {history} ")
+    assert lines[0].endswith(" (kept as history.json.invalid)")
+    assert "1 finished, 1 to run" in lines[1]
+    assert _table_numbers(result.summary) == numbers
+    assert (out / "results.md").read_text(encoding="utf-8") == table
+    assert (out / "cells/fedmut/iid/seed-0/history.json.invalid").is_file()
+
+
+def test_the_history_problems_are_named(finished, tmp_path):
+    from lightning_fedmut.experiments import load_benchmark
+    from lightning_fedmut.experiments.runner import history_problem
+
+    source, _, _ = finished
+    bench = load_benchmark(TINY)
+    text = (source / "cells/fedmut/iid/seed-0/history.json").read_text(encoding="utf-8")
+    path = tmp_path / "history.json"
+    expected = {
+        "a round short": "holds 1 round, expected 2 (loop.rounds)",
+        "history not a list": "has `history` {'round': 0}, expected a non-empty list of rounds",
+        "rows out of order": "has {'round': 1, ",
+    }
+    for damage, start in expected.items():
+        path.write_text(CORRUPT[damage](text), encoding="utf-8")
+        assert history_problem(path, bench.cells[1], bench).startswith(start), damage
+    path.write_text(text, encoding="utf-8")
+    assert history_problem(path, bench.cells[1], bench) is None
+    assert history_problem(path, bench.cells[0], bench) == "is the record of method 'FedMut', expected 'FedAvg'"
+    record = json.loads(text)
+    path.write_text(json.dumps({**record, "history": [{k: v for k, v in row.items() if k != "val_acc"}
+                                                      for row in record["history"]]}), encoding="utf-8")
+    assert history_problem(path, bench.cells[1], bench) == "holds no val_acc (the benchmark's metric) in any round"
+    path.write_text(json.dumps({**record, "history": record["history"][:1], "stopped_early": True}), encoding="utf-8")
+    assert history_problem(path, bench.cells[1], bench) is None  # a run a callback stopped early
+
+
+# ------------------------------------------------------------------------------------- checked up front
+def _cli_error(tmp_path, monkeypatch, capsys, *argv: str) -> str:
+    write_config(tmp_path / "tiny.yaml", TINY)
+    monkeypatch.chdir(tmp_path)
+    assert main(["benchmark", "tiny.yaml", "--output", "out", *argv]) == 2
+    assert not (tmp_path / "out").exists()  # no cell folder, nothing written
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    return err.removeprefix("lightning-fedmut benchmark: error: ").rstrip("\n")
+
+
+def test_a_misspelled_metric_is_one_line_before_any_cell(tmp_path, monkeypatch, capsys):
+    assert _cli_error(tmp_path, monkeypatch, capsys, "--set", "metric=val_acx") == (
+        "metric: expected one of the names the cells' history holds, got 'val_acx' (did you mean val_acc?): the"
+        " model's validation logs val_acc, val_loss (a dry evaluation of the first cell's model), and every round"
+        " has clients/trained, clients/failed, round_skipped; a client training mean (clients/<name>) or a method's"
+        " figure (fedmut/...) is taken as given")
+    assert _cli_error(tmp_path, monkeypatch, capsys, "--set", "metric=accuracy").startswith(
+        "metric: expected one of the names the cells' history holds, got 'accuracy': the model's validation logs"
+        " val_acc, val_loss ")
+
+
+def test_the_metric_of_a_model_without_validation_is_refused(tmp_path):
+    config = {**TINY, "model": {"class_path": "helpers.NoValidationModule", "init_args": {"features": 64, "classes": 10}}}
+    with pytest.raises(ValueError, match=r"^metric: expected one of the names the cells' history holds, got 'val_acc':"
+                                         r" the cells evaluate nothing \(the model has no validation_step"):
+        run_benchmark(config, tmp_path / "out", echo=None)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    ("{not json", ("'parts.json' is not valid JSON: Expecting property name enclosed in double quotes at line 1,"
+                   " column 2")),
+    ('{"0": [0, 1.5]}', "Expected the indices of client '0' in 'parts.json' to be integers, got 1.5 at position 1"),
+    ("[[0, 1]]", "Expected a JSON object {client_id: [indices]} in 'parts.json', got list"),
+    (None, "no such file"),
+])
+def test_a_json_partition_that_does_not_parse_is_one_line_before_any_cell(tmp_path, monkeypatch, capsys, content,
+                                                                          reason):
+    if content is not None:
+        (tmp_path / "parts.json").write_text(content, encoding="utf-8")
+    assert _cli_error(tmp_path, monkeypatch, capsys, "--set", "partitions=[iid, 'json:parts.json']") == (
+        "tiny.yaml: partitions.parts.json: path: expected a JSON file of {client: [indices]} (such as the FedMut"
+        f" reference code's partition files), got 'parts.json': {reason}")

@@ -392,6 +392,8 @@ def _check(config: dict[str, Any], where: str) -> Benchmark:
     resolve(merge(base, {"seed": seeds[0]}), parser, "fit")
     for label, options in partitions.items():
         check_keys({"partition": options}, parser, f"partitions.{label}", forbidden=())
+        if options.get("scheme") == "json":
+            check_partition_file(label, options.get("path"))
         resolve(merge(base, {"partition": options, "seed": seeds[0]}), parser, f"partitions.{label}")
     for method, method_args in methods.items():
         check_keys(method_args, parser, f"methods.{method}", forbidden=(*_MANAGED, "partition"))
@@ -428,6 +430,31 @@ def _check(config: dict[str, Any], where: str) -> Benchmark:
         published=_published(config.get("published") or {}, tuple(partitions)),
         source=config.get("source"),
     )
+
+
+def check_partition_file(label: str, path: Any) -> None:
+    """Read a ``json`` partition's file once, before any cell: a ``ValueError`` naming the column, the file and
+    what is wrong with it, unless it is a ``{client: [indices]}`` map.
+
+    Examples:
+        >>> check_partition_file("Dir(0.1)", "no/such/parts.json")
+        Traceback (most recent call last):
+        ...
+        ValueError: partitions.Dir(0.1): path: expected a JSON file of {client: [indices]} (such as the FedMut reference code's partition files), got 'no/such/parts.json': no such file
+    """
+    from lightning_fedmut.data.partition import load_partition_json
+
+    where = f"partitions.{label}: path"
+    expected = "expected a JSON file of {client: [indices]} (such as the FedMut reference code's partition files)"
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ValueError(f"{where}: {expected}, got {path!r}")
+    if not os.path.isfile(path):
+        raise ValueError(f"{where}: {expected}, got {str(path)!r}: no such file")
+    try:
+        load_partition_json(path)
+    except (ValueError, OSError) as err:
+        reason = " ".join(str(err).split()).removesuffix(".")
+        raise ValueError(f"{where}: {expected}, got {str(path)!r}: {reason}") from None
 
 
 def _methods(value: Any) -> dict[str, dict[str, Any]]:

@@ -15,6 +15,7 @@ arguments is refused before anything runs, so that a table never mixes two setti
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import shutil
@@ -125,7 +126,7 @@ def run_benchmark(
     if workers < 1:
         raise ValueError(f"parallel: expected an integer >= 1, got {parallel}")
     _check_folders(bench, out)
-    todo = [c for c in bench.cells if not (out / c.folder / HISTORY).is_file()]
+    todo = [c for c in bench.cells if not _finished(out, c, bench, None if dry_run or report_only else say)]
     say(f"Benchmark {bench.name}: {_count(len(bench.methods), 'method')} x {_count(len(bench.partitions), 'partition')}"
         f" x {_count(len(bench.seeds), 'seed')} = {_count(len(bench.cells), 'cell')};"
         f" {len(bench.cells) - len(todo)} finished, {len(todo)} to run"
@@ -137,11 +138,12 @@ def run_benchmark(
     ran = 0
     if todo and not report_only:
         _check_data(bench.cells[0].config)
+        check_metric(bench)
         out.mkdir(parents=True, exist_ok=True)
         (out / "benchmark.yaml").write_text(yaml.safe_dump(_resolved(bench), sort_keys=False), encoding="utf-8")
         logging = {"kind": bench.logger, "project": bench.project, "group": group or bench.name, "save_dir": str(out)}
         ran = _run_all(bench, todo, out, logging, workers, say)
-    records = [read_record(out / c.folder, c) for c in bench.cells]
+    records = [read_record(out / c.folder, c, bench) for c in bench.cells]
     summary = summarize(records, methods=bench.methods, partitions=tuple(bench.partitions), seeds=bench.seeds,
                         metric=bench.metric, last=bench.last, goal=bench.goal, gain=bench.gain)
     files = write_report(summary, records, out, bench) if any(r["status"] != "missing" for r in records) else {}
@@ -220,11 +222,19 @@ def _write_json(path: Path, content: Any) -> None:
     os.replace(tmp, path)
 
 
-def read_record(folder: Path, cell: Cell) -> dict[str, Any]:
-    """The record of one cell from its folder: finished (``history.json``), failed, or missing."""
+def read_record(folder: Path, cell: Cell, bench: Benchmark | None = None) -> dict[str, Any]:
+    """The record of one cell from its folder: finished (``history.json``), failed, or missing.
+
+    With ``bench``, a ``history.json`` that is truncated or of the wrong shape (see :func:`history_problem`) is
+    recorded as failed, its error naming the file."""
     for name in (HISTORY, FAILED):
         path = folder / name
         if path.is_file():
+            if name == HISTORY and bench is not None:
+                problem = history_problem(path, cell, bench)
+                if problem is not None:
+                    return {**_missing(cell), "status": "failed",
+                            "error": f"{path} {problem}: run the benchmark again to rerun the cell"}
             try:
                 record = json.loads(path.read_text(encoding="utf-8"))
             except ValueError:
@@ -232,6 +242,86 @@ def read_record(folder: Path, cell: Cell) -> dict[str, Any]:
             record["folder"] = cell.folder
             return record
     return _missing(cell)
+
+
+def _finished(out: Path, cell: Cell, bench: Benchmark, say: Callable[[str], None] | None) -> bool:
+    """Whether a cell has a usable ``history.json``. One that is truncated or of the wrong shape is moved aside
+    (to ``history.json.invalid``) with a line that says so (when ``say`` is given), and the cell runs again."""
+    path = out / cell.folder / HISTORY
+    if not path.is_file():
+        return False
+    problem = history_problem(path, cell, bench)
+    if problem is None:
+        return True
+    if say is not None:
+        aside = path.with_name(f"{HISTORY}.invalid")
+        os.replace(path, aside)
+        say(f"{cell.name}: runs again: {path} {problem} (kept as {aside.name})")
+    return False
+
+
+def history_problem(path: Path, cell: Cell, bench: Benchmark) -> str | None:
+    """Why a finished cell's ``history.json`` cannot be used in the table, or None when it can.
+
+    It must be JSON (not cut short), a finished record of this cell whose ``history`` has one row per round,
+    rounds 0, 1, ... up to the cell's ``loop.rounds`` (fewer only when the run stopped early), and the
+    benchmark's ``metric`` in at least one row.
+
+    Examples:
+        >>> import tempfile
+        >>> from lightning_fedmut.experiments import load_benchmark
+        >>> bench = load_benchmark({"data": "digits", "methods": ["FedAvg"], "partitions": ["iid"], "seeds": 1,
+        ...                         "fit": {"loop": {"rounds": 2}}})
+        >>> rows = [{"round": 0, "val_acc": 0.5}, {"round": 1, "val_acc": 0.6}]
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     path = Path(d, "history.json")
+        ...     _ = path.write_text(json.dumps({"status": "ok", "history": rows}))
+        ...     ok = history_problem(path, bench.cells[0], bench)
+        ...     _ = path.write_text(json.dumps({"status": "ok", "history": rows[:1]}))
+        ...     short = history_problem(path, bench.cells[0], bench)
+        ...     _ = path.write_text(json.dumps({"status": "ok", "history": rows})[:30])
+        ...     cut = history_problem(path, bench.cells[0], bench)
+        >>> ok is None, short, cut
+        (True, 'holds 1 round, expected 2 (loop.rounds)', 'is truncated or not JSON (Expecting property name enclosed in double quotes: line 1, column 31)')
+    """
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        return "is not text"
+    except ValueError as err:
+        return f"is truncated or not JSON ({getattr(err, 'msg', err)}: line {getattr(err, 'lineno', '?')}," \
+               f" column {getattr(err, 'colno', '?')})"
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    if not isinstance(record, dict):
+        return f"holds a {type(record).__name__}, expected a mapping with `status` and `history`"
+    if record.get("status") != "ok":
+        return f"has status {record.get('status')!r}, expected 'ok'"
+    for key, value in (("method", cell.method), ("partition", cell.partition), ("seed", cell.seed)):
+        if key in record and record[key] != value:
+            return f"is the record of {key} {record[key]!r}, expected {value!r}"
+    history = record.get("history")
+    if not isinstance(history, list) or not history:
+        return f"has `history` {_short(history)}, expected a non-empty list of rounds"
+    for i, row in enumerate(history):
+        if not isinstance(row, dict) or row.get("round") != i or isinstance(row.get("round"), bool):
+            return f"has {_short(row)} as row {i} of `history`, expected a mapping with round {i}"
+    rounds = (cell.config.get("loop") or {}).get("rounds")
+    stopped = record.get("stopped_early") is True
+    if isinstance(rounds, int) and (len(history) > rounds or (len(history) < rounds and not stopped)):
+        return f"holds {_count(len(history), 'round')}, expected {rounds} (loop.rounds)"
+    if not any(_is_number(row.get(bench.metric)) for row in history):
+        return f"holds no {bench.metric} (the benchmark's metric) in any round"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else f"{text[:width - 3]}..."
 
 
 # --------------------------------------------------------------------------------------------- one cell
@@ -257,7 +347,8 @@ def run_cell(args: Mapping[str, Any], folder: str | os.PathLike, meta: Mapping[s
     state: dict[str, Any] = {}
     try:
         history, failures = _fit_cell(args, folder, meta, logging, state)
-        record.update(status="ok", history=history, client_failures=failures)
+        record.update(status="ok", history=history, client_failures=failures,
+                      stopped_early=len(history) < state.get("rounds", len(history)))
     except Exception as err:  # noqa: BLE001 - any error fails the cell; Ctrl+C and SIGTERM stop the benchmark
         record.update(status="failed", error=_one_line(err),
                       traceback="".join(traceback.format_exception(err)[-6:]))
@@ -282,38 +373,25 @@ def _one_line(err: BaseException) -> str:
 def _fit_cell(args: Mapping[str, Any], folder: Path, meta: Mapping[str, Any], logging: Mapping[str, Any],
               state: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
     """What ``lightning-fedmut fit`` does with the cell's arguments, plus the method's ``callbacks``."""
-    import torch
-    from lightning.pytorch import LightningDataModule, LightningModule
-    from lightning.pytorch.utilities.model_helpers import is_overridden
-
     from lightning_fedmut.aggregators import Aggregator
     from lightning_fedmut.callbacks import FederatedCallback, GlobalModelCheckpoint, MutationCallback
     from lightning_fedmut.cli._logging import flatten_config, make_logger
     from lightning_fedmut.cli._parser import CLIError, plain
-    from lightning_fedmut.cli.fit import _build, _data, _partitions, config_dict, resume_checkpoint
+    from lightning_fedmut.cli.fit import _build, _partitions, config_dict, resume_checkpoint
     from lightning_fedmut.data import make_clients
     from lightning_fedmut.loop import FederatedLoop
 
-    data_arg, model_arg = args.get("data"), args.get("model")
-    model_path = model_arg if isinstance(model_arg, str) else (
-        model_arg.get("class_path") if isinstance(model_arg, Mapping) else None)
-    parser = cell_parser(data_arg if isinstance(data_arg, str) else None, model_path)
-    full = merge(args, {"loop": {"checkpoint_dir": str(folder / "checkpoints")}, "ckpt_path": "last"})
-    cfg = resolve(full, parser, meta["run_name"])
+    cfg = _cell_config(merge(args, {"loop": {"checkpoint_dir": str(folder / "checkpoints")}, "ckpt_path": "last"}),
+                       meta["run_name"])
     ckpt_path = resume_checkpoint(cfg.ckpt_path, cfg.loop.checkpoint_dir)
-    torch.manual_seed(cfg.seed)
-    model = _build("model", LightningModule, cfg.model)
+    model, train, val, collate_fn = _model_and_data(cfg)
     mutation = _build("mutation", MutationCallback | None, cfg.mutation)
     extra = [_build("callbacks", FederatedCallback, callback) for callback in cfg.callbacks or []]
     model_checkpoint = _build("model_checkpoint", GlobalModelCheckpoint | None, cfg.model_checkpoint)
     aggregator = _build("aggregator", Aggregator, cfg.aggregator)
-    data = _build("data", LightningDataModule, cfg.data)
-    train, val, collate_fn = _data(cfg, data)
     parts = _partitions(cfg.partition, train, cfg.seed)
     clients = make_clients(train, parts, batch_size=cfg.batch_size,
                            **({"collate_fn": collate_fn} if collate_fn is not None else {}))
-    if val is not None and not is_overridden("validation_step", model, LightningModule):
-        val = None
     hints = typing.get_type_hints(FederatedLoop.__init__)
     loop_args = plain(cfg.loop.as_dict())
     for key, value in loop_args.items():  # class-typed loop arguments (sampler, executor ...) given by class path
@@ -335,9 +413,77 @@ def _fit_cell(args: Mapping[str, Any], folder: Path, meta: Mapping[str, Any], lo
             "benchmark.name": meta.get("benchmark"), "benchmark.method": meta["method"],
             "benchmark.partition": meta["partition"], "benchmark.seed": meta["seed"], **flatten_config(config)})
     loop = FederatedLoop(**loop_args, aggregator=aggregator, callbacks=callbacks, logger=logger, seed=cfg.seed)
+    state["rounds"] = cfg.loop.rounds
     result = loop.fit(model, clients, val_dataloaders=val, ckpt_path=ckpt_path)
     state["run_id"] = None if logger is None or logger.version is None else str(logger.version)
     return result.history, len(result.failures)
+
+
+def _cell_config(args: Mapping[str, Any], where: str) -> Any:
+    """A cell's ``fit`` arguments parsed by ``fit``'s schema."""
+    data_arg, model_arg = args.get("data"), args.get("model")
+    model_path = model_arg if isinstance(model_arg, str) else (
+        model_arg.get("class_path") if isinstance(model_arg, Mapping) else None)
+    return resolve(args, cell_parser(data_arg if isinstance(data_arg, str) else None, model_path), where)
+
+
+def _model_and_data(cfg: Any) -> tuple[Any, Any, Any, Any]:
+    """``(model, train dataset, server evaluation loader or None, collate_fn)`` of a cell, the model built with
+    the cell's seed; no evaluation loader when the model has no ``validation_step``."""
+    import torch
+    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    from lightning_fedmut.cli.fit import _build, _data
+
+    torch.manual_seed(cfg.seed)
+    model = _build("model", LightningModule, cfg.model)
+    data = _build("data", LightningDataModule, cfg.data)
+    train, val, collate_fn = _data(cfg, data)
+    if val is not None and not is_overridden("validation_step", model, LightningModule):
+        val = None
+    return model, train, val, collate_fn
+
+
+#: History columns every round has, whatever the model and method.
+LOOP_COLUMNS = ("clients/trained", "clients/failed", "round_skipped")
+
+
+def check_metric(bench: Benchmark) -> None:
+    """Check the benchmark's ``metric`` before any cell runs: a ``ValueError`` naming it and the names the cells'
+    history will hold, unless it is one of them.
+
+    The names are the validation metrics of a dry evaluation (the first cell's model on one batch of the
+    evaluation data, as each round evaluates it: ``val_acc`` and ``val_loss`` for the built-in models) and the
+    loop's own columns (``clients/trained`` ...). A name with a ``/`` (a client training mean ``clients/<name>``,
+    a method's figure such as ``fedmut/delta_norm``) is known only once a round has run, and is not checked.
+    """
+    metric = bench.metric
+    if "/" in metric and metric not in LOOP_COLUMNS:
+        return
+    from lightning_fedmut.cli._parser import CLIError
+    from lightning_fedmut.execution.evaluation import Evaluator
+
+    cell = bench.cells[0]
+    try:
+        cfg = _cell_config(cell.args, "metric")
+        model, _train, val, _collate = _model_and_data(cfg)
+    except CLIError:  # the cell itself cannot be built: its run reports that (failed.json)
+        return
+    names: list[str] = []
+    if val is not None:
+        trainer_kwargs = {**dict(cfg.loop.trainer_kwargs or {}), "limit_val_batches": 1}
+        names = sorted(Evaluator(trainer_kwargs).evaluate(model, val))
+    if metric in names or metric in LOOP_COLUMNS:
+        return
+    close = difflib.get_close_matches(metric, names + list(LOOP_COLUMNS), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    logged = (f"the model's validation logs {', '.join(names)}" if names else
+              "the model logs no validation metric" if val is not None else
+              "the cells evaluate nothing (the model has no validation_step or the data no evaluation set)")
+    raise ValueError(f"metric: expected one of the names the cells' history holds, got {metric!r}{hint}: {logged}"
+                     f" (a dry evaluation of the first cell's model), and every round has {', '.join(LOOP_COLUMNS)};"
+                     " a client training mean (clients/<name>) or a method's figure (fedmut/...) is taken as given")
 
 
 def _finish_logger(logger: Any, state: dict[str, Any], failed: bool) -> None:
