@@ -35,6 +35,7 @@ def loop_hparams(loop: FederatedLoop) -> dict[str, Any]:
         "seed": loop.seed,
         "min_clients_per_round": loop.min_clients_per_round,
         "on_round_failure": loop.on_round_failure,
+        "client_timeout": loop.client_timeout,
         "workers": loop.executor.world_size,
         "aggregator": _plugin(loop.aggregator),
         "sampler": _plugin(loop.sampler),

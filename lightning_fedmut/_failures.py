@@ -116,14 +116,16 @@ def _systematic(loop: FederatedLoop, failed: list[ClientResult], who: str) -> Cl
 
 @contextmanager
 def fit_guard(loop: FederatedLoop, module: LightningModule) -> Iterator[None]:
-    """Around a fit: on Ctrl+C or SIGTERM among the clients, save the rounds before; on any exception, tell the
-    callbacks and the logger; always tear down."""
+    """Around a fit: on Ctrl+C or SIGTERM among the clients, or a worker that failed or went silent there, save
+    the rounds before; on any exception, tell the callbacks and the logger; always tear down."""
+    from lightning_fedmut.distributed.launcher import WorkerError
+
     try:
         yield
     except BaseException as exc:
+        if isinstance(exc, (KeyboardInterrupt, Preempted, WorkerError)) and loop._in_client_phase:
+            loop.checkpoint_connector.save_on_interrupt(loop, module)
         if isinstance(exc, (KeyboardInterrupt, Preempted)):
-            if loop._in_client_phase:
-                loop.checkpoint_connector.save_on_interrupt(loop, module)
             loop._signals.explain(exc, loop._in_client_phase)
         loop._call("on_exception", module, exc)
         tracking.finish_run(loop._logger, "failed")

@@ -1,7 +1,7 @@
 """Errors of a federated run: those that stop it, and the one recorded for a client whose weights diverged."""
 
-__all__ = ["ClientDataExhaustedError", "ClientFailureError", "DivergenceError", "NonFiniteWeightsError", "Preempted",
-           "RoundFailedError"]
+__all__ = ["ClientDataExhaustedError", "ClientFailureError", "ClientTimeoutError", "DivergenceError",
+           "NonFiniteWeightsError", "Preempted", "RoundFailedError"]
 
 
 class DivergenceError(FloatingPointError):
@@ -29,6 +29,14 @@ class ClientDataExhaustedError(RuntimeError):
     """A client's data yielded no batch in an epoch (an empty, or one-shot iterable, data loader).
 
     Recorded as that client's failure: with ``local_steps`` the client would otherwise loop forever.
+    """
+
+
+class ClientTimeoutError(TimeoutError):
+    """A client trained longer than the loop's ``client_timeout``.
+
+    Never raised out of ``fit``: the client is recorded in ``result.failures`` with this type and its id, and
+    left out of the aggregate.
     """
 
 

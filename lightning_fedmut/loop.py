@@ -37,7 +37,7 @@ from lightning_fedmut.sampling import ClientSampler, UniformSampler
 from lightning_fedmut.tasks import ClientTask
 from lightning_fedmut.utilities.seed import CLIENT_STREAM, derive_seed
 from lightning_fedmut.utilities.trainer import quiet_console
-from lightning_fedmut.utilities.validation import check_int
+from lightning_fedmut.utilities.validation import check_int, check_real
 
 __all__ = ["FederatedLoop", "FederatedResult"]
 
@@ -95,6 +95,10 @@ class FederatedLoop:
             in the setup. ``"isolate"`` leaves every failing client out and goes on. Each failure is warned.
         divergence: a :class:`~lightning_fedmut.divergence.DivergenceMonitor` (``True``: the default one, which
             stops a diverging run naming the round; ``False``: none).
+        client_timeout: seconds a client may train (each client, each round); one that trains longer is
+            recorded as a failed client (:class:`~lightning_fedmut.exceptions.ClientTimeoutError`, with its id)
+            and left out of the aggregate. ``None`` (default): no limit. SIGALRM interrupts the client's Python
+            code, so ``fit`` must run in the main thread; a client stuck inside one C call is not interrupted.
 
     Examples:
         >>> from lightning_fedmut import MutationCallback
@@ -130,6 +134,7 @@ class FederatedLoop:
         workers_per_device: int = 1,
         on_client_failure: str = "raise_systematic",
         divergence: DivergenceMonitor | bool = True,
+        client_timeout: float | None = None,
     ) -> None:
         self.rounds = check_int("rounds", rounds, low=1)
         self.clients_per_round = check_int("clients_per_round", clients_per_round, low=1)
@@ -156,6 +161,8 @@ class FederatedLoop:
                                                    "a ClientStateStore", InMemoryClientStateStore)
         self.on_client_failure = checks.check_choice("on_client_failure", on_client_failure, fault.CLIENT_FAILURE_POLICIES)
         self.divergence = checks.check_divergence(divergence)
+        self.client_timeout = None if client_timeout is None else check_real("client_timeout", client_timeout,
+                                                                             low=0.0, low_open=True)
         self.evaluator = Evaluator(self.trainer_kwargs)
         self.progress = FitProgress()
         self.checkpoint_connector = CheckpointConnector(
@@ -271,7 +278,8 @@ class FederatedLoop:
             self.checkpoint_connector.restore(self, model, saved)
         self._first_round = self.progress.rounds_done
         self._round_log.resume()
-        self.executor.setup(model, ClientTraining(self.local_epochs, self.local_steps, self.trainer_kwargs))
+        self.executor.setup(model, ClientTraining(self.local_epochs, self.local_steps, self.trainer_kwargs,
+                                                  self.client_timeout))
         tracking.start_run(self._logger, run_config(self, model, len(self._clients)))
         self._call("on_fit_start", model)
         # a start model can only differ from the (checked) global one if a callback writes it

@@ -20,6 +20,8 @@ class WorkerEnvironment:
         main_address: the address of rank 0's rendezvous.
         main_port: its port.
         source: ``"fork"`` (the loop starts the workers), ``"torchrun"`` or ``"slurm"``.
+        store_path: with forked workers, the file their rendezvous store lives in (in a private folder, so
+            nothing listens on a network port for it); ``None`` under a launcher, whose address stands.
 
     Examples:
         >>> env = WorkerEnvironment(world_size=2, rank=1, local_rank=1, main_address="127.0.0.1", main_port=29500,
@@ -34,6 +36,7 @@ class WorkerEnvironment:
     main_address: str
     main_port: int
     source: str
+    store_path: str | None = None
 
     @property
     def is_global_zero(self) -> bool:

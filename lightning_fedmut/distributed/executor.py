@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import torch
@@ -50,20 +50,6 @@ class RemoteClientError(RuntimeError):
         return (type(self), (self.type_name, str(self), self.traceback_text))
 
 
-@dataclass
-class _Record:
-    """A client's result as it travels between workers: plain data and CPU tensors."""
-
-    slot: int
-    num_examples: int
-    state: dict[str, Tensor] | None
-    metrics: dict[str, float]
-    payload: dict[str, Any]
-    client_state: dict[str, Any] | None
-    error: RemoteClientError | None
-    num_steps: int | None
-
-
 class DistributedExecutor(ClientExecutor):
     """Train each round's clients in ``workers`` processes, every one running the same loop with the same seeds.
 
@@ -88,7 +74,16 @@ class DistributedExecutor(ClientExecutor):
         workers: the number of worker processes (under torchrun or srun: their number, or ``None``).
         inner: how a worker trains its clients; default :class:`~lightning_fedmut.execution.SequentialExecutor`.
         workers_per_device: workers sharing one GPU (rank ``r`` uses ``cuda:(local_rank // workers_per_device)``).
-        timeout: seconds a worker waits for the others at an exchange before the run fails.
+        timeout: seconds a worker waits for the others at an exchange before the run fails (gloo's timeout). A
+            worker that trains more clients, or slower ones, keeps the others waiting for as long: keep it long.
+        answer_timeout: with workers the loop started (not torchrun's or srun's), seconds a worker may stay
+            silent while rank 0 waits for it before the run fails with :class:`WorkerError` naming its rank and
+            PID. Workers answer from a thread of their own while they train, so only a stopped worker (SIGSTOP,
+            a debugger) or one stuck where Python does not run stays silent. A client stuck in Python code is
+            ended by the loop's ``client_timeout`` instead.
+
+    Ctrl+C and SIGTERM reach rank 0 (the process the user started) also while it waits for the other workers,
+    and stop the run within seconds, whatever the workers are doing (see ``docs/tutorials/09-scale-out.md``).
 
     Examples:
         >>> executor = DistributedExecutor(workers=2)
@@ -97,7 +92,7 @@ class DistributedExecutor(ClientExecutor):
     """
 
     def __init__(self, workers: int | None = None, inner: ClientExecutor | None = None, workers_per_device: int = 1,
-                 timeout: float = 1800.0) -> None:
+                 timeout: float = 1800.0, answer_timeout: float = 120.0) -> None:
         self.environment = detect_environment()
         if self.environment is not None and workers not in (None, self.environment.world_size):
             raise ValueError(
@@ -111,6 +106,7 @@ class DistributedExecutor(ClientExecutor):
         self.inner = SequentialExecutor() if inner is None else inner
         self.workers_per_device = check_int("workers_per_device", workers_per_device, low=1)
         self.timeout = check_real("timeout", timeout, low=1.0)
+        self.answer_timeout = check_real("answer_timeout", answer_timeout, low=1.0)
         self._env: WorkerEnvironment | None = self.environment
         self._group: WorkerGroup | None = None
 
@@ -129,12 +125,13 @@ class DistributedExecutor(ClientExecutor):
     def launch(self, fn: Callable[[], T]) -> T:
         if self.environment is None:
             threads = max(1, torch.get_num_threads() // self.workers)
-            return fork_workers(self.workers, self.timeout, threads, lambda env: self._connected(env, fn))
+            return fork_workers(self.workers, threads, lambda env, watch: self._connected(env, fn, watch),
+                                answer_timeout_s=self.answer_timeout)
         return self._connected(self.environment, fn)
 
-    def _connected(self, env: WorkerEnvironment, fn: Callable[[], T]) -> T:
+    def _connected(self, env: WorkerEnvironment, fn: Callable[[], T], watch: Callable[..., None] | None = None) -> T:
         self._env = env
-        self._group = WorkerGroup(env, self.timeout)
+        self._group = WorkerGroup(env, self.timeout, watch)
         try:
             out = fn()
             self._group.barrier()  # nobody leaves while another still exchanges
@@ -166,7 +163,7 @@ class DistributedExecutor(ClientExecutor):
             if slot_owner(task.slot, self.world_size) == self.rank:
                 result = next(iter(self.inner.run([task], hooks)))
                 mine.append(_pack(result))
-        received = {record.slot: record for records in self.all_gather_object(mine) for record in records}
+        received = {record["slot"]: record for records in self.all_gather_object(mine) for record in records}
         for task in tasks:
             yield _unpack(task, received[task.slot])
 
@@ -186,17 +183,30 @@ class DistributedExecutor(ClientExecutor):
         return [obj] if self._group is None else self._group.all_gather_object(obj)
 
 
-def _pack(result: ClientResult) -> _Record:
+def _pack(result: ClientResult) -> dict[str, Any]:
+    """A client's result as it travels between workers: CPU tensors and plain data, nothing else.
+
+    A failed client's error travels as its type name, message and traceback text.
+
+    Examples:
+        >>> from lightning_fedmut.tasks import ClientTask
+        >>> task = ClientTask(round=0, slot=1, client=None, seed=0, start_state={})
+        >>> record = _pack(ClientResult(task=task, num_examples=5, error=ValueError("bad batch")))
+        >>> record["slot"], record["error"][:2], _unpack(task, record).error_type
+        (1, ('ValueError', 'bad batch'), 'ValueError')
+    """
     error = None
     if result.error is not None:
         text = "".join(traceback.format_exception(result.error))
-        error = RemoteClientError(result.error_type or "Exception", str(result.error), text)
+        error = (result.error_type or "Exception", str(result.error), text)
     state = None if result.state is None else {k: v.detach().cpu().clone() for k, v in result.state.items()}
-    return _Record(slot=result.task.slot, num_examples=result.num_examples, state=state, metrics=dict(result.metrics),
-                   payload=result.payload, client_state=result.client_state, error=error, num_steps=result.num_steps)
+    return {"slot": result.task.slot, "num_examples": result.num_examples, "state": state,
+            "metrics": dict(result.metrics), "payload": result.payload, "client_state": result.client_state,
+            "error": error, "num_steps": result.num_steps}
 
 
-def _unpack(task: ClientTask, record: _Record) -> ClientResult:
-    return ClientResult(task=task, num_examples=record.num_examples, state=record.state, metrics=record.metrics,
-                        payload=record.payload, client_state=record.client_state, error=record.error,
-                        num_steps=record.num_steps)
+def _unpack(task: ClientTask, record: dict[str, Any]) -> ClientResult:
+    error = None if record["error"] is None else RemoteClientError(*record["error"])
+    return ClientResult(task=task, num_examples=record["num_examples"], state=record["state"],
+                        metrics=record["metrics"], payload=record["payload"], client_state=record["client_state"],
+                        error=error, num_steps=record["num_steps"])

@@ -5,6 +5,16 @@ default group, so ``torch.distributed.is_initialized()`` stays ``False`` in the 
 torchmetrics metrics and Lightning sync across the default group whenever it exists, and a client's metric
 would otherwise be averaged with another worker's client (or wait forever for a worker that is training).
 All tensors exchanged are on the CPU, which gloo carries.
+
+Trust. Forked workers meet through a file store in a private folder and gloo binds ``127.0.0.1``: nothing of
+theirs listens beyond the loopback interface. Under torchrun or srun the launcher's address stands, and the
+exchange is unauthenticated: it is meant for a trusted cluster network. Objects travel as
+``torch.save`` bytes and are read back with ``torch.load(weights_only=True)``: tensors and plain data
+(dicts, lists, tuples, strings, numbers, booleans, ``None``) only, so what a worker receives never runs code.
+
+Waiting. A collective runs in gloo's threads while this process waits on it in Python, a tenth of a second
+at a time: signal handlers run meanwhile (Ctrl+C and SIGTERM stop the run), and a ``watch`` (rank 0's check
+of the forked workers' heartbeats) names a worker that stopped answering, long before gloo's own timeout.
 """
 
 from __future__ import annotations
@@ -12,29 +22,51 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import threading
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from lightning_fedmut import _signals
 from lightning_fedmut.distributed.environment import WorkerEnvironment
 
 __all__: list[str] = []  # used through DistributedExecutor
+
+#: Seconds between two checks of the signals and the watch while a collective waits.
+POLL_S = 0.1
+#: Groups left while a collective still waited (a worker stopped or died): gloo cannot free them while the
+#: other end is alive, so they are kept until the launcher has ended the workers (:func:`release_abandoned`).
+_abandoned: list[Any] = []
+
+
+def release_abandoned() -> None:
+    """Free the groups left mid-exchange, once their other workers are gone."""
+    _abandoned.clear()
 
 
 class WorkerGroup:
     """Collectives among the run's workers: sum tensors, broadcast and gather Python objects.
 
     Args:
-        env: the workers' environment (rank, world size, rendezvous address).
+        env: the workers' environment (rank, world size, rendezvous address or store file).
         timeout_s: how long an exchange waits for the others before it fails.
+        watch: called while an exchange waits (every :data:`POLL_S` seconds, and once with ``failed=True``
+            when it failed); it raises when a worker is known to be gone or silent.
     """
 
-    def __init__(self, env: WorkerEnvironment, timeout_s: float) -> None:
+    def __init__(self, env: WorkerEnvironment, timeout_s: float,
+                 watch: Callable[..., None] | None = None) -> None:
         timeout = timedelta(seconds=timeout_s)
         self.rank, self.world_size = env.rank, env.world_size
-        if dist.is_available() and dist.is_initialized():  # the program's own group: share its store
+        self._watch = watch
+        self._waiting = False
+        if env.store_path is not None:  # forked workers on one machine: a file, no port
+            store = dist.FileStore(env.store_path, env.world_size)
+            store.set_timeout(timeout)
+        elif dist.is_available() and dist.is_initialized():  # the program's own group: share its store
             store = dist.distributed_c10d._get_default_store()
         else:
             agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)  # torchrun hosts it
@@ -55,7 +87,7 @@ class WorkerGroup:
         """Sum each tensor in place over the workers."""
         for tensor in tensors:
             cpu = tensor.detach().cpu().contiguous()
-            self._pg.allreduce([cpu]).wait()
+            self._wait(self._pg.allreduce([cpu]))
             if cpu.data_ptr() != tensor.data_ptr():
                 tensor.copy_(cpu)
 
@@ -63,35 +95,54 @@ class WorkerGroup:
         """Rank ``src``'s ``obj`` in every worker."""
         payload = _to_bytes(obj) if self.rank == src else torch.empty(0, dtype=torch.uint8)
         size = torch.tensor([payload.numel()], dtype=torch.int64)
-        self._pg.broadcast([size], _root(src)).wait()
+        self._wait(self._pg.broadcast([size], _root(src)))
         if self.rank != src:
             payload = torch.empty(int(size.item()), dtype=torch.uint8)
-        self._pg.broadcast([payload], _root(src)).wait()
+        self._wait(self._pg.broadcast([payload], _root(src)))
         return obj if self.rank == src else _from_bytes(payload)
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         """Every worker's ``obj``, in rank order (each unpickled from what was sent, the own one included)."""
         payload = _to_bytes(obj)
         sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world_size)]
-        self._pg.allgather([sizes], [torch.tensor([payload.numel()], dtype=torch.int64)]).wait()
+        self._wait(self._pg.allgather([sizes], [torch.tensor([payload.numel()], dtype=torch.int64)]))
         longest = max(int(s.item()) for s in sizes)
         padded = torch.zeros(longest, dtype=torch.uint8)
         padded[: payload.numel()] = payload
         out = [torch.empty(longest, dtype=torch.uint8) for _ in range(self.world_size)]
-        self._pg.allgather([out], [padded]).wait()
+        self._wait(self._pg.allgather([out], [padded]))
         return [_from_bytes(t[: int(s.item())]) for t, s in zip(out, sizes)]
 
     def barrier(self) -> None:
-        self._pg.barrier().wait()
+        self._wait(self._pg.barrier())
+
+    def _wait(self, work: Any) -> None:
+        """Wait for ``work`` in Python, so that signals are handled and the watch runs meanwhile."""
+        done = threading.Event()
+        work.get_future().add_done_callback(lambda _: done.set())
+        self._waiting = True
+        while not done.wait(POLL_S):
+            _signals.check_waiting()
+            if self._watch is not None:
+                self._watch()
+        self._waiting = False
+        try:
+            work.wait()
+        except Exception:
+            if self._watch is not None:  # a worker that died or left: name it
+                self._watch(failed=True)
+            raise
 
     def close(self) -> None:
-        """Leave the group (after the last exchange)."""
+        """Leave the group (after the last exchange, or after one that was given up)."""
         shutdown = getattr(self._pg, "shutdown", None)
         if shutdown is not None:
             try:
                 shutdown()
             except RuntimeError:
                 pass
+        if self._waiting:  # freeing it now would wait for the silent worker
+            _abandoned.append(self._pg)
         self._pg = None
         self._store = None
 
@@ -103,10 +154,32 @@ def _root(src: int) -> dist.BroadcastOptions:
 
 
 def _to_bytes(obj: Any) -> torch.Tensor:
+    """``obj`` as ``torch.save`` writes it, in a byte tensor.
+
+    Examples:
+        >>> _from_bytes(_to_bytes({"slot": 3, "loss": 0.5, "state": {"w": torch.ones(2)}, "error": None}))
+        {'slot': 3, 'loss': 0.5, 'state': {'w': tensor([1., 1.])}, 'error': None}
+    """
     buffer = io.BytesIO()
-    pickle.dump(obj, buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    torch.save(obj, buffer)
     return torch.frombuffer(bytearray(buffer.getbuffer()), dtype=torch.uint8)
 
 
 def _from_bytes(tensor: torch.Tensor) -> Any:
-    return pickle.loads(tensor.numpy().tobytes())  # bytes from this run's own workers only
+    """What :func:`_to_bytes` wrote, read as data: tensors and plain Python values only, never code.
+
+    Examples:
+        >>> from fractions import Fraction
+        >>> _from_bytes(_to_bytes({"x": Fraction(1, 3)}))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        TypeError: Workers exchange tensors and plain data only (dict, list, tuple, str, int, float, bool, None)...
+    """
+    try:
+        return torch.load(io.BytesIO(tensor.numpy().tobytes()), weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise TypeError(
+            "Workers exchange tensors and plain data only (dict, list, tuple, str, int, float, bool, None), and"
+            f" received something else: {str(err).splitlines()[0]}. Keep a callback's or sampler's exchanged"
+            " values (payloads, client states, gathered objects) to tensors and plain data."
+        ) from None

@@ -23,7 +23,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class ClientTraining:
-    """How every client trains, from the loop's arguments: local epochs or steps and the Trainer arguments.
+    """How every client trains, from the loop's arguments: local epochs or steps, the Trainer arguments, and
+    the longest a client may train (``client_timeout``, seconds; ``None``: no limit).
 
     Examples:
         >>> plan = ClientTraining(local_epochs=5, trainer_kwargs={"gradient_clip_val": 1.0})
@@ -39,6 +40,7 @@ class ClientTraining:
     local_epochs: int = 1
     local_steps: int | None = None
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
+    client_timeout: float | None = None
 
     @property
     def callbacks(self) -> list[Callback]:

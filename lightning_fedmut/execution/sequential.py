@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import EarlyStopping, StochasticWeightAveraging
 
 from lightning_fedmut.exceptions import NonFiniteWeightsError
 from lightning_fedmut.execution._calls import interruptible, merged_scalars, scalars
+from lightning_fedmut.execution._timeout import check_time_limit, time_limit
 from lightning_fedmut.execution.base import ClientExecutor, ClientTraining, TaskHooks
 from lightning_fedmut.execution.client_logger import ClientLogger
 from lightning_fedmut.functional.state import copy_, first_non_finite
@@ -35,7 +36,9 @@ class SequentialExecutor(ClientExecutor):
     with the task's seed, and the client trains in a short-lived, quiet ``Trainer``. The result's ``state``
     is the working copy's live state: valid until the next task starts. A client whose training raises, or
     whose trained weights hold NaN or Inf (:class:`~lightning_fedmut.NonFiniteWeightsError`), becomes a
-    failed result; Ctrl+C inside a client's training is raised as ``KeyboardInterrupt``.
+    failed result; Ctrl+C inside a client's training is raised as ``KeyboardInterrupt``. With a
+    ``client_timeout``, a client that trains longer is ended by SIGALRM and becomes a failed result with a
+    :class:`~lightning_fedmut.exceptions.ClientTimeoutError` naming it.
 
     Each client ``Trainer`` logs into a :class:`~lightning_fedmut.execution.ClientLogger` (unless
     ``trainer_kwargs`` sets ``logger``); the result's ``metrics`` are the Trainer's ``callback_metrics`` and,
@@ -69,6 +72,7 @@ class SequentialExecutor(ClientExecutor):
         # The client logger ignores hyperparameters; without this Lightning would compare a client DataModule's
         # hyperparameters with the module's before logging them, and refuse clients that trained without a logger.
         self._working._log_hyperparams = False
+        check_time_limit(training.client_timeout)
         self._training = training
         self._entry_points = {}
         # a callback's state when first seen: a second fit of the same loop starts its clients from it too
@@ -97,6 +101,14 @@ class SequentialExecutor(ClientExecutor):
         self._working = None
 
     def _train(self, task: ClientTask) -> ClientResult:
+        client = task.client
+        try:
+            with time_limit(self._training.client_timeout, f"client {client.id!r} in round {task.round}"):
+                return self._train_within(task)
+        except Exception as exc:  # noqa: BLE001 - the limit expired outside the training's own handling
+            return ClientResult(task=task, num_examples=client.num_examples, error=exc)
+
+    def _train_within(self, task: ClientTask) -> ClientResult:
         client = task.client
         validate = client.val_data is not None
         try:
