@@ -103,6 +103,18 @@ class DatasetIntegrityError(DatasetDownloadError, ValueError):
     Raised before anything from the file is used; the message names the file, what was expected and
     found, and how to get the real one. It is a :class:`DatasetDownloadError` (the command line reports it
     as one line) and a ``ValueError``.
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     path = os.path.join(d, "labels-idx1-ubyte")
+        ...     with open(path, "wb") as f:
+        ...         _ = f.write(struct.pack(">HBBI", 0, 0x08, 1, 3) + bytes([7]))  # 3 labels announced, 1 written
+        ...     try:
+        ...         read_idx(path)
+        ...     except DatasetIntegrityError as err:
+        ...         print(str(err).replace(repr(path), "FILE"))
+        FILE is truncated: expected 3 bytes of data for shape (3,), got 1.
     """
 
 

@@ -211,8 +211,11 @@ def test_the_published_layout_still_loads(tmp_path, monkeypatch, hundred, py2):
         plain = pickle.loads(first, encoding="latin1")
         assert plain["data"].dtype == np.uint8 and plain["data"].tobytes() == content[
             "train" if hundred else "data_batch_1"][0].tobytes()
+    name = "cifar100" if hundred else "cifar10"
+    with pytest.raises(DatasetIntegrityError, match="is partial or not the published file"):
+        load_dataset(name, root=tmp_path / "data", download=False)  # not the published files: refused ...
     trust(monkeypatch, folder, hundred)
-    split = load_dataset("cifar100" if hundred else "cifar10", root=tmp_path / "data", download=False)
+    split = load_dataset(name, root=tmp_path / "data", download=False)  # ... until their sums are the expected ones
     train_names, test_name = (["train"], "test") if hundred else (CIFAR10_NAMES[:5], "test_batch")
     assert np.array_equal(split.train.images.numpy(), np.concatenate([content[n][0] for n in train_names]))
     assert split.train.targets.tolist() == [y for n in train_names for y in content[n][1]]
