@@ -30,7 +30,7 @@ from lightning_fedmut.data.client import Client
 from lightning_fedmut.distributed import executor_for
 from lightning_fedmut.divergence import DivergenceMonitor
 from lightning_fedmut.execution import ClientExecutor, ClientTraining, Evaluator, SequentialExecutor
-from lightning_fedmut.functional.state import copy_
+from lightning_fedmut.functional.state import copy_, frozen_keys
 from lightning_fedmut.progress import FitProgress
 from lightning_fedmut.result import FederatedResult
 from lightning_fedmut.sampling import ClientSampler, UniformSampler
@@ -183,6 +183,7 @@ class FederatedLoop:
         self._round_log = RoundLog(self)
         self._signals = SignalGuard(self)
         self._first_round = 0
+        self._frozen: frozenset[str] = frozenset()  # frozen parameters: no aggregate is written into them
 
     @property
     def round(self) -> int:
@@ -273,6 +274,7 @@ class FederatedLoop:
 
     def _setup(self, model: LightningModule, saved: dict[str, Any] | None) -> None:
         self._call("setup", model, "fit")
+        self._frozen = frozen_keys(model)
         self.aggregator.setup(model)
         if saved is not None:
             self.checkpoint_connector.restore(self, model, saved)
@@ -370,7 +372,8 @@ class FederatedLoop:
         self._call("on_before_aggregate", model, self.aggregator)
         state = model.state_dict()
         new_state = self.aggregator.compute(state)
-        copy_([state[k] for k in new_state], list(new_state.values()))
+        keys = [k for k in new_state if k not in self._frozen]  # the global copy of a frozen parameter stands
+        copy_([state[k] for k in keys], [new_state[k] for k in keys])
         self.round_metrics.update(getattr(self.aggregator, "metrics", None) or {})  # its figures (FedExP's step)
         fault.check_global_finite(self, state)
         self._call("on_after_aggregate", model)

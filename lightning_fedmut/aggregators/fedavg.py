@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+from torch.nn import Module
 
 from lightning_fedmut.aggregators.base import Aggregator
 from lightning_fedmut.functional.aggregation import accumulate_, finalize_mean_, integer_max_
-from lightning_fedmut.functional.state import copy_, is_floating
+from lightning_fedmut.functional.state import copy_, frozen_keys, is_floating
 
 if TYPE_CHECKING:
     from lightning_fedmut.tasks import ClientResult
@@ -22,7 +23,9 @@ class FedAvg(Aggregator):
     Floating state is averaged: ``sum_i n_i w_i / sum_i n_i`` with ``weighted=True`` (McMahan et al.),
     ``mean_i w_i`` with ``weighted=False`` (the uniform mean of FedMut's reference code). Sums are
     kept in at least float32. Integer state (e.g. BatchNorm's ``num_batches_tracked``) is never averaged:
-    it takes the element-wise maximum over clients and keeps its dtype.
+    it takes the element-wise maximum over clients and keeps its dtype. Frozen parameters
+    (``requires_grad=False`` on the module given to :meth:`setup`) are left out: the global copy stands bit
+    for bit, where an example-weighted mean of identical tensors would come back a rounding step away.
 
     Partial accumulators :meth:`merge` by adding their sums and weights (and taking the maximum of the
     integer state). Floating-point addition is not associative, so a merge is bit-for-bit equal to one
@@ -47,12 +50,24 @@ class FedAvg(Aggregator):
         >>> a.reset(); b.reset(); a.update(result(1.0, 2)); b.update(result(4.0, 1))
         >>> a.merge(b); a.num_updates, a.compute({"weight": torch.tensor([0.0])})["weight"]
         (2, tensor([2.]))
+
+        A frozen parameter is not averaged (the loop keeps the global copy):
+
+        >>> frozen = torch.nn.Linear(1, 1)
+        >>> _ = frozen.bias.requires_grad_(False)
+        >>> agg = FedAvg(weighted=True)
+        >>> agg.setup(frozen); agg.reset()
+        >>> agg.update(SimpleNamespace(state={"weight": torch.tensor([[1.0]]), "bias": torch.tensor([0.3])},
+        ...                            num_examples=3))
+        >>> sorted(agg.compute())
+        ['weight']
     """
 
     def __init__(self, weighted: bool = True) -> None:
         if not isinstance(weighted, bool):
             raise TypeError(f"Expected `weighted` to be a bool, got {weighted!r}.")
         self.weighted = weighted
+        self._frozen: frozenset[str] = frozenset()
         self._keys: set[str] = set()
         self._float_keys: list[str] = []
         self._int_keys: list[str] = []
@@ -75,6 +90,11 @@ class FedAvg(Aggregator):
         """The sum of the accumulated clients' weights."""
         return self._total
 
+    def setup(self, module: Module) -> None:
+        """Read which parameters are frozen (never averaged) from the global module, once per fit."""
+        self._frozen = frozen_keys(module)
+        self._keys = set()  # allocated again at the first update, without the frozen keys
+
     def reset(self) -> None:
         self._total = 0.0
         self._count = 0
@@ -85,7 +105,7 @@ class FedAvg(Aggregator):
         if weight <= 0:
             raise ValueError(f"Expected a client weight > 0, got {weight}.")
         state = result.state
-        if not self._sums or state.keys() != self._keys:
+        if not self._keys or state.keys() != self._keys:
             self._allocate(state)
         floats = [state[k] for k in self._float_keys]
         ints = [state[k] for k in self._int_keys]
@@ -110,7 +130,7 @@ class FedAvg(Aggregator):
         if other._count == 0:
             return
         if self._count == 0:
-            if not self._sums or self._keys != other._keys:
+            if not self._keys or self._keys != other._keys:
                 self._keys, self._float_keys, self._int_keys = set(other._keys), list(other._float_keys), list(
                     other._int_keys)
                 self._sums = [s.clone() for s in other._sums]
@@ -136,8 +156,8 @@ class FedAvg(Aggregator):
 
     def _allocate(self, state: Mapping[str, Tensor]) -> None:
         self._keys = set(state)
-        self._float_keys = [k for k, v in state.items() if is_floating(v)]
-        self._int_keys = [k for k, v in state.items() if not is_floating(v)]
+        self._float_keys = [k for k, v in state.items() if is_floating(v) and k not in self._frozen]
+        self._int_keys = [k for k, v in state.items() if not is_floating(v) and k not in self._frozen]
         self._sums = [
             torch.zeros_like(state[k], dtype=torch.promote_types(state[k].dtype, torch.float32))
             for k in self._float_keys

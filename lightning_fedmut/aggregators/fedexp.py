@@ -20,7 +20,7 @@ from lightning_fedmut.functional.server_optim import (
     squared_distance,
     squared_norm,
 )
-from lightning_fedmut.functional.state import is_floating
+from lightning_fedmut.functional.state import frozen_keys, is_floating
 from lightning_fedmut.utilities.validation import check_real
 
 if TYPE_CHECKING:
@@ -39,7 +39,8 @@ class FedExP(Aggregator):
     server then extrapolates. ``eta_g = 1`` is FedAvg. ``p_i`` is uniform (``weighted=False``, the paper's
     setting) or proportional to the number of examples. Like the FedOpt aggregators, the step applies to the
     module's parameters and the norms are taken over them; floating buffers take the plain mean and
-    integer state the maximum.
+    integer state the maximum. Frozen parameters (``requires_grad=False`` at ``setup``) are left out of the
+    mean, the norms and the step: the global copy stands bit for bit.
 
     The squared distances ``|d_i|^2`` are accumulated client by client against the global module, which
     ``setup`` receives from the loop (it holds the previous global model until the round is aggregated);
@@ -105,7 +106,8 @@ class FedExP(Aggregator):
 
     def setup(self, module: Module) -> None:
         self._module = module
-        self._parameter_names = {name for name, _ in module.named_parameters()}
+        self._mean.setup(module)
+        self._parameter_names = {name for name, _ in module.named_parameters()} - frozen_keys(module)
         self._keys = None
 
     def reset(self) -> None:

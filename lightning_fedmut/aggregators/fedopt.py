@@ -19,7 +19,7 @@ from lightning_fedmut.functional.server_optim import (
     pseudo_gradient_,
     squared_norm,
 )
-from lightning_fedmut.functional.state import copy_, is_floating
+from lightning_fedmut.functional.state import copy_, frozen_keys, is_floating
 from lightning_fedmut.utilities.validation import check_real
 
 if TYPE_CHECKING:
@@ -53,7 +53,8 @@ class ServerOptimizer(Aggregator):
     The server step applies to the module's **parameters** (the names ``setup`` reads from the module; every
     floating entry when the aggregator is used without ``setup``). Floating buffers (BatchNorm's running
     statistics) take the plain mean, as in FedAvg: an adaptive step could turn a running variance
-    negative. Integer state takes the maximum, as in FedAvg.
+    negative. Integer state takes the maximum, as in FedAvg. Frozen parameters (``requires_grad=False`` at
+    ``setup``) are neither averaged nor stepped: the global copy stands bit for bit.
 
     The server state (moments, step count) is created at the first ``compute``, kept in :meth:`state_dict`
     and restored by :meth:`load_state_dict`, so a resumed run steps exactly as the uninterrupted one. Its
@@ -110,7 +111,9 @@ class ServerOptimizer(Aggregator):
 
     # -------------------------------------------------------------- aggregator verbs
     def setup(self, module: Module) -> None:
-        self._parameter_names = {name for name, _ in module.named_parameters()}
+        self._mean.setup(module)
+        frozen = frozen_keys(module)
+        self._parameter_names = {name for name, _ in module.named_parameters()} - frozen
 
     def reset(self) -> None:
         self._mean.reset()

@@ -12,7 +12,7 @@ from lightning_fedmut.callbacks.base import FederatedCallback
 from lightning_fedmut.callbacks.mutation import MutationCallback
 from lightning_fedmut.functional.recombination import recombination_table, recombine
 from lightning_fedmut.functional.server_optim import squared_distance
-from lightning_fedmut.functional.state import copy_, is_floating
+from lightning_fedmut.functional.state import copy_, frozen_keys, is_floating
 from lightning_fedmut.utilities.seed import FEDMR_STREAM, derive_seed
 from lightning_fedmut.utilities.validation import check_int
 
@@ -31,8 +31,9 @@ class FedMR(FederatedCallback):
     trained client models is permuted across the ``K`` slots, independently per key: slot ``i`` of round
     ``t + 1`` starts from ``s_i[j] = w_{pi_j(i)}[j]``, each ``pi_j`` a uniformly random permutation drawn
     from the callback's own generator. Every key's multiset of tensors is preserved; no arithmetic is done,
-    so integer state is moved like the rest. The aggregated global model is what the loop evaluates and
-    checkpoints; the clients do not train from it.
+    so integer state is moved like the rest. Frozen parameters (``requires_grad=False`` on the global
+    module at setup) are not recombined nor kept ``K`` times: every start model holds their global copy. The
+    aggregated global model is what the loop evaluates and checkpoints; the clients do not train from it.
 
     **Two stages.** Before round ``first_stage_bound`` the clients start from the aggregated global model
     (plain FedAvg start models), as the paper's two-stage training does to settle the models early;
@@ -77,7 +78,7 @@ class FedMR(FederatedCallback):
 
     @property
     def keys(self) -> list[str]:
-        """The state keys that are recombined (all of them)."""
+        """The state keys that are recombined (all but the frozen parameters)."""
         return list(self._keys)
 
     def start_models(self) -> list[dict[str, Tensor]]:
@@ -92,8 +93,9 @@ class FedMR(FederatedCallback):
             )
         self.generator.manual_seed(self.seed if self.seed is not None else derive_seed(loop.seed, FEDMR_STREAM))
         state = module.state_dict()
-        self._keys = list(state)
-        self._models = [[v.detach().clone() for v in state.values()] for _ in range(loop.clients_per_round)]
+        frozen = frozen_keys(module)
+        self._keys = [k for k in state if k not in frozen]
+        self._models = [[state[k].detach().clone() for k in self._keys] for _ in range(loop.clients_per_round)]
         self._trained = torch.zeros(loop.clients_per_round, dtype=torch.float64)
         self._table, self._start_round = None, None
 

@@ -26,8 +26,9 @@ class ProximalTerm(Callback):
     r"""A Lightning callback that adds ``mu * (w - w_start)`` to every gradient before each optimizer step.
 
     That is the gradient of ``mu / 2 * |w - w_start|^2``: training the module with this callback minimises its
-    own loss plus the proximal term. ``w_start`` is the module's parameters when training starts
-    (``on_train_start``), so it is whatever start model the federated callbacks wrote. The term is added in
+    own loss plus the proximal term. ``w_start`` is the module's trainable parameters when training starts
+    (``on_train_start``), so it is whatever start model the federated callbacks wrote; frozen parameters
+    (``requires_grad=False``) have no term and do not move. The term is added in
     ``on_before_optimizer_step``: once per optimizer step whatever ``accumulate_grad_batches``, to unscaled
     gradients under mixed precision, and before gradient clipping. Parameters without a gradient in a step
     are left alone.

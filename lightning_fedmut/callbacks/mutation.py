@@ -10,7 +10,7 @@ from torch import Tensor
 
 from lightning_fedmut.callbacks.base import FederatedCallback
 from lightning_fedmut.functional.mutation import acceleration_at, global_delta_, mutate_, mutation_coefficients
-from lightning_fedmut.functional.state import copy_, floating_keys
+from lightning_fedmut.functional.state import copy_, floating_keys, frozen_keys
 from lightning_fedmut.utilities.seed import MUTATION_STREAM, derive_seed
 from lightning_fedmut.utilities.validation import check_int, check_real
 from lightning_fedmut.utilities.warnings import warn_user
@@ -38,8 +38,9 @@ class MutationCallback(FederatedCallback):
         acceleration: ``beta_0`` in ``[0, 1)``; the paper uses 0.5 for ResNet-18, the code 0.3.
         acceleration_rounds: ``T_b``, the round at which ``beta_t`` reaches 0.
         mutate_buffers: also mutate floating buffers (BatchNorm running statistics), as the reference
-            code does. Off by default: a mutated ``running_var`` can turn negative. Integer state is
-            never mutated.
+            code does. Off by default: a mutated ``running_var`` can turn negative. Integer state and
+            frozen parameters (``requires_grad=False`` on the global module at setup) are never mutated:
+            every start model holds the global copy of a frozen parameter, bit for bit.
         seed: seed of the coefficient generator; ``None`` derives it from the loop's ``seed``.
 
     Examples:
@@ -94,7 +95,7 @@ class MutationCallback(FederatedCallback):
         self.generator.manual_seed(seed)
         state = module.state_dict()
         params = {name for name, _ in module.named_parameters()}
-        self._keys = floating_keys(state, params, include_buffers=self.mutate_buffers)
+        self._keys = floating_keys(state, params, include_buffers=self.mutate_buffers, frozen=frozen_keys(module))
         self._delta = [state[k].detach().clone() for k in self._keys]
         self._coefficients = None
         weighted = getattr(loop.aggregator, "weighted", False)

@@ -27,7 +27,7 @@ from lightning_fedmut.functional.server_optim import (
     squared_distance,
     squared_norm,
 )
-from lightning_fedmut.functional.state import copy_, first_non_finite, floating_keys, is_floating
+from lightning_fedmut.functional.state import copy_, first_non_finite, floating_keys, frozen_keys, is_floating
 
 __all__ = [
     "acceleration_at",
@@ -40,6 +40,7 @@ __all__ = [
     "finalize_mean_",
     "first_non_finite",
     "floating_keys",
+    "frozen_keys",
     "global_delta_",
     "integer_max_",
     "is_floating",

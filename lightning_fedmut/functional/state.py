@@ -1,8 +1,8 @@
-"""Helpers over model state: which entries are floating, and in-place copies grouped for ``_foreach``."""
+"""Helpers over model state: which entries are floating or frozen, and in-place copies grouped for ``_foreach``."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -18,15 +18,35 @@ def is_floating(tensor: Tensor) -> bool:
     return tensor.is_floating_point() or tensor.is_complex()
 
 
+def frozen_keys(module: torch.nn.Module) -> frozenset[str]:
+    """The ``state_dict`` keys of ``module``'s frozen parameters: those with ``requires_grad=False``.
+
+    The one rule for what no federated method touches: a frozen parameter is neither sent through the
+    average, nor stepped by a server optimizer, nor mutated, nor recombined; the global copy stands bit for
+    bit. Components read it once per fit, from the global module at setup. Buffers (BatchNorm running
+    statistics) are not parameters and are never frozen by this rule. A parameter shared under two names
+    is frozen under both.
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Embedding(5, 2), torch.nn.Linear(2, 2))
+        >>> _ = net[0].weight.requires_grad_(False)
+        >>> sorted(frozen_keys(net))
+        ['0.weight']
+    """
+    return frozenset(name for name, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad)
+
+
 def floating_keys(
-    state: Mapping[str, Tensor], parameter_names: set[str] | None = None, include_buffers: bool = True
+    state: Mapping[str, Tensor], parameter_names: set[str] | None = None, include_buffers: bool = True,
+    frozen: Collection[str] = (),
 ) -> list[str]:
-    """Keys of ``state`` whose tensors are floating, in ``state`` order.
+    """Keys of ``state`` whose tensors are floating, in ``state`` order, less the ``frozen`` ones.
 
     Args:
         state: a ``state_dict``.
         parameter_names: names of the module's parameters; needed only when ``include_buffers`` is False.
         include_buffers: keep floating buffers (e.g. BatchNorm running statistics) too.
+        frozen: keys to leave out: the module's frozen parameters (:func:`frozen_keys`).
 
     Examples:
         >>> bn = torch.nn.BatchNorm1d(2)
@@ -34,8 +54,10 @@ def floating_keys(
         ['weight', 'bias', 'running_mean', 'running_var']
         >>> floating_keys(bn.state_dict(), {"weight", "bias"}, include_buffers=False)
         ['weight', 'bias']
+        >>> floating_keys(bn.state_dict(), frozen={"weight"})
+        ['bias', 'running_mean', 'running_var']
     """
-    keys = [k for k, v in state.items() if is_floating(v)]
+    keys = [k for k, v in state.items() if is_floating(v) and k not in frozen]
     if include_buffers:
         return keys
     if parameter_names is None:
