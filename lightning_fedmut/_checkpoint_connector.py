@@ -44,11 +44,24 @@ class CheckpointConnector:
         return self.dirpath is not None
 
     def lock(self) -> None:
-        """Take the folder for this fit: a second live run writing to it is refused, naming the process."""
+        """Take the folder for this fit: a second live run writing to it is refused, naming the process.
+
+        A folder this process cannot write to is refused here, before any round trains, with
+        :class:`~lightning_fedmut.checkpoint.CheckpointWriteError`.
+        """
         if self.dirpath is None:
             return
-        self.dirpath.mkdir(parents=True, exist_ok=True)
-        handle = open(self.dirpath / ".lock", "a+")  # noqa: SIM115 - held until unlock()
+        try:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.dirpath, os.W_OK | os.X_OK):
+                raise PermissionError(13, "Permission denied")
+            handle = open(self.dirpath / ".lock", "a+")  # noqa: SIM115 - held until unlock()
+        except OSError as exc:
+            raise ckpt.CheckpointWriteError(
+                f"Cannot write to `checkpoint_dir`={str(self.dirpath)!r} ({exc.strerror or exc}), where this run saves"
+                " its checkpoints. Pass a writable `checkpoint_dir`; to extend a run kept in a read-only folder, pass"
+                " that folder (or one of its files) as `ckpt_path` with a new `checkpoint_dir`.", exc.errno
+            ) from None
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

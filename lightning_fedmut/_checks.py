@@ -22,6 +22,8 @@ from lightning_fedmut.data.client import Client
 from lightning_fedmut.divergence import DivergenceMonitor
 from lightning_fedmut.functional.state import first_non_finite
 from lightning_fedmut.utilities.trainer import RESERVED_TRAINER_KEYS, trainer_parameters
+from lightning_fedmut.utilities.validation import check_int
+from lightning_fedmut.utilities.warnings import warn_user
 
 
 def check_instance(name: str, value: Any, cls: type, what: str, default: Any = None) -> Any:
@@ -52,7 +54,13 @@ def check_checkpoint_dir(checkpoint_dir: Any) -> Path | None:
         raise TypeError(f"Expected `checkpoint_dir` to be a path or None, got {type(checkpoint_dir).__name__}.")
     if not str(os.fspath(checkpoint_dir)).strip():
         raise ValueError("Expected `checkpoint_dir` to be a folder path or None, got ''. Pass a folder name.")
-    return Path(checkpoint_dir)
+    path = Path(checkpoint_dir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(
+            f"Expected `checkpoint_dir` to be a folder (created if missing), got {str(path)!r}, which is a file. Pass a"
+            " folder path; to resume from a checkpoint file, pass it as `ckpt_path`."
+        )
+    return path
 
 
 def check_callbacks(callbacks: Any) -> list[FederatedCallback]:
@@ -344,6 +352,28 @@ def check_sampled(sampler: Any, picked: list[Any], k: int, index: dict[int, int]
             f" federation, {distinct} distinct)."
         )
     return picked
+
+
+def check_workers(workers: Any, clients_per_round: int) -> int | None:
+    """``workers``, checked, and no more than ``clients_per_round``: a round has no work for more (with a warning).
+
+    Examples:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     check_workers(64, 10), check_workers(None, 10), check_workers(4, 10)
+        (10, None, 4)
+        >>> print(caught[0].message)
+        `workers`=64 is more than `clients_per_round`=10, the most clients a round trains at once: starting 10 workers.
+    """
+    if workers is None:
+        return None
+    workers = check_int("workers", workers, low=1)
+    if workers > clients_per_round:
+        warn_user(f"`workers`={workers} is more than `clients_per_round`={clients_per_round}, the most clients a round"
+                  f" trains at once: starting {clients_per_round} workers.", UserWarning)
+        return clients_per_round
+    return workers
 
 
 def check_divergence(divergence: Any) -> DivergenceMonitor | None:

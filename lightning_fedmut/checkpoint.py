@@ -23,6 +23,7 @@ the previous one with a warning that names both files.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
@@ -44,10 +45,11 @@ from lightning_fedmut.utilities.warnings import warn_user
 
 __all__ = [
     "CHECKPOINT_VERSION",
+    "CheckpointWriteError",
     "CorruptCheckpointError",
     "UnsafeCheckpointError",
-    "checkpoint_name",
     "check_resume_rounds",
+    "checkpoint_name",
     "compare_fingerprints",
     "list_checkpoints",
     "load_checkpoint",
@@ -77,6 +79,18 @@ log = logging.getLogger("lightning_fedmut")
 
 class CorruptCheckpointError(ValueError):
     """A checkpoint file is truncated or its bytes changed after it was written."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a read-only folder); the message names the file, the round
+    and the newest checkpoint that is safe. ``errno`` is the cause's."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno  # type: ignore[misc]
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class UnsafeCheckpointError(ValueError):
@@ -173,10 +187,13 @@ def save_checkpoint(
     rounds_done = check_int("state['rounds_done']", state["rounds_done"], low=0)
     _check_plain(state)
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    remove_orphaned_temporaries(d)
     path = d / checkpoint_name(rounds_done)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".tmp-{os.getpid()}@{_host()}-", suffix=".ckpt")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        remove_orphaned_temporaries(d)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=f".tmp-{os.getpid()}@{_host()}-", suffix=".ckpt")
+    except OSError as exc:
+        raise _write_error(path, rounds_done, exc) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(_MAGIC + _frame_line(b"0" * 64, 0))  # filled in once the body is written
@@ -188,9 +205,12 @@ def save_checkpoint(
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        cause = _os_error(exc)
+        if cause is not None:
+            raise _write_error(path, rounds_done, cause) from exc
         raise
     _sync_directory(d)
     kept = {checkpoint_name(int(r)) for r in protect}
@@ -201,7 +221,8 @@ def save_checkpoint(
 
 
 def resolve_checkpoint(ckpt_path: str | os.PathLike, directory: str | os.PathLike | None) -> Path | None:
-    """Turn ``ckpt_path`` (a file, or ``"last"`` for the newest in ``directory``) into an existing path.
+    """Turn ``ckpt_path`` (a file, a folder of checkpoints for its newest, or ``"last"`` for the newest in
+    ``directory``) into an existing path.
 
     ``"last"`` with no checkpoint in ``directory`` yet (a first launch) returns ``None`` and logs that the
     run starts fresh; a missing file raises ``FileNotFoundError``.
@@ -221,6 +242,13 @@ def resolve_checkpoint(ckpt_path: str | os.PathLike, directory: str | os.PathLik
             return None
         return found[-1]
     path = Path(ckpt_path)
+    if path.is_dir():  # another run's folder (read-only, say): its newest checkpoint, to extend that run elsewhere
+        found = list_checkpoints(path)
+        if not found:
+            raise FileNotFoundError(
+                f"Expected `ckpt_path` to be a checkpoint file, 'last' or a folder of checkpoints, got"
+                f" {str(ckpt_path)!r}: the folder holds no round-NNNNN.ckpt file.")
+        return found[-1]
     if not path.is_file():
         raise FileNotFoundError(f"Expected `ckpt_path` to be a checkpoint file or 'last', got {str(ckpt_path)!r}: no such file.")
     return path
@@ -232,8 +260,10 @@ def load_resume_checkpoint(
     """Resolve and load the checkpoint to resume from: ``(path, state)``, or ``None`` to start fresh.
 
     With ``ckpt_path="last"``, a newest checkpoint that is truncated or corrupt is skipped with a warning
-    naming it and the previous one, which is loaded instead; ``None`` means there is no checkpoint yet. An
-    explicit file that is truncated or corrupt raises :class:`CorruptCheckpointError`.
+    naming it and the previous one, which is loaded instead; ``None`` means there is no checkpoint yet. A
+    folder as ``ckpt_path`` reads its newest checkpoint the same way, takes no lock there and saves nothing
+    there: a run kept in a read-only folder is extended into another ``checkpoint_dir``. An explicit file that is truncated or corrupt
+    raises :class:`CorruptCheckpointError`.
 
     Examples:
         >>> import tempfile, warnings
@@ -247,11 +277,14 @@ def load_resume_checkpoint(
         ...     path.name, state["rounds_done"], "truncated" in str(caught[0].message)
         ('round-00001.ckpt', 1, True)
     """
-    if str(ckpt_path) != "last":
+    if str(ckpt_path) != "last" and not Path(ckpt_path).is_dir():
         path = resolve_checkpoint(ckpt_path, directory)
         assert path is not None
         return path, load_checkpoint(path)
-    if resolve_checkpoint("last", directory) is None:
+    if str(ckpt_path) != "last":  # a folder: its newest good checkpoint, read only (no lock, nothing written there)
+        resolve_checkpoint(ckpt_path, None)
+        directory = ckpt_path
+    elif resolve_checkpoint("last", directory) is None:
         return None
     candidates = list_checkpoints(directory)[::-1]  # type: ignore[arg-type]
     errors: list[CorruptCheckpointError] = []
@@ -374,6 +407,44 @@ def _differences(name: str, saved: Any, current: Any) -> list[str]:
 
 
 # ------------------------------------------------------------------ helpers
+def _os_error(exc: BaseException) -> OSError | None:
+    """The ``OSError`` behind ``exc`` (torch wraps the errors of the file it writes to), if any."""
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 8:
+        if isinstance(current, OSError):
+            return current
+        current = current.__cause__ or current.__context__
+        seen += 1
+    if isinstance(exc, RuntimeError) and "No space left on device" in str(exc):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return None
+
+
+def _rounds(n: int) -> str:
+    return f"{n} completed round{'' if n == 1 else 's'}"
+
+
+def _write_error(path: Path, rounds_done: int, exc: OSError) -> CheckpointWriteError:
+    """Name the file, the round and what is safe on disk; say how to go on."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    name = errno.errorcode.get(exc.errno, "") if exc.errno is not None else ""
+    earlier = [p for p in list_checkpoints(path.parent) if int(_NAME.match(p.name).group(1)) < rounds_done]
+    if earlier:
+        safe_rounds = int(_NAME.match(earlier[-1].name).group(1))
+        safe = (f"The first {_rounds(safe_rounds)} are safe in {str(earlier[-1])!r}; a resume trains the rounds"
+                " after them again.")
+    else:
+        safe = f"No earlier checkpoint of this run is in {str(path.parent)!r}: no round is saved yet."
+    fix = ("Free space on that disk" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+           else "Make the folder writable, or choose another `checkpoint_dir`")
+    return CheckpointWriteError(
+        f"Cannot save the checkpoint after {_rounds(rounds_done)} to {str(path)!r}:"
+        f" {reason}{f' ({name})' if name else ''}. {safe} {fix}, then resume with ckpt_path='last'.",
+        exc.errno,
+    )
+
+
 def _frame_line(digest: bytes, size: int) -> bytes:
     return b"sha256 %s bytes %020d\n" % (digest, size)  # fixed width, so it can be written last
 

@@ -155,7 +155,7 @@ class FederatedLoop:
         self.client_table_every = check_int("client_table_every", client_table_every, low=1)
         self.sampler = checks.check_instance("sampler", sampler, ClientSampler, "a ClientSampler", UniformSampler)
         executor = checks.check_instance("executor", executor, ClientExecutor, "a ClientExecutor", SequentialExecutor)
-        self.executor = executor_for(executor, None if workers is None else check_int("workers", workers, low=1),
+        self.executor = executor_for(executor, checks.check_workers(workers, self.clients_per_round),
                                      check_int("workers_per_device", workers_per_device, low=1))
         self.client_states = checks.check_instance("client_state_store", client_state_store, ClientStateStore,
                                                    "a ClientStateStore", InMemoryClientStateStore)

@@ -40,8 +40,8 @@ def _run(synthetic, checkpoint_dir, batch_size=16, ckpt_path=None, shuffle=True,
         ({"min_clients_per_round": 2}, "min_clients_per_round: checkpoint has 1, this run has 2"),
         ({"on_client_failure": "isolate"}, "on_client_failure: checkpoint has 'raise_systematic', this run has 'isolate'"),
         ({"divergence": False}, "divergence: checkpoint has {'class_path': 'lightning_fedmut.divergence.Divergence"),
-        ({"divergence": DivergenceMonitor(loss_factor=4.0)}, "divergence.init_args.loss_factor: checkpoint has 10.0,"
-                                                             " this run has 4.0"),
+        ({"divergence": DivergenceMonitor(loss_factor=4.0)},
+         "divergence.init_args.loss_factor: checkpoint has 10.0, this run has 4.0"),
         ({"evaluate_every": 2}, "evaluate_every: checkpoint has 1, this run has 2"),
     ],
 )

@@ -173,6 +173,9 @@ def one_line_error(message: str, parser: ArgumentParser | None = None) -> str:
     Examples:
         >>> one_line_error('Parser key "loop.rounds":\\n  Expected a <class \\'int\\'>. Got value: abc')
         "--loop.rounds: expected an integer, got 'abc'"
+        >>> one_line_error('Parser key "loop.workers":\\n  Does not validate against any of the Union subtypes\\n'
+        ...                "  Subtypes: [<class 'int'>, <class 'NoneType'>]\\n  Given value: abc")
+        "--loop.workers: expected an integer or null, got 'abc'"
     """
     text = message.strip()
     m = re.match(r"unrecognized arguments: (.*)", text)
@@ -194,6 +197,13 @@ def one_line_error(message: str, parser: ArgumentParser | None = None) -> str:
         m = re.search(r"Expected a (.+?)\. Got value: (.*)", ln)
         if m and "NoneType" not in m.group(1):
             return f"{flag}: expected {_expected(m.group(1))}, got {m.group(2).strip()!r}"
+    union = re.search(r"Subtypes: \[(.*)\]", text)
+    if union and given and "Does not validate against any of the Union subtypes" in text:
+        kinds = re.findall(r"<class '([\w.]+)'>", union.group(1))
+        simple = [k for k in kinds if k in _TYPE_NAMES or k == "NoneType"]
+        if kinds and len(simple) == len(kinds):  # int | None ...: no class to build, so say the plain types
+            names = [_TYPE_NAMES[k] for k in kinds if k != "NoneType"] + (["null"] if "NoneType" in kinds else [])
+            return f"{flag}: expected {' or '.join(names)}, got {given.group(1).strip()!r}"
     for ln in lines:
         m = re.search(r"Not of type \w+: (?:(.*) )?does not conform to restriction v([<>=!]+)(.*)", ln)
         if m:

@@ -7,6 +7,7 @@ import os
 import shlex
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader
 from lightning_fedmut._config import class_path
 from lightning_fedmut.aggregators import Aggregator, FedAvg
 from lightning_fedmut.callbacks import GlobalModelCheckpoint, MutationCallback
-from lightning_fedmut.checkpoint import list_checkpoints
+from lightning_fedmut.checkpoint import CheckpointWriteError, list_checkpoints
 from lightning_fedmut.cli._logging import finish_logger, flatten_config, make_logger, offline_notice
 from lightning_fedmut.cli._parser import CLIError, make_parser, not_required_with_default, parse, plain, plural
 from lightning_fedmut.data import (
@@ -181,8 +182,9 @@ def fit_parser(argv: Sequence[str] = ()) -> ArgumentParser:
     parser.add_argument(
         "--ckpt_path", type=str | None, default=None,
         help="Resume: last (the newest federated checkpoint in --loop.checkpoint_dir; with none there yet the"
-             " run starts at round 0) or a checkpoint file. Without it, a --loop.checkpoint_dir that already"
-             " holds checkpoints is refused rather than overwritten.",
+             " run starts at round 0), a checkpoint file, or a folder of checkpoints (its newest; the folder is only"
+             " read, so a run kept read-only goes on in a new --loop.checkpoint_dir). Without it, a"
+             " --loop.checkpoint_dir that already holds checkpoints is refused rather than overwritten.",
     )
     parser.add_argument("--logger", type=Literal["wandb", "csv", "none"], default="wandb",
                         help="wandb (offline when no API key is configured), csv or none.")
@@ -245,7 +247,8 @@ def resume_checkpoint(ckpt_path: str | None, checkpoint_dir: str | None) -> str 
       nothing is overwritten;
     - ``--ckpt_path last`` resumes from the newest federated checkpoint there, and starts at round 0 when the
       folder holds no ``.ckpt`` file yet (so one command line starts a run and resumes it);
-    - ``--ckpt_path FILE`` resumes from that file.
+    - ``--ckpt_path FILE`` resumes from that file, and ``--ckpt_path FOLDER`` from the newest checkpoint in that
+      folder, which is only read: a run kept in a read-only folder goes on in another ``--loop.checkpoint_dir``.
 
     Examples:
         >>> import tempfile
@@ -273,8 +276,17 @@ def resume_checkpoint(ckpt_path: str | None, checkpoint_dir: str | None) -> str 
                 f" only {', '.join(p.name for p in existing[:3])}: choose another --loop.checkpoint_dir"
             )
         return None
+    if os.path.isdir(ckpt_path):  # another run's folder (read-only, say): its newest checkpoint, read only
+        if not list_checkpoints(ckpt_path):
+            raise CLIError(f"--ckpt_path: {ckpt_path} holds no federated checkpoint (round-NNNNN.ckpt) to resume")
+        if checkpoint_dir is not None and os.path.realpath(ckpt_path) != os.path.realpath(checkpoint_dir) and existing:
+            raise CLIError(
+                f"--loop.checkpoint_dir={checkpoint_dir} already holds checkpoints: to extend the run of {ckpt_path}"
+                " there, choose an empty --loop.checkpoint_dir (nothing is overwritten)")
+        return ckpt_path
     if not os.path.isfile(ckpt_path):
-        raise CLIError(f"--ckpt_path: expected last or a checkpoint file, got {ckpt_path!r}: no such file")
+        raise CLIError(f"--ckpt_path: expected last, a checkpoint file or a folder of checkpoints, got {ckpt_path!r}:"
+                       " no such file")
     return ckpt_path
 
 
@@ -360,9 +372,84 @@ def _data(cfg: Namespace, data: Any) -> tuple[Any, Any, Any]:
     return loader.dataset, val, loader.collate_fn
 
 
+def _writable_folder(folder: Path) -> tuple[bool, str]:
+    """Whether files can be created in ``folder`` (or in the folders that would be made for it); else why not."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return False, f"{str(existing)!r} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return False, f"the folder {str(existing)!r} is read-only"
+    return True, ""
+
+
+def check_output_paths(history_file: str | None, checkpoint_dir: str | None) -> None:
+    """Refuse, before anything is built or trained, a ``--history_file`` or ``--loop.checkpoint_dir`` that cannot
+    be written; nothing is created here.
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     check_output_paths(d, None)
+        Traceback (most recent call last):
+        ...
+        lightning_fedmut.cli._parser.CLIError: --history_file: expected a file to write the history to, got ..., which is a folder: pass a file path such as .../history.json
+    """
+    if history_file is not None:
+        path = Path(history_file)
+        if path.is_dir():
+            raise CLIError(f"--history_file: expected a file to write the history to, got {history_file!r}, which is"
+                           f" a folder: pass a file path such as {os.path.join(history_file, 'history.json')}")
+        if path.exists() and not os.access(path, os.W_OK):
+            raise CLIError(f"--history_file: cannot write {history_file!r}: the file is read-only; pass another"
+                           " --history_file")
+        ok, why = _writable_folder(path.parent if str(path.parent) else Path("."))
+        if not ok:
+            raise CLIError(f"--history_file: cannot write {history_file!r}: {why}; pass a --history_file in a"
+                           " writable folder")
+    if checkpoint_dir is not None:
+        ok, why = _writable_folder(Path(checkpoint_dir))
+        if not ok:
+            raise CLIError(
+                f"--loop.checkpoint_dir: cannot save checkpoints in {checkpoint_dir!r}: {why}. Pass a writable folder;"
+                " to extend a run kept in a read-only folder, pass that folder as --ckpt_path with a new"
+                " --loop.checkpoint_dir")
+
+
+def check_fit_args(argv: Sequence[str]) -> None:
+    """Check a ``fit`` command line without training or loading data: parse it, then build the options that need
+    no data (the mutation, aggregator, model checkpoint, loop plugins and the loop itself). A sweep checks each
+    configuration so before the first runs.
+
+    Examples:
+        >>> check_fit_args(["--loop.rounds=3", "--mutation.radius=2.0", "--logger=none"])
+        >>> check_fit_args(["--loop.min_clients_per_round=20"])
+        Traceback (most recent call last):
+        ...
+        lightning_fedmut.cli._parser.CLIError: --loop: Expected `min_clients_per_round` to be an integer <= 10, got 20.
+    """
+    argv = list(argv)
+    cfg = parse(fit_parser(argv), argv, none_flags={"--mutation", "--model_checkpoint"})
+    mutation = _build("mutation", MutationCallback | None, cfg.mutation)
+    _build("model_checkpoint", GlobalModelCheckpoint | None, cfg.model_checkpoint)
+    aggregator = _build("aggregator", Aggregator, cfg.aggregator)
+    loop_args = plain(cfg.loop.as_dict())
+    for key, type_ in _LOOP_PLUGINS.items():
+        if isinstance(loop_args.get(key), dict):
+            loop_args[key] = _build(key, type_, cfg.loop[key])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the run itself warns
+            FederatedLoop(**loop_args, aggregator=aggregator, callbacks=[mutation] if mutation else [], seed=cfg.seed)
+    except (ValueError, TypeError) as err:
+        raise CLIError(f"--loop: {err}") from None
+
+
 def run_fit(cfg: Namespace) -> FederatedResult:
     """Build everything ``cfg`` describes and run the federation."""
     start = time.perf_counter()
+    check_output_paths(cfg.history_file, cfg.loop.checkpoint_dir)
     ckpt_path = resume_checkpoint(cfg.ckpt_path, cfg.loop.checkpoint_dir)
     torch.manual_seed(cfg.seed)
     model = _build("model", LightningModule, cfg.model)
@@ -414,6 +501,9 @@ def run_fit(cfg: Namespace) -> FederatedResult:
             raise
         finish_logger(logger)
         raise CLIError(f"--ckpt_path: {err}") from None
+    except CheckpointWriteError as err:  # a full disk: the message names the file, the round and what is safe
+        finish_logger(logger)
+        raise CLIError(f"--loop.checkpoint_dir: {err}", code=1) from None
     folder = finish_logger(logger)
     _report(result, time.perf_counter() - start)
     if folder is not None:

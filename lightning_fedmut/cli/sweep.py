@@ -5,6 +5,10 @@
 file's ``command`` exactly as ``wandb agent`` would (``${args}`` becomes ``--name=value`` flags; the
 parameters are also written where ``WANDB_SWEEP_PARAM_PATH`` points), with ``WANDB_MODE=offline`` and all
 runs in one W&B group, to upload later with ``wandb sync``.
+
+The ``command`` (and ``program``) of a sweep file runs as written, with this user's rights: run only sweep
+files you trust. When it runs ``lightning-fedmut fit``, every configuration's flags are checked before the
+first one runs, so a misspelled flag or a bad value in the last configuration stops the sweep at once.
 """
 
 from __future__ import annotations
@@ -296,6 +300,7 @@ def run_sweep(
     goal = (config.get("metric") or {}).get("goal", "maximize")
     group = group or f"{Path(file).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     template = config.get("command", DEFAULT_COMMAND)
+    check_configurations(configurations, config, file)
     workdir = Path(tempfile.mkdtemp(prefix="lightning-fedmut-sweep-"))
     print(f"Sweep {file}: {len(configurations)} {chosen} configuration(s), W&B group {group!r} (offline)")
     try:
@@ -305,6 +310,41 @@ def run_sweep(
     if not dry_run:
         _summary(rows, metric, goal, group)
     return rows
+
+
+def fit_arguments(command: Sequence[str]) -> list[str] | None:
+    """The ``fit`` flags of a command that runs ``lightning-fedmut fit`` (``None`` for any other program).
+
+    Examples:
+        >>> fit_arguments(["/usr/bin/env", "lightning-fedmut", "fit", "--seed=1"]), fit_arguments(["train.py"])
+        (['--seed=1'], None)
+    """
+    local = _local(list(command), Path("history.json"))
+    for i, part in enumerate(local[:-1]):
+        if part == "lightning_fedmut.cli" and local[i + 1] == "fit":
+            return local[i + 2 : -1]  # without the --history_file that _local appends
+    return None
+
+
+def check_configurations(configurations: Sequence[Mapping[str, Any]], config: Mapping[str, Any], file: str) -> None:
+    """Check every configuration's ``fit`` flags before the first one runs; a bad one is a :class:`CLIError`
+    naming the configuration, the flag and the value.
+
+    A ``command`` that runs another program is not checked here: it runs as written.
+    """
+    template = config.get("command", DEFAULT_COMMAND)
+    from lightning_fedmut.cli.fit import check_fit_args
+
+    for i, values in enumerate(configurations):
+        args = fit_arguments(build_command(template, values, config.get("program"), sys.executable))
+        if args is None:
+            continue
+        try:
+            check_fit_args(args)
+        except CLIError as err:
+            shown = " ".join(f"{k}={v}" for k, v in values.items())
+            raise CLIError(f"{file}: configuration {i + 1} of {len(configurations)} ({shown}): {err.message};"
+                           " nothing was run") from None
 
 
 def run_names(configurations: Sequence[Mapping[str, Any]], prefix: str) -> list[str]:
