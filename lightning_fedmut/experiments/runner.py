@@ -436,6 +436,9 @@ def _model_and_data(cfg: Any) -> tuple[Any, Any, Any, Any]:
 
     from lightning_fedmut.cli.fit import _build, _data
 
+    for key in ("batch_size", "eval_batch_size"):  # plain ints in the loaders (a checkpoint holds plain data)
+        if isinstance(getattr(cfg, key, None), int):
+            setattr(cfg, key, int(getattr(cfg, key)))
     torch.manual_seed(cfg.seed)
     model = _build("model", LightningModule, cfg.model)
     data = _build("data", LightningDataModule, cfg.data)
