@@ -432,8 +432,8 @@ def _write_error(path: Path, rounds_done: int, exc: OSError) -> CheckpointWriteE
     earlier = [p for p in list_checkpoints(path.parent) if int(_NAME.match(p.name).group(1)) < rounds_done]
     if earlier:
         safe_rounds = int(_NAME.match(earlier[-1].name).group(1))
-        safe = (f"The first {_rounds(safe_rounds)} are safe in {str(earlier[-1])!r}; a resume trains the rounds"
-                " after them again.")
+        safe = (f"The checkpoint of the first {_rounds(safe_rounds)}, {str(earlier[-1])!r}, is safe; a resume"
+                " trains the rounds after it again.")
     else:
         safe = f"No earlier checkpoint of this run is in {str(path.parent)!r}: no round is saved yet."
     fix = ("Free space on that disk" if exc.errno in (errno.ENOSPC, errno.EDQUOT)

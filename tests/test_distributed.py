@@ -66,7 +66,7 @@ def test_slots_are_dealt_round_robin_and_executors_are_chosen_by_workers():
     assert isinstance(wrapped, DistributedExecutor) and wrapped.inner is sequential and wrapped.world_size == 3
     with pytest.raises(ValueError, match="`executor` has 3 workers but `workers`=2"):
         executor_for(wrapped, 2)
-    loop = FederatedLoop(rounds=1, clients_per_round=1, workers=2)
+    loop = FederatedLoop(rounds=1, clients_per_round=2, workers=2)
     assert loop.hparams["workers"] == 2 and isinstance(loop.executor, DistributedExecutor)
     with pytest.raises(ValueError, match="`workers` to be an integer >= 1, got 0"):
         FederatedLoop(rounds=1, clients_per_round=1, workers=0)

@@ -343,8 +343,8 @@ def check_configurations(configurations: Sequence[Mapping[str, Any]], config: Ma
             check_fit_args(args)
         except CLIError as err:
             shown = " ".join(f"{k}={v}" for k, v in values.items())
-            raise CLIError(f"{file}: configuration {i + 1} of {len(configurations)} ({shown}): {err.message};"
-                           " nothing was run") from None
+            raise CLIError(f"{file}: configuration {i + 1} of {len(configurations)} ({shown}):"
+                           f" {err.message.rstrip('.')}; nothing was run") from None
 
 
 def run_names(configurations: Sequence[Mapping[str, Any]], prefix: str) -> list[str]:
