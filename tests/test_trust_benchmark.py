@@ -204,11 +204,17 @@ def test_a_broken_history_file_reruns_its_cell(finished, tmp_path, damage):
     assert report.records[1]["error"].endswith(": run the benchmark again to rerun the cell")
 
     lines: list[str] = []
+    run_benchmark(TINY, out, dry_run=True, echo=lines.append)
+    assert lines[1] == "  finished  FedAvg | IID | seed 0"
+    assert lines[2].startswith("  to run    FedMut | IID | seed 0 (history.json ")
+    assert history.is_file()  # a dry run moves nothing
+
+    lines = []
     result = run_benchmark(TINY, out, echo=lines.append)
     assert result.ran == 1 and result.complete
-    assert lines[0].startswith(f"FedMut | IID | seed 0: runs again: {history} ")
-    assert lines[0].endswith(" (kept as history.json.invalid)")
-    assert "1 finished, 1 to run" in lines[1]
+    assert "1 finished, 1 to run" in lines[0]
+    assert lines[1].startswith(f"FedMut | IID | seed 0: runs again: {history} ")
+    assert lines[1].endswith(" (kept as history.json.invalid)")
     assert _table_numbers(result.summary) == numbers
     assert (out / "results.md").read_text(encoding="utf-8") == table
     assert (out / "cells/fedmut/iid/seed-0/history.json.invalid").is_file()
@@ -261,6 +267,18 @@ def test_a_misspelled_metric_is_one_line_before_any_cell(tmp_path, monkeypatch, 
     assert _cli_error(tmp_path, monkeypatch, capsys, "--set", "metric=accuracy").startswith(
         "metric: expected one of the names the cells' history holds, got 'accuracy': the model's validation logs"
         " val_acc, val_loss ")
+
+
+def test_a_misspelled_metric_leaves_a_finished_benchmark_as_it_is(finished, tmp_path):
+    import shutil
+
+    source, _, _ = finished
+    out = tmp_path / "out"
+    shutil.copytree(source, out)
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    with pytest.raises(ValueError, match=r"^metric: expected one of the names the cells' history holds, got 'val_acx'"):
+        run_benchmark({**TINY, "metric": "val_acx"}, out, echo=None)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
 
 
 def test_the_metric_of_a_model_without_validation_is_refused(tmp_path):

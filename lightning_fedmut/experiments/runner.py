@@ -126,19 +126,25 @@ def run_benchmark(
     if workers < 1:
         raise ValueError(f"parallel: expected an integer >= 1, got {parallel}")
     _check_folders(bench, out)
-    todo = [c for c in bench.cells if not _finished(out, c, bench, None if dry_run or report_only else say)]
+    problems = {c.folder: history_problem(out / c.folder / HISTORY, c, bench) for c in bench.cells
+                if (out / c.folder / HISTORY).is_file()}  # a finished cell's history.json cut short or misshapen
+    todo = [c for c in bench.cells if problems.get(c.folder, "missing") is not None]
     say(f"Benchmark {bench.name}: {_count(len(bench.methods), 'method')} x {_count(len(bench.partitions), 'partition')}"
         f" x {_count(len(bench.seeds), 'seed')} = {_count(len(bench.cells), 'cell')};"
         f" {len(bench.cells) - len(todo)} finished, {len(todo)} to run"
         + (f", {workers} at a time" if workers > 1 and todo and not (dry_run or report_only) else ""))
     if dry_run:
         for cell in bench.cells:
-            say(f"  {'finished' if cell not in todo else 'to run':<9} {cell.name}")
+            why = f" ({HISTORY} {problems[cell.folder]})" if problems.get(cell.folder) else ""
+            say(f"  {'finished' if cell not in todo else 'to run':<9} {cell.name}{why}")
         return BenchmarkResult(bench, out, [_missing(c) for c in bench.cells], {}, 0)
     ran = 0
     if todo and not report_only:
         _check_data(bench.cells[0].config)
         check_metric(bench)
+        for cell in todo:
+            if problems.get(cell.folder):
+                _set_aside(out / cell.folder / HISTORY, cell, problems[cell.folder], say)
         out.mkdir(parents=True, exist_ok=True)
         (out / "benchmark.yaml").write_text(yaml.safe_dump(_resolved(bench), sort_keys=False), encoding="utf-8")
         logging = {"kind": bench.logger, "project": bench.project, "group": group or bench.name, "save_dir": str(out)}
@@ -244,20 +250,12 @@ def read_record(folder: Path, cell: Cell, bench: Benchmark | None = None) -> dic
     return _missing(cell)
 
 
-def _finished(out: Path, cell: Cell, bench: Benchmark, say: Callable[[str], None] | None) -> bool:
-    """Whether a cell has a usable ``history.json``. One that is truncated or of the wrong shape is moved aside
-    (to ``history.json.invalid``) with a line that says so (when ``say`` is given), and the cell runs again."""
-    path = out / cell.folder / HISTORY
-    if not path.is_file():
-        return False
-    problem = history_problem(path, cell, bench)
-    if problem is None:
-        return True
-    if say is not None:
-        aside = path.with_name(f"{HISTORY}.invalid")
-        os.replace(path, aside)
-        say(f"{cell.name}: runs again: {path} {problem} (kept as {aside.name})")
-    return False
+def _set_aside(path: Path, cell: Cell, problem: str, say: Callable[[str], None]) -> None:
+    """Move a finished cell's unusable ``history.json`` to ``history.json.invalid``, saying so: the cell runs
+    again (its checkpoints were deleted when it finished, so from its first round)."""
+    aside = path.with_name(f"{HISTORY}.invalid")
+    os.replace(path, aside)
+    say(f"{cell.name}: runs again: {path} {problem} (kept as {aside.name})")
 
 
 def history_problem(path: Path, cell: Cell, bench: Benchmark) -> str | None:
@@ -265,7 +263,7 @@ def history_problem(path: Path, cell: Cell, bench: Benchmark) -> str | None:
 
     It must be JSON (not cut short), a finished record of this cell whose ``history`` has one row per round,
     rounds 0, 1, ... up to the cell's ``loop.rounds`` (fewer only when the run stopped early), and the
-    benchmark's ``metric`` in at least one row.
+    benchmark's ``metric`` in at least one row (when :func:`check_metric` checks that name).
 
     Examples:
         >>> import tempfile
@@ -310,9 +308,14 @@ def history_problem(path: Path, cell: Cell, bench: Benchmark) -> str | None:
     stopped = record.get("stopped_early") is True
     if isinstance(rounds, int) and (len(history) > rounds or (len(history) < rounds and not stopped)):
         return f"holds {_count(len(history), 'round')}, expected {rounds} (loop.rounds)"
-    if not any(_is_number(row.get(bench.metric)) for row in history):
+    if _checked(bench.metric) and not any(_is_number(row.get(bench.metric)) for row in history):
         return f"holds no {bench.metric} (the benchmark's metric) in any round"
     return None
+
+
+def _checked(metric: str) -> bool:
+    """Whether :func:`check_metric` knows ``metric`` before any cell runs (else a history may lack it)."""
+    return "/" not in metric or metric in LOOP_COLUMNS
 
 
 def _is_number(value: Any) -> bool:
@@ -462,7 +465,7 @@ def check_metric(bench: Benchmark) -> None:
     a method's figure such as ``fedmut/delta_norm``) is known only once a round has run, and is not checked.
     """
     metric = bench.metric
-    if "/" in metric and metric not in LOOP_COLUMNS:
+    if not _checked(metric):
         return
     from lightning_fedmut.cli._parser import CLIError
     from lightning_fedmut.execution.evaluation import Evaluator
