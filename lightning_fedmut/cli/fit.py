@@ -285,8 +285,8 @@ def resume_checkpoint(ckpt_path: str | None, checkpoint_dir: str | None) -> str 
                 " there, choose an empty --loop.checkpoint_dir (nothing is overwritten)")
         return ckpt_path
     if not os.path.isfile(ckpt_path):
-        raise CLIError(f"--ckpt_path: expected last, a checkpoint file or a folder of checkpoints, got {ckpt_path!r}:"
-                       " no such file")
+        raise CLIError(f"--ckpt_path: expected last or a checkpoint file, got {ckpt_path!r}: no such file (a folder"
+                       " of checkpoints resumes from its newest)")
     return ckpt_path
 
 
