@@ -208,6 +208,55 @@ def test_a_signal_stops_a_run_whose_worker_is_stopped_within_seconds(tmp_path, s
     assert not Path(f"/proc/{worker}").exists()
 
 
+AGGREGATE_SCRIPT = textwrap.dedent("""
+    import os, signal, sys, torch
+    sys.path.insert(0, {tests!r})
+    from helpers import TinyModule, make_synthetic
+    from lightning_fedmut import FederatedCallback, FederatedLoop, make_clients
+    from lightning_fedmut.data import partition_iid
+
+    class ReduceBeforeAggregate(FederatedCallback):  # as a callback that sums over workers does
+        def on_before_aggregate(self, loop, module, aggregator):
+            if loop.round == 2 and loop.executor.rank == 1:
+                os.kill(os.getpid(), signal.SIGSTOP)
+            if loop.round == 2:
+                print("REDUCING", flush=True)
+            loop.executor.all_reduce_([torch.zeros(1)])
+
+    train, _ = make_synthetic()
+    clients = make_clients(train, partition_iid(len(train), 4, seed=0), batch_size=16)
+    loop = FederatedLoop(rounds=5, clients_per_round=2, local_steps=1, workers=2, callbacks=[ReduceBeforeAggregate()],
+                         checkpoint_dir={ckpt!r}, enable_progress_bar=False)
+    loop.fit(TinyModule(), clients)
+""")
+
+
+def test_ctrl_c_outside_the_clients_stops_a_wait_for_a_stopped_worker(tmp_path):
+    script = tmp_path / "stuck_reduce.py"
+    script.write_text(AGGREGATE_SCRIPT.format(tests=TESTS, ckpt=str(tmp_path / "ckpt")))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        if proc.stdout.readline().strip() != "REDUCING":
+            proc.kill()
+            pytest.fail(f"the script did not start: {proc.communicate()[1][-3000:]}")
+        time.sleep(0.5)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        elapsed = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    assert 2.0 < elapsed < 6  # the round is given two seconds to finish, then given up
+    assert ("Stopped by SIGINT (Ctrl+C) while round 2 waited for the workers (the round is not finished);"
+            " rounds 0-1 are saved in") in err
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("round-*.ckpt")) == ["round-00001.ckpt",
+                                                                                "round-00002.ckpt"]
+
+
 class Hang(Callback):
     def on_train_start(self, trainer, pl_module):
         time.sleep(3600)
