@@ -263,28 +263,27 @@ class Hang(Callback):
 
 
 class HangInRound1(FederatedCallback):
-    """The client in slot 0 of round 1 never finishes training."""
-
-    client_id = None
+    """The client in slot 1 of round 1 never finishes training (with two workers, rank 1 trains it)."""
 
     def on_client_fit_start(self, loop, module, task):
-        if task.round == 1 and task.slot == 0:
-            self.client_id = task.client.id
+        if task.round == 1 and task.slot == 1:
             task.callbacks.append(Hang())
 
 
-def test_client_timeout_fails_a_stuck_client_naming_it():
-    hang = HangInRound1()
-    loop = FederatedLoop(rounds=3, clients_per_round=2, local_steps=1, client_timeout=2, callbacks=[hang],
-                         enable_progress_bar=False, seed=3)
+@pytest.mark.parametrize("workers", [None, 2], ids=["one-process", "two-workers"])
+def test_client_timeout_fails_a_stuck_client_naming_it(workers):
+    loop = FederatedLoop(rounds=3, clients_per_round=2, local_steps=1, client_timeout=2, callbacks=[HangInRound1()],
+                         enable_progress_bar=False, seed=3, workers=workers)
     start = time.monotonic()
-    with pytest.warns(RuntimeWarning, match=r"failed in round 1 \(slot 0\) .*: ClientTimeoutError: client "):
+    with pytest.warns(RuntimeWarning, match=r"failed in round 1 \(slot 1\) .*: ClientTimeoutError: client "):
         result = loop.fit(TinyModule(), _clients())
     assert time.monotonic() - start < 15
-    assert result.failures == [{"round": 1, "client_id": hang.client_id, "slot": 0, "type": "ClientTimeoutError",
-                                "message": f"client {hang.client_id!r} in round 1 trained longer than"
-                                           " `client_timeout`=2 s"}]
-    assert [(r["round"], r["slot"]) for r in result.client_history] == [(0, 0), (0, 1), (1, 1), (2, 0), (2, 1)]
+    [failure] = result.failures
+    stuck = failure["client_id"]
+    assert stuck not in [r["client_id"] for r in result.client_history if r["round"] == 1]
+    assert failure == {"round": 1, "client_id": stuck, "slot": 1, "type": "ClientTimeoutError",
+                       "message": f"client {stuck!r} in round 1 trained longer than `client_timeout`=2 s"}
+    assert [(r["round"], r["slot"]) for r in result.client_history] == [(0, 0), (0, 1), (1, 0), (2, 0), (2, 1)]
     assert loop.hparams["client_timeout"] == 2.0
 
 
