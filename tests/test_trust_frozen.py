@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import pytest
@@ -176,3 +177,26 @@ def test_frozen_keys_names_parameters_only():
     state = net.state_dict()
     assert floating_keys(state, frozen=frozen_keys(net)) == ["1.weight", "1.bias", "1.running_mean",
                                                              "1.running_var", "2.weight"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="workers are forked; tested on Linux")
+def test_with_two_workers_a_frozen_layer_stands_and_the_run_equals_one_process(synthetic):
+    from lightning_fedmut.distributed import DistributedExecutor
+
+    train, _ = synthetic
+    parts = partition_dirichlet(train.tensors[1].numpy(), 8, alpha=0.5, min_size=5, seed=0)
+    finals = []
+    for workers in (None, 2):
+        torch.manual_seed(0)
+        model = FrozenFirstLayer(lr=0.1, momentum=0.5)
+        frozen = model.net[0].weight.detach().clone()
+        executor = None if workers is None else DistributedExecutor(workers=workers, timeout=60.0)
+        loop = FederatedLoop(rounds=4, clients_per_round=4, local_steps=3, aggregator=FedAvg(weighted=True),
+                             callbacks=[MutationCallback(radius=8.0, acceleration=0.5)], executor=executor,
+                             enable_progress_bar=False, seed=0)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "MutationCallback runs with an example-weighted aggregator")
+            loop.fit(model, make_clients(train, parts, batch_size=8))
+        assert torch.equal(model.net[0].weight, frozen)
+        finals.append({k: v.clone() for k, v in model.state_dict().items()})
+    assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
