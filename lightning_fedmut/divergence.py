@@ -177,6 +177,7 @@ class DivergenceMonitor:
         self.streak: list[tuple[int, int, int]] = []  # (round, non-finite clients, sampled clients)
         self.reference_loss: float | None = None
         self.reference_train: float | None = None  # the clients' training loss in the first evaluated round
+        self.last_train: float | None = None  # the clients' training loss in the last evaluated round with one
         self.last_good = 0  # rounds_done of the last round before the current streak
         self.rising_since: int | None = None  # the round a warned-about rise of the evaluation loss began
         self.best_accuracy: tuple[int, float] | None = None  # (round, accuracy)
@@ -213,6 +214,11 @@ class DivergenceMonitor:
             return True
         train = None if self.train_monitor is None else round_client_mean(loop.client_history, loop.round,
                                                                            self.train_monitor)
+        history = loop.client_history
+        if train is None and not (history and history[-1]["round"] == loop.round):
+            train = self.last_train  # no client trained (a skipped round): the model and its training loss stand
+        elif train is not None:
+            self.last_train = train
         if self.reference_loss is None:
             self.reference_loss = loss
         if self.reference_train is None and train is not None and math.isfinite(train):
@@ -290,7 +296,7 @@ class DivergenceMonitor:
 
     def state_dict(self) -> dict[str, Any]:
         return {"streak": [list(s) for s in self.streak], "reference_loss": self.reference_loss,
-                "last_good": self.last_good, "reference_train": self.reference_train,
+                "last_good": self.last_good, "reference_train": self.reference_train, "last_train": self.last_train,
                 "rising_since": self.rising_since,
                 "best_accuracy": None if self.best_accuracy is None else list(self.best_accuracy),
                 "collapsed_at": self.collapsed_at}
@@ -301,6 +307,7 @@ class DivergenceMonitor:
         self.last_good = int(state_dict["last_good"])
         # absent from checkpoints written before these rules: judged afresh from the next evaluation
         self.reference_train = state_dict.get("reference_train")
+        self.last_train = state_dict.get("last_train")
         self.rising_since = state_dict.get("rising_since")
         best = state_dict.get("best_accuracy")
         self.best_accuracy = None if best is None else (int(best[0]), float(best[1]))
