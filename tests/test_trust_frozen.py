@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -200,3 +201,18 @@ def test_with_two_workers_a_frozen_layer_stands_and_the_run_equals_one_process(s
         assert torch.equal(model.net[0].weight, frozen)
         finals.append({k: v.clone() for k, v in model.state_dict().items()})
     assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
+
+
+@pytest.mark.parametrize("callback", [MutationCallback, FedMR])
+def test_a_checkpoint_that_moved_a_now_frozen_layer_is_refused_naming_it(callback):
+    """State saved when the layer was still mutated (or recombined) is not loaded into a run that freezes it."""
+    loop = SimpleNamespace(seed=0, clients_per_round=2, aggregator=FedAvg(weighted=False), callbacks=[])
+    torch.manual_seed(0)
+    saved = callback()
+    saved.setup(loop, TinyModule(), "fit")
+    resumed = callback()
+    resumed.setup(loop, FrozenFirstLayer(), "fit")
+    with pytest.raises(ValueError, match=r"The checkpoint holds state for frozen parameters \(\['net\.0\.weight',"
+                                         r" 'net\.0\.bias'\]; requires_grad=False\), which are no longer mutated nor"
+                                         r" recombined: .* start a new run\."):
+        resumed.load_state_dict(saved.state_dict())

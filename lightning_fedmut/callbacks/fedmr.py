@@ -12,7 +12,7 @@ from lightning_fedmut.callbacks.base import FederatedCallback
 from lightning_fedmut.callbacks.mutation import MutationCallback
 from lightning_fedmut.functional.recombination import recombination_table, recombine
 from lightning_fedmut.functional.server_optim import squared_distance
-from lightning_fedmut.functional.state import copy_, frozen_keys, is_floating
+from lightning_fedmut.functional.state import copy_, frozen_hint, frozen_keys, is_floating
 from lightning_fedmut.utilities.seed import FEDMR_STREAM, derive_seed
 from lightning_fedmut.utilities.validation import check_int
 
@@ -62,6 +62,7 @@ class FedMR(FederatedCallback):
         self.seed = None if seed is None else check_int("seed", seed, low=0)
         self.generator = torch.Generator()
         self._keys: list[str] = []
+        self._frozen: frozenset[str] = frozenset()
         self._models: list[list[Tensor]] = []
         self._trained: Tensor = torch.zeros(0)
         self._table: Tensor | None = None
@@ -93,8 +94,8 @@ class FedMR(FederatedCallback):
             )
         self.generator.manual_seed(self.seed if self.seed is not None else derive_seed(loop.seed, FEDMR_STREAM))
         state = module.state_dict()
-        frozen = frozen_keys(module)
-        self._keys = [k for k in state if k not in frozen]
+        self._frozen = frozen_keys(module)
+        self._keys = [k for k in state if k not in self._frozen]
         self._models = [[state[k].detach().clone() for k in self._keys] for _ in range(loop.clients_per_round)]
         self._trained = torch.zeros(loop.clients_per_round, dtype=torch.float64)
         self._table, self._start_round = None, None
@@ -161,7 +162,7 @@ class FedMR(FederatedCallback):
         if self._keys and list(state_dict["keys"]) != self._keys:
             raise ValueError(
                 "FedMR state does not match the model: the checkpoint recombines keys"
-                f" {state_dict['keys'][:5]}..., this model {self._keys[:5]}..."
+                f" {state_dict['keys'][:5]}..., this model {self._keys[:5]}...{frozen_hint(state_dict['keys'], self._frozen)}"
             )
         self.generator.set_state(state_dict["generator"])
         self._keys = list(state_dict["keys"])

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from lightning_fedmut.callbacks.base import FederatedCallback
 from lightning_fedmut.functional.mutation import acceleration_at, global_delta_, mutate_, mutation_coefficients
-from lightning_fedmut.functional.state import copy_, floating_keys, frozen_keys
+from lightning_fedmut.functional.state import copy_, floating_keys, frozen_hint, frozen_keys
 from lightning_fedmut.utilities.seed import MUTATION_STREAM, derive_seed
 from lightning_fedmut.utilities.validation import check_int, check_real
 from lightning_fedmut.utilities.warnings import warn_user
@@ -66,6 +66,7 @@ class MutationCallback(FederatedCallback):
         self.seed = None if seed is None else check_int("seed", seed, low=0)
         self.generator = torch.Generator()
         self._keys: list[str] = []
+        self._frozen: frozenset[str] = frozenset()
         self._delta: list[Tensor] = []
         self._coefficients: Tensor | None = None
 
@@ -95,7 +96,8 @@ class MutationCallback(FederatedCallback):
         self.generator.manual_seed(seed)
         state = module.state_dict()
         params = {name for name, _ in module.named_parameters()}
-        self._keys = floating_keys(state, params, include_buffers=self.mutate_buffers, frozen=frozen_keys(module))
+        self._frozen = frozen_keys(module)
+        self._keys = floating_keys(state, params, include_buffers=self.mutate_buffers, frozen=self._frozen)
         self._delta = [state[k].detach().clone() for k in self._keys]
         self._coefficients = None
         weighted = getattr(loop.aggregator, "weighted", False)
@@ -156,7 +158,7 @@ class MutationCallback(FederatedCallback):
         if self._keys and list(state_dict["keys"]) != self._keys:
             raise ValueError(
                 "MutationCallback state does not match the model: checkpoint mutates keys"
-                f" {state_dict['keys'][:5]}..., this model {self._keys[:5]}..."
+                f" {state_dict['keys'][:5]}..., this model {self._keys[:5]}...{frozen_hint(state_dict['keys'], self._frozen)}"
             )
         self.generator.set_state(state_dict["generator"])
         self._keys = list(state_dict["keys"])

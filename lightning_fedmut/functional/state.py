@@ -36,6 +36,23 @@ def frozen_keys(module: torch.nn.Module) -> frozenset[str]:
     return frozenset(name for name, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad)
 
 
+def frozen_hint(saved_keys: Sequence[str], frozen: Collection[str]) -> str:
+    """A sentence for a checkpoint that holds state for parameters now ``frozen``, else ``""``.
+
+    Examples:
+        >>> frozen_hint(["embed.weight", "out.weight"], {"embed.weight"})[:59]
+        " The checkpoint holds state for frozen parameters (['embed."
+        >>> frozen_hint(["out.weight"], {"embed.weight"})
+        ''
+    """
+    extra = [k for k in saved_keys if k in frozen]
+    if not extra:
+        return ""
+    return (f" The checkpoint holds state for frozen parameters ({extra[:5]}; requires_grad=False), which are no"
+            " longer mutated nor recombined: a checkpoint written before cannot be resumed with them frozen;"
+            " start a new run.")
+
+
 def floating_keys(
     state: Mapping[str, Tensor], parameter_names: set[str] | None = None, include_buffers: bool = True,
     frozen: Collection[str] = (),
