@@ -290,8 +290,11 @@ def _data_digest(client: Client) -> str:
 
 def _plain(value: Any) -> Any:
     """``value`` as plain data (numbers, strings, lists, dicts); anything else as its repr."""
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if value is None or isinstance(value, bool):
         return value
+    for kind in (int, float, str):  # subclasses (jsonargparse's PositiveInt ...) as the plain type checkpoints hold
+        if isinstance(value, kind):
+            return kind(value)
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

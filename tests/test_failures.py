@@ -144,8 +144,9 @@ def test_all_clients_fail_skip_keeps_global(synthetic, tmp_path):
     assert sorted(rec.globals) == [0, 2]  # no aggregation in round 1
     assert result.history[1]["val_acc"] == result.history[0]["val_acc"]  # same global model evaluated
     assert len(result.failures) == 4
-    model2, clients2, val2, loop2 = _run(synthetic, Inject(), tmp_path, rounds=4)
-    assert len(loop2.fit(model2, clients2, ckpt_path="last").history) == 4
+    # resumed with the same settings (the failure policy and the validation data are part of the fingerprint)
+    model2, clients2, val2, loop2 = _run(synthetic, Inject(), tmp_path, rounds=4, on_client_failure="isolate")
+    assert len(loop2.fit(model2, clients2, val_dataloaders=val2, ckpt_path="last").history) == 4
 
 
 def test_all_clients_fail_raise(synthetic, tmp_path):
@@ -154,7 +155,8 @@ def test_all_clients_fail_raise(synthetic, tmp_path):
     with pytest.raises(RoundFailedError, match=r"Round 1: 0 of 4 clients.*`min_clients_per_round`=1.*ValueError"):
         loop.fit(model, clients)
     assert [p.name for p in list_checkpoints(tmp_path / "ckpt")] == ["round-00001.ckpt"]
-    model2, clients2, val2, loop2 = _run(synthetic, Inject(), tmp_path)
+    model2, clients2, val2, loop2 = _run(synthetic, Inject(), tmp_path, on_round_failure="raise",
+                                         on_client_failure="isolate")
     assert len(loop2.fit(model2, clients2, ckpt_path="last").history) == 3
 
 
