@@ -74,10 +74,11 @@ class ListenCheck(FederatedCallback):
 
     def __init__(self):
         self.found = None
+        self.before = set(_children(os.getpid()))  # processes other tests left running (W&B's service ...)
 
     def on_round_start(self, loop, module):
         if loop.round == 1 and loop.executor.rank == 0:
-            pids = [os.getpid(), *_children(os.getpid())]
+            pids = [os.getpid(), *(set(_children(os.getpid())) - self.before)]
             self.found = (len(pids), _listening(set().union(*(_socket_inodes(p) for p in pids))))
 
 
@@ -125,12 +126,13 @@ def test_a_worker_that_stops_answering_is_named_and_the_rounds_before_are_saved(
     executor = DistributedExecutor(workers=2, timeout=60.0, answer_timeout=2.0)
     loop = FederatedLoop(rounds=5, clients_per_round=2, local_steps=1, executor=executor, checkpoint_dir=tmp_path,
                          callbacks=[StopSelf(2, rank=1, signum=signal.SIGSTOP)], enable_progress_bar=False)
+    before = set(_children(os.getpid()))  # processes other tests left running (W&B's service ...)
     start = time.monotonic()
     with pytest.raises(WorkerError, match=r"^Worker rank 1 \(pid \d+\) did not answer for 2 s: it is stopped"):
         loop.fit(TinyModule(), _clients())
     assert time.monotonic() - start < 20
     assert sorted(p.name for p in tmp_path.glob("round-*.ckpt")) == ["round-00001.ckpt", "round-00002.ckpt"]
-    assert _children(os.getpid()) == []
+    assert set(_children(os.getpid())) - before == set()  # the stopped worker was ended by its PID
 
 
 def test_sigterm_to_a_worker_stops_the_run_as_preempted_naming_it(tmp_path):
@@ -197,7 +199,7 @@ def test_a_signal_stops_a_run_whose_worker_is_stopped_within_seconds(tmp_path, s
         if worker is not None and Path(f"/proc/{worker}").exists():
             os.kill(worker, signal.SIGKILL)
     assert proc.returncode == code, err[-3000:]
-    assert elapsed < 5
+    assert elapsed < 15  # seconds, not the exchange's 30-minute timeout (bounded loosely: CI machines are shared)
     assert f"Stopped by {name} among the clients of round 2; rounds 0-1 are saved in" in err
     assert "ckpt_path='last'" in err
     assert sorted(p.name for p in (tmp_path / "ckpt").glob("round-*.ckpt")) == ["round-00001.ckpt",
@@ -250,7 +252,7 @@ def test_ctrl_c_outside_the_clients_stops_a_wait_for_a_stopped_worker(tmp_path):
             proc.kill()
             proc.wait()
     assert proc.returncode != 0 and "KeyboardInterrupt" in err
-    assert 2.0 < elapsed < 6  # the round is given two seconds to finish, then given up
+    assert 2.0 < elapsed < 15  # the round is given two seconds to finish, then given up (loose bound: shared CI)
     assert ("Stopped by SIGINT (Ctrl+C) while round 2 waited for the workers (the round is not finished);"
             " rounds 0-1 are saved in") in err
     assert sorted(p.name for p in (tmp_path / "ckpt").glob("round-*.ckpt")) == ["round-00001.ckpt",
