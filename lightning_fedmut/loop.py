@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -38,10 +38,12 @@ from lightning_fedmut.tasks import ClientTask
 from lightning_fedmut.utilities.seed import CLIENT_STREAM, derive_seed
 from lightning_fedmut.utilities.trainer import quiet_console
 from lightning_fedmut.utilities.validation import check_int, check_real
+from lightning_fedmut.utilities.warnings import warn_user
 
 __all__ = ["FederatedLoop", "FederatedResult"]
 
 _ROUND_FAILURE_POLICIES = ("skip", "raise")
+_CLIENT_ROW_KEYS = frozenset({"round", "client_id", "slot", "num_examples"})  # a client_history row's own keys
 
 
 class FederatedLoop:
@@ -163,7 +165,7 @@ class FederatedLoop:
         self.divergence = checks.check_divergence(divergence)
         self.client_timeout = None if client_timeout is None else check_real("client_timeout", client_timeout,
                                                                              low=0.0, low_open=True)
-        self.evaluator = Evaluator(self.trainer_kwargs)
+        self.evaluator = Evaluator(self.trainer_kwargs, prepare_data=False)  # the loop prepares once per fit
         self.progress = FitProgress()
         self.checkpoint_connector = CheckpointConnector(
             self.checkpoint_dir, check_int("checkpoint_every", checkpoint_every, low=1),
@@ -184,6 +186,7 @@ class FederatedLoop:
         self._signals = SignalGuard(self)
         self._first_round = 0
         self._frozen: frozenset[str] = frozenset()  # frozen parameters: no aggregate is written into them
+        self._checked_train_metrics = self._checked_val_metrics = False  # warned once per fit of unlogged metrics
 
     @property
     def round(self) -> int:
@@ -259,6 +262,7 @@ class FederatedLoop:
         self._client_index = {id(c): i for i, c in enumerate(clients)}
         self.history, self.client_history, self.failures, self.timings = [], [], [], []
         self.should_stop = False
+        self._checked_train_metrics = self._checked_val_metrics = False
         self.progress.reset()
         self.sampler.setup(self.seed, self.client_states)
         self.client_states.clear()
@@ -273,6 +277,7 @@ class FederatedLoop:
             self.checkpoint_connector.lock()
 
     def _setup(self, model: LightningModule, saved: dict[str, Any] | None) -> None:
+        self._prepare_data(model)
         self._call("setup", model, "fit")
         self._frozen = frozen_keys(model)
         self.aggregator.setup(model)
@@ -290,6 +295,22 @@ class FederatedLoop:
         self._bar = tqdm(total=self.rounds * self.clients_per_round,
                          initial=self.progress.rounds_done * self.clients_per_round,
                          disable=not (self.enable_progress_bar and self.is_global_zero), desc="federated", unit="client", dynamic_ncols=True)
+
+    def _prepare_data(self, model: LightningModule) -> None:
+        """``prepare_data`` of the module and of each client DataModule, once per ``fit``, before the first round.
+
+        Rank 0 prepares while the other workers wait; client and evaluation Trainers skip Lightning's own call.
+        """
+        if self.is_global_zero:
+            model.prepare_data()
+            seen: set[int] = set()
+            for client in self._clients:
+                for data in (client.data, client.val_data):
+                    if isinstance(data, LightningDataModule) and id(data) not in seen:
+                        seen.add(id(data))
+                        data.prepare_data()
+        if self.executor.world_size > 1:
+            self.executor.all_gather_object(None)  # a barrier: nobody reads data rank 0 is still preparing
 
     def _finish(self, model: LightningModule) -> None:
         self._round_log.log_client_table()
@@ -328,6 +349,7 @@ class FederatedLoop:
         keep = partial(self._round_log.log, trained, failed, skipped, start)
         val_metrics = self._evaluate(model, keep) if evaluated else {}
         keep(val_metrics)
+        self._check_logged_metrics(trained, val_metrics if evaluated else None)
         self._call("on_round_end", model)
         self.progress.complete_round()
 
@@ -398,6 +420,23 @@ class FederatedLoop:
         self.round_metrics.update(metrics)
         self._call("on_validation_end", model)
         return metrics
+
+    def _check_logged_metrics(self, trained: list[dict[str, Any]], val_metrics: dict[str, float] | None) -> None:
+        """Warn once per ``fit`` when the clients logged no training metric, or the evaluation no val_* one."""
+        missing = []
+        if trained and not self._checked_train_metrics:
+            self._checked_train_metrics = True
+            if not any(k not in _CLIENT_ROW_KEYS and not checks.is_validation_metric(k) for r in trained for k in r):
+                missing.append("the clients logged no training metric (return the loss from `training_step` and log"
+                               " it with `self.log(\"train_loss\", loss)`)")
+        if val_metrics is not None and not self._checked_val_metrics:
+            self._checked_val_metrics = True
+            if not any(checks.is_validation_metric(k) for k in val_metrics):
+                missing.append("validation data was given but the evaluation returned no val_* metric (log one with"
+                               " `self.log(\"val_loss\", loss)` in `validation_step`)")
+        if missing and self.is_global_zero:
+            warn_user(f"After round {self.round}: {'; '.join(missing)}. The history's columns come from what the"
+                      " module logs with `self.log`: without these it has no loss and no accuracy.")
 
     # --------------------------------------------------------------- helpers
     def _call(self, hook: str, *args: Any) -> None:

@@ -1,4 +1,4 @@
-"""The two patches of Lightning internals: present, applied only around client and evaluation Trainers, and
+"""The patches of Lightning internals: present, applied only around client and evaluation Trainers, and
 loud when a Lightning release moves what they patch."""
 
 from __future__ import annotations
@@ -131,3 +131,44 @@ def test_a_moved_target_warns_instead_of_silently_doing_nothing(monkeypatch):
     message = "could not find Lightning's `callback_connector._load_external_callbacks`"
     with pytest.warns(RuntimeWarning, match=message), trainer_utils.quiet_lightning():
         pass
+
+
+class _Preparing(TinyModule):
+    def __init__(self):
+        super().__init__()
+        self.prepared = 0
+
+    def prepare_data(self):
+        self.prepared += 1
+
+
+def _fit_and_validate(model, synthetic):
+    train, val = synthetic
+    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=1)
+    trainer.fit(model, DataLoader(train, batch_size=16), DataLoader(val, batch_size=60))
+    trainer.validate(model, DataLoader(val, batch_size=60), verbose=False)
+
+
+def test_lightning_still_prepares_data_only_through_the_patched_data_connector(synthetic):
+    """Fails when a Lightning release calls ``prepare_data`` elsewhere: client Trainers would call it again."""
+    model = _Preparing()
+    with trainer_utils.quiet_console():
+        _fit_and_validate(model, synthetic)
+    assert model.prepared == 2  # Lightning's own behaviour: fit and validate each prepare
+    with trainer_utils.quiet_lightning(prepare_data=False):
+        _fit_and_validate(model, synthetic)
+    assert model.prepared == 2
+    from lightning.pytorch.trainer.connectors.data_connector import _DataConnector
+
+    assert not getattr(_DataConnector.prepare_data, "_lightning_fedmut", False)  # restored on exit
+
+
+def test_a_moved_data_connector_warns_instead_of_silently_doing_nothing(monkeypatch):
+    from lightning.pytorch.trainer.connectors.data_connector import _DataConnector
+
+    monkeypatch.delattr(_DataConnector, "prepare_data")
+    monkeypatch.setattr(trainer_utils, "_warned_missing", set())
+    message = r"could not find Lightning's `_DataConnector.prepare_data`"
+    with pytest.warns(RuntimeWarning, match=message), trainer_utils.skip_prepare_data():
+        pass
+    assert "prepare_data" not in _DataConnector.__dict__  # nothing patched in

@@ -26,6 +26,8 @@ class Evaluator:
 
     Args:
         trainer_kwargs: passed to the Trainer (accelerator, precision ...); they win over the quiet defaults.
+        prepare_data: whether each evaluation calls the module's ``prepare_data``, as ``Trainer.validate`` does.
+            The federated loop's evaluator does not: the loop calls it once per ``fit``.
 
     Examples:
         >>> import torch
@@ -42,13 +44,14 @@ class Evaluator:
         {'val_mean': 2.0}
     """
 
-    def __init__(self, trainer_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(self, trainer_kwargs: dict[str, Any] | None = None, prepare_data: bool = True) -> None:
         self.trainer_kwargs = dict(trainer_kwargs or {})
+        self.prepare_data = prepare_data
         self._entry_points: dict[str, list[Any]] = {}
 
     def evaluate(self, module: LightningModule, dataloaders: DataLoader | Sequence[DataLoader]) -> dict[str, float]:
         """Validate ``module`` on ``dataloaders``; the metrics of several loaders are merged into one dict."""
-        with quiet_lightning(self._entry_points):
+        with quiet_lightning(self._entry_points, prepare_data=self.prepare_data):
             trainer = Trainer(**{**EVAL_TRAINER_DEFAULTS, **self.trainer_kwargs})
             results = interruptible(trainer, trainer.validate, module, dataloaders=dataloaders, verbose=False)
         return merged_scalars(results)

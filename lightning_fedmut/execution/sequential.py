@@ -115,7 +115,7 @@ class SequentialExecutor(ClientExecutor):
             seed_process(task.seed)
             self._restore_callbacks()
             logger = ClientLogger(self._training.trainer_kwargs.get("default_root_dir") or os.getcwd())
-            with quiet_lightning(self._entry_points):
+            with quiet_lightning(self._entry_points, prepare_data=False):  # the loop prepares once per fit
                 trainer = Trainer(**self._training.trainer_kwargs_for(task.callbacks, logger=logger, validate=validate))
                 if isinstance(client.data, LightningDataModule):  # its val_dataloader when val_data is itself
                     interruptible(trainer, trainer.fit, self._working, datamodule=client.data)

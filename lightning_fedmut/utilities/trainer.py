@@ -47,19 +47,26 @@ def trainer_parameters() -> set[str]:
 
 
 @contextmanager
-def quiet_lightning(entry_point_cache: dict[str, list[Any]] | None = None) -> Iterator[None]:
+def quiet_lightning(entry_point_cache: dict[str, list[Any]] | None = None, prepare_data: bool = True
+                    ) -> Iterator[None]:
     """Silence the console chatter of per-client Trainers and cache the entry-point scan of their ``__init__``.
 
     Wrap the construction and ``fit``/``validate`` of one short-lived Trainer in it. It is
-    :func:`quiet_console` plus two patches of Lightning internals, active only inside: building a Trainer
+    :func:`quiet_console` plus patches of Lightning internals, active only inside: building a Trainer
     scans every installed package's entry points for external callbacks (most of its construction time);
     the scan result cannot change during a run, so it is kept in ``entry_point_cache`` (a dict the caller
     owns and passes again for the next Trainer; without one, each context scans once). Every ``self.log``
     also moves Lightning's result metric to the device it is already on, rebuilding its metadata each time
-    (about 10% of a small client's step); here that move is skipped when nothing would move.
+    (about 10% of a small client's step); here that move is skipped when nothing would move. With
+    ``prepare_data=False``, ``fit``/``validate`` skip the module's and DataModule's ``prepare_data`` (the
+    federated loop calls it once per ``fit`` itself, not once per client and round).
     """
     with quiet_console(), _cached_external_callbacks(entry_point_cache), _skip_redundant_metric_moves():
-        yield
+        if prepare_data:
+            yield
+        else:
+            with skip_prepare_data():
+                yield
 
 
 _console_depth = 0
@@ -98,10 +105,11 @@ def quiet_console() -> Iterator[None]:
             lg.setLevel(level)
 
 
-#: What the two patches replace; ``tests/test_lightning_patches.py`` fails when a Lightning release moves them.
+#: What the patches replace; ``tests/test_lightning_patches.py`` fails when a Lightning release moves them.
 PATCH_TARGETS = (
     ("lightning.pytorch.trainer.connectors.callback_connector", "_load_external_callbacks"),
     ("lightning.pytorch.trainer.connectors.logger_connector.result", "_ResultMetric.to"),
+    ("lightning.pytorch.trainer.connectors.data_connector", "_DataConnector.prepare_data"),
 )
 _warned_missing: set[str] = set()
 
@@ -176,6 +184,50 @@ def _skip_redundant_metric_moves() -> Iterator[None]:
         yield
     finally:
         _ResultMetric.to = original
+
+
+@contextmanager
+def skip_prepare_data() -> Iterator[None]:
+    """Inside, a Trainer's ``fit``/``validate`` call neither the module's nor the DataModule's ``prepare_data``.
+
+    Lightning calls both from ``Trainer._run`` through ``trainer._data_connector.prepare_data()``; that one
+    method is replaced by a no-op while the context is active. A Lightning release without it gets a
+    warning and a ``prepare_data`` per Trainer, as before.
+    """
+    try:
+        from lightning.pytorch.trainer.connectors.data_connector import _DataConnector
+    except ImportError:  # pragma: no cover - layout of another Lightning release
+        _missing_prepare_data()
+        yield
+        return
+    original = _DataConnector.__dict__.get("prepare_data")
+    if original is None:
+        _missing_prepare_data()
+        yield
+        return
+    if getattr(original, "_lightning_fedmut", False):  # already patched by an enclosing context
+        yield
+        return
+
+    def prepare_data(self: Any) -> None:
+        """Skipped: the federated loop prepares the data once per ``fit``."""
+
+    prepare_data._lightning_fedmut = True  # type: ignore[attr-defined]
+    _DataConnector.prepare_data = prepare_data
+    try:
+        yield
+    finally:
+        _DataConnector.prepare_data = original
+
+
+def _missing_prepare_data() -> None:
+    what = "_DataConnector.prepare_data"
+    if what not in _warned_missing:
+        _warned_missing.add(what)
+        warn_user(
+            f"lightning_fedmut could not find Lightning's `{what}`; this Lightning release moved it. Every client"
+            " and evaluation Trainer now calls your module's `prepare_data` again (the loop calls it once per fit)."
+        )
 
 
 def _all_on(values: Any, device: torch.device) -> bool:
