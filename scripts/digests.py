@@ -81,6 +81,10 @@ def main() -> None:
         spec = RUNS["fedmut_even_k4"]
         _run_rounds(spec, d, 3)
         digests["fedmut_even_k4_resumed"] = run(spec, checkpoint_dir=d, ckpt_path="last")
+    for name in METHODS:  # every other method, 3 rounds, in one process and with 2 workers
+        digests[f"method_{name}"] = run_method(name, workers=None)
+    for name in WORKER_METHODS:
+        digests[f"method_{name}_2workers"] = run_method(name, workers=2)
     print(json.dumps(digests, indent=2, sort_keys=True))
     if args.compare is not None:
         before = json.loads(args.compare.read_text())
@@ -90,6 +94,52 @@ def main() -> None:
             print(f"DIFFERENT: {json.dumps(diff, indent=2)}", file=sys.stderr)
             raise SystemExit(1)
         print(f"all {len(digests)} digests equal", file=sys.stderr)
+
+
+def _methods() -> dict:
+    from lightning_fedmut.aggregators import FedAdagrad, FedAdam, FedAvgM, FedExP, FedYogi
+    from lightning_fedmut.callbacks import FedMR, FedProx, Scaffold, ServerReport
+    from lightning_fedmut.sampling import ClusteredSampler
+
+    return {
+        "FedProx": lambda: {"callbacks": [FedProx(mu=0.1)]},
+        "FedMut+FedProx": lambda: {"callbacks": [MutationCallback(radius=2.0), FedProx(mu=0.1)]},
+        "SCAFFOLD": lambda: {"callbacks": [Scaffold()]},
+        "FedAvgM": lambda: {"aggregator": FedAvgM(server_lr=1.0, momentum=0.9)},
+        "FedAdagrad": lambda: {"aggregator": FedAdagrad(server_lr=0.05)},
+        "FedAdam": lambda: {"aggregator": FedAdam(server_lr=0.05)},
+        "FedMut+FedAdam": lambda: {"aggregator": FedAdam(server_lr=0.05),
+                                   "callbacks": [MutationCallback(radius=2.0)]},
+        "FedYogi": lambda: {"aggregator": FedYogi(server_lr=0.05)},
+        "FedExP": lambda: {"aggregator": FedExP(), "callbacks": [ServerReport(average_last_two=True)]},
+        "ClusteredSampling": lambda: {"sampler": ClusteredSampler(), "callbacks": [ServerReport()]},
+        "FedMR": lambda: {"callbacks": [FedMR(first_stage_bound=1)]},
+        "FedMut": lambda: {"callbacks": [MutationCallback(radius=2.0)]},
+        "FedAvg": lambda: {},
+    }
+
+
+METHODS = _methods()
+WORKER_METHODS = ("FedAvg", "FedMut", "FedMut+FedProx", "SCAFFOLD", "FedExP", "ClusteredSampling", "FedMR",
+                  "FedAdam")
+
+
+def run_method(name: str, workers: int | None) -> dict:
+    """One 3-round run of a method (the baselines' test setup), in one process or with ``workers`` processes."""
+    train, val = make_synthetic()
+    parts = partition_dirichlet(train.tensors[1].numpy(), num_clients=8, alpha=0.5, min_size=8, seed=0)
+    torch.manual_seed(0)
+    model = TinyModule(batch_norm=True, momentum=0.5)
+    plugins = METHODS[name]()
+    plugins.setdefault("aggregator", FedAvg(weighted=False))
+    loop = FederatedLoop(rounds=3, clients_per_round=3, local_steps=2, seed=0, enable_progress_bar=False,
+                         workers=workers, **plugins)
+    result = loop.fit(model, make_clients(train, parts, batch_size=8), val_dataloaders=DataLoader(val, batch_size=60))
+    return {
+        "weights": _digest_tensors(model.state_dict()),
+        "history": _digest_rows(result.history),
+        "client_history": _digest_rows(result.client_history),
+    }
 
 
 def _run_rounds(spec: dict, checkpoint_dir: str, rounds: int) -> None:
