@@ -17,7 +17,8 @@ from lightning.pytorch.callbacks import Checkpoint, DeviceStatsMonitor, Progress
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader
 
-from lightning_fedmut.callbacks.base import FederatedCallback
+from lightning_fedmut.algorithms.base import FederatedAlgorithm
+from lightning_fedmut.callbacks.base import FederatedCallback, StartModelCallback
 from lightning_fedmut.data.client import Client
 from lightning_fedmut.divergence import DivergenceMonitor
 from lightning_fedmut.functional.state import first_non_finite
@@ -63,6 +64,26 @@ def check_checkpoint_dir(checkpoint_dir: Any) -> Path | None:
     return path
 
 
+def check_algorithm(algorithm: Any, aggregator: Any, sampler: Any, callbacks: Any
+                    ) -> tuple[FederatedAlgorithm | None, Any, Any, Any]:
+    """``(algorithm, aggregator, sampler, callbacks)`` for the loop: an algorithm's own parts, its federated
+    callbacks before the loop's ``callbacks``; ``algorithm`` with ``aggregator`` or ``sampler`` is refused."""
+    if algorithm is None:
+        return None, aggregator, sampler, callbacks
+    if not isinstance(algorithm, FederatedAlgorithm):
+        raise TypeError(f"Expected `algorithm` to be a FederatedAlgorithm (e.g. FedMut(), from"
+                        f" lightning_fedmut.algorithms) or None, got {type(algorithm).__name__}.")
+    for name, value in (("aggregator", aggregator), ("sampler", sampler)):
+        if value is not None:
+            raise ValueError(
+                f"Expected either `algorithm` or `{name}`, got both (algorithm={algorithm.name},"
+                f" {name}={type(value).__name__}): the algorithm brings its own {name}. Pass the {name} to the"
+                f" algorithm (`FederatedAlgorithm({name}=...)`, or a preset's settings), or drop `algorithm`."
+            )
+    extra = [] if callbacks is None else [callbacks] if isinstance(callbacks, (FederatedCallback, Callback)) else list(callbacks)
+    return algorithm, algorithm.aggregator, algorithm.sampler, [*algorithm.federated_callbacks, *extra]
+
+
 def check_callbacks(callbacks: Any) -> list[FederatedCallback]:
     if callbacks is None:
         return []
@@ -78,6 +99,12 @@ def check_callbacks(callbacks: Any) -> list[FederatedCallback]:
         if not isinstance(cb, FederatedCallback):
             raise TypeError(f"Expected every item of `callbacks` to be a FederatedCallback, got {type(cb).__name__}.")
         out.append(cb)
+    starts = [type(cb).__name__ for cb in out if isinstance(cb, StartModelCallback)]
+    if len(starts) > 1:
+        raise ValueError(
+            f"{' and '.join(starts)} both replace the clients' start models (each is a StartModelCallback, and a loop"
+            " takes one); pass only one of them in `callbacks`."
+        )
     keys = [cb.state_key for cb in out]
     clash = sorted({k for k in keys if keys.count(k) > 1})
     if clash:

@@ -25,7 +25,8 @@ def _plugin(obj: Any) -> dict[str, Any]:
 
 
 def loop_hparams(loop: FederatedLoop) -> dict[str, Any]:
-    """The loop's arguments, with the aggregator's, sampler's and callbacks'."""
+    """The loop's arguments, with the algorithm's (its name and settings; ``None`` when the loop was given
+    components), the aggregator's, sampler's and callbacks'."""
     return {
         "rounds": loop.rounds,
         "clients_per_round": loop.clients_per_round,
@@ -37,6 +38,7 @@ def loop_hparams(loop: FederatedLoop) -> dict[str, Any]:
         "on_round_failure": loop.on_round_failure,
         "client_timeout": loop.client_timeout,
         "workers": loop.executor.world_size,
+        "algorithm": None if loop.algorithm is None else {"name": loop.algorithm.name, **_plugin(loop.algorithm)},
         "aggregator": _plugin(loop.aggregator),
         "sampler": _plugin(loop.sampler),
         "callbacks": [_plugin(cb) for cb in loop.callbacks],

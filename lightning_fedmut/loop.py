@@ -23,6 +23,7 @@ from lightning_fedmut._round_log import RoundLog
 from lightning_fedmut._signals import SignalGuard
 from lightning_fedmut._task_hooks import LoopTaskHooks
 from lightning_fedmut.aggregators.base import Aggregator
+from lightning_fedmut.algorithms.base import FederatedAlgorithm
 from lightning_fedmut.aggregators.fedavg import FedAvg
 from lightning_fedmut.callbacks.base import FederatedCallback
 from lightning_fedmut.client_state import ClientStateStore, InMemoryClientStateStore
@@ -101,6 +102,9 @@ class FederatedLoop:
             recorded as a failed client (:class:`~lightning_fedmut.exceptions.ClientTimeoutError`, with its id)
             and left out of the aggregate. ``None`` (default): no limit. SIGALRM interrupts the client's Python
             code, so ``fit`` must run in the main thread; a client stuck inside one C call is not interrupted.
+        algorithm: a :class:`~lightning_fedmut.algorithms.FederatedAlgorithm` (``FedMut()``, ``FedProx(mu=0.01)``
+            ...): its aggregator, sampler and federated callbacks, instead of passing them one by one (not
+            together with ``aggregator`` or ``sampler``); ``callbacks`` are added after the algorithm's.
 
     Examples:
         >>> from lightning_fedmut import MutationCallback
@@ -108,6 +112,10 @@ class FederatedLoop:
         ...                      callbacks=[MutationCallback(radius=4.0)], seed=0)
         >>> loop.hparams["clients_per_round"], loop.hparams["sampler"]["class_path"]
         (2, 'lightning_fedmut.sampling.UniformSampler')
+        >>> from lightning_fedmut.algorithms import FedMut
+        >>> loop = FederatedLoop(rounds=2, clients_per_round=2, algorithm=FedMut(radius=4.0), seed=0)
+        >>> loop.hparams["algorithm"]["name"], [type(cb).__name__ for cb in loop.callbacks]
+        ('FedMut', ['MutationCallback'])
     """
 
     def __init__(
@@ -137,6 +145,7 @@ class FederatedLoop:
         on_client_failure: str = "raise_systematic",
         divergence: DivergenceMonitor | bool = True,
         client_timeout: float | None = None,
+        algorithm: FederatedAlgorithm | None = None,
     ) -> None:
         self.rounds = check_int("rounds", rounds, low=1)
         self.clients_per_round = check_int("clients_per_round", clients_per_round, low=1)
@@ -144,6 +153,7 @@ class FederatedLoop:
         self.local_steps = None if local_steps is None else check_int("local_steps", local_steps, low=1)
         self.evaluate_every = check_int("evaluate_every", evaluate_every, low=1)
         self.seed = check_int("seed", seed, low=0)
+        self.algorithm, aggregator, sampler, callbacks = checks.check_algorithm(algorithm, aggregator, sampler, callbacks)
         self.aggregator = checks.check_instance("aggregator", aggregator, Aggregator, "a lightning_fedmut Aggregator", FedAvg)
         self.callbacks = checks.check_callbacks(callbacks)
         self.logger = None if logger is None else checks.check_instance(
@@ -209,7 +219,7 @@ class FederatedLoop:
 
     @property
     def hparams(self) -> dict[str, Any]:
-        """The loop's arguments, with the aggregator's, sampler's and callbacks', for run configs."""
+        """The loop's arguments, with the algorithm's, aggregator's, sampler's and callbacks', for run configs."""
         return loop_hparams(self)
 
     # ------------------------------------------------------------------ fit

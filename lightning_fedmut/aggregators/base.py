@@ -46,6 +46,9 @@ class Aggregator:
         tensor([2.])
     """
 
+    #: Whether clients are weighted by their number of examples (an aggregator that can weight sets it).
+    weighted: bool = False
+
     def setup(self, module: Module) -> None:
         """Called once per ``fit`` with the global module, before any round."""
 

@@ -1,4 +1,5 @@
-"""The federated hook menu: a plain class of no-op hooks, named like Lightning's."""
+"""The federated hook menu: a plain class of no-op hooks, named like Lightning's, and the roles a method's
+callbacks play (start-model and local components)."""
 
 from __future__ import annotations
 
@@ -120,3 +121,40 @@ class FederatedCallback:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the state returned by :meth:`state_dict`."""
+
+
+class StartModelCallback(FederatedCallback):
+    r"""A federated callback that gives the clients start models other than the global one.
+
+    FedMut's :class:`~lightning_fedmut.MutationCallback` and :class:`~lightning_fedmut.callbacks.FedMR` are
+    start-model components: each writes every client's ``task.start_state`` in ``on_client_fit_start``. Two of
+    them would overwrite each other, so a loop takes at most one: the role is the class, not a list of
+    names. A :class:`~lightning_fedmut.algorithms.FederatedAlgorithm` holds it as ``start_model``.
+
+    Examples:
+        >>> class Shrink(StartModelCallback):
+        ...     def on_client_fit_start(self, loop, module, task):
+        ...         for tensor in task.start_state.values():
+        ...             if tensor.is_floating_point():
+        ...                 tensor.mul_(0.5)
+        >>> isinstance(Shrink(), FederatedCallback)
+        True
+    """
+
+
+class LocalCallback(FederatedCallback):
+    r"""A federated callback that changes how each client trains, and may keep state per client.
+
+    FedProx's proximal term and SCAFFOLD's correction are local components: each adds a Lightning callback
+    to the client's Trainer (``task.callbacks``) and may keep per-client state in the loop's client-state
+    store. A loop takes any number of them, after its start-model component, if any. A
+    :class:`~lightning_fedmut.algorithms.FederatedAlgorithm` holds them as ``local``.
+
+    Examples:
+        >>> from lightning.pytorch.callbacks import LearningRateMonitor
+        >>> class WatchLearningRate(LocalCallback):
+        ...     def on_client_fit_start(self, loop, module, task):
+        ...         task.callbacks.append(LearningRateMonitor())
+        >>> isinstance(WatchLearningRate(), FederatedCallback)
+        True
+    """

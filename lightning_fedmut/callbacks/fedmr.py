@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from lightning_fedmut.callbacks.base import FederatedCallback
-from lightning_fedmut.callbacks.mutation import MutationCallback
+from lightning_fedmut.callbacks.base import StartModelCallback
 from lightning_fedmut.functional.recombination import recombination_table, recombine
 from lightning_fedmut.functional.server_optim import squared_distance
 from lightning_fedmut.functional.state import copy_, frozen_hint, frozen_keys, is_floating
@@ -24,7 +23,7 @@ if TYPE_CHECKING:
     from lightning_fedmut.tasks import ClientResult, ClientTask
 
 
-class FedMR(FederatedCallback):
+class FedMR(StartModelCallback):
     r"""FedMR: the next round's start models are the round's trained models, recombined layer by layer.
 
     After round ``t`` aggregates, every state key ``j`` (every layer's weight, bias and buffers) of the ``K``
@@ -43,7 +42,8 @@ class FedMR(FederatedCallback):
 
     **Memory.** FedMR keeps ``K`` whole models (``clients_per_round`` state dicts) by nature: the trained
     models of a round are its next start models. They are in the federated checkpoints too. It cannot be
-    combined with :class:`~lightning_fedmut.MutationCallback`: both replace the start models.
+    combined with :class:`~lightning_fedmut.MutationCallback`: both are start-model components
+    (:class:`~lightning_fedmut.callbacks.base.StartModelCallback`), and a loop takes one.
 
     Logs ``fedmr/recombined`` (1 when the next round starts from recombined models) and
     ``fedmr/start_model_distance`` (the mean distance of the next start models from the global model).
@@ -87,11 +87,6 @@ class FedMR(FederatedCallback):
         return [dict(zip(self._keys, model)) for model in self._models]
 
     def setup(self, loop: FederatedLoop, module: LightningModule, stage: str) -> None:
-        if any(isinstance(cb, MutationCallback) for cb in loop.callbacks):
-            raise ValueError(
-                "FedMR and MutationCallback both replace the clients' start models; pass only one of them in"
-                " `callbacks`."
-            )
         self.generator.manual_seed(self.seed if self.seed is not None else derive_seed(loop.seed, FEDMR_STREAM))
         state = module.state_dict()
         self._frozen = frozen_keys(module)

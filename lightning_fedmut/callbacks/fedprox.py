@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch import Callback
 from torch import Tensor
 
-from lightning_fedmut.callbacks.base import FederatedCallback
+from lightning_fedmut.callbacks.base import LocalCallback
 from lightning_fedmut.functional.server_optim import squared_distance
 from lightning_fedmut.utilities.validation import check_real
 
@@ -72,7 +72,7 @@ class ProximalTerm(Callback):
         self._params, self._start, self._by_optimizer = [], [], {}  # release the start model
 
 
-class FedProx(FederatedCallback):
+class FedProx(LocalCallback):
     r"""FedProx: every client minimises its loss plus ``mu / 2 * |w - w_start|^2``.
 
     The callback gives each client's Trainer a :class:`ProximalTerm`, which adds ``mu * (w - w_start)`` to the

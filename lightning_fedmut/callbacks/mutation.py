@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from lightning_fedmut.callbacks.base import FederatedCallback
+from lightning_fedmut.callbacks.base import StartModelCallback
 from lightning_fedmut.functional.mutation import acceleration_at, global_delta_, mutate_, mutation_coefficients
 from lightning_fedmut.functional.state import copy_, floating_keys, frozen_hint, frozen_keys
 from lightning_fedmut.utilities.seed import MUTATION_STREAM, derive_seed
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from lightning_fedmut.tasks import ClientTask
 
 
-class MutationCallback(FederatedCallback):
+class MutationCallback(StartModelCallback):
     r"""FedMut (Hu et al., AAAI 2024): mutate the aggregated model into the next round's start models.
 
     After round ``t`` aggregates ``w_glb(t)``, the callback keeps ``g = w_glb(t) - w_glb(t-1)`` in one
@@ -100,8 +100,7 @@ class MutationCallback(FederatedCallback):
         self._keys = floating_keys(state, params, include_buffers=self.mutate_buffers, frozen=self._frozen)
         self._delta = [state[k].detach().clone() for k in self._keys]
         self._coefficients = None
-        weighted = getattr(loop.aggregator, "weighted", False)
-        if weighted:
+        if loop.aggregator.weighted:  # declared by every Aggregator
             warn_user(
                 "MutationCallback runs with an example-weighted aggregator; FedMut's reference code uses the"
                 " uniform mean. Pass `aggregator=FedAvg(weighted=False)` to reproduce it.",

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch import Callback
 from torch import Tensor
 
-from lightning_fedmut.callbacks.base import FederatedCallback
+from lightning_fedmut.callbacks.base import LocalCallback
 from lightning_fedmut.functional.aggregation import accumulate_
 from lightning_fedmut.functional.server_optim import squared_norm
 from lightning_fedmut.utilities.validation import check_int
@@ -124,7 +124,7 @@ class ControlVariateCorrection(Callback):
         self._params, self._start, self._correction = [], [], []
 
 
-class Scaffold(FederatedCallback):
+class Scaffold(LocalCallback):
     r"""SCAFFOLD with option II control variates: local gradients corrected to ``g - c_i + c``.
 
     Each client ``i`` keeps a control variate ``c_i`` in the loop's client-state store (zero until its first

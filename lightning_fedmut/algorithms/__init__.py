@@ -1,0 +1,48 @@
+"""Federated methods: :class:`FederatedAlgorithm`, one preset per method, and a registry of methods by name.
+
+A method is a named bundle of the loop's components (a start-model component, local components, an aggregator,
+a sampler); ``FederatedLoop(algorithm=FedMut())`` runs it. ``lightning_fedmut.algorithms.FedAvg`` is the
+method, ``lightning_fedmut.aggregators.FedAvg`` (and ``lightning_fedmut.FedAvg``) the aggregator.
+"""
+
+from lightning_fedmut.algorithms.base import FederatedAlgorithm
+from lightning_fedmut.algorithms.clustered import ClusteredSampling
+from lightning_fedmut.algorithms.fedavg import FedAvg
+from lightning_fedmut.algorithms.fedexp import FedExP
+from lightning_fedmut.algorithms.fedmr import FedMR
+from lightning_fedmut.algorithms.fedmut import FedMut
+from lightning_fedmut.algorithms.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
+from lightning_fedmut.algorithms.fedprox import FedProx
+from lightning_fedmut.algorithms.registry import (
+    algorithm_class,
+    build_algorithm,
+    names,
+    register,
+    resolve_name,
+    unregister,
+)
+from lightning_fedmut.algorithms.scaffold import SCAFFOLD
+from lightning_fedmut.callbacks.base import LocalCallback, StartModelCallback
+
+__all__ = [
+    "SCAFFOLD",
+    "ClusteredSampling",
+    "FedAdagrad",
+    "FedAdam",
+    "FedAvg",
+    "FedAvgM",
+    "FedExP",
+    "FedMR",
+    "FedMut",
+    "FedProx",
+    "FedYogi",
+    "FederatedAlgorithm",
+    "LocalCallback",
+    "StartModelCallback",
+    "algorithm_class",
+    "build_algorithm",
+    "names",
+    "register",
+    "resolve_name",
+    "unregister",
+]
