@@ -1,9 +1,10 @@
-"""The ``lightning-fedmut`` command: ``fit``, ``demo``, ``sweep`` and ``benchmark``.
+"""The ``lightning-fedmut`` command: ``fit``, ``validate``, ``test``, ``demo``, ``sweep`` and ``benchmark``.
 
 ``lightning-fedmut fit`` federates any LightningModule (``--model`` by class path), built on jsonargparse
 like LightningCLI: ``--config run.yaml``, ``--print_config``, and every flag in the ``--key=value`` form
-that ``wandb agent`` passes. ``lightning-fedmut demo`` compares FedMut with FedAvg on the bundled digits
-in about a minute. ``lightning-fedmut sweep FILE`` runs a W&B sweep file's configurations locally, as
+that ``wandb agent`` passes. ``lightning-fedmut validate`` and ``test`` evaluate a saved global model (the same
+flags, plus ``--ckpt_path``) on the server's data and, with ``--per_client``, on every client's.
+``lightning-fedmut demo`` compares FedMut with FedAvg on the bundled digits in about a minute. ``lightning-fedmut sweep FILE`` runs a W&B sweep file's configurations locally, as
 offline W&B runs of one group. ``lightning-fedmut benchmark CONFIG`` runs a table of methods x partitions x
 seeds, resumably, and writes it in the FedMut paper's form. Argument errors print one line and exit with code 2.
 """
@@ -19,12 +20,14 @@ __all__ = ["CLIError", "main"]
 
 COMMANDS = {
     "fit": "federate a LightningModule (flags or --config YAML; --print_config shows the full config)",
+    "validate": "evaluate a saved global model on the validation data (--per_client: on every client's too)",
+    "test": "the same with Trainer.test on the test data (a DataModule's test_dataloader)",
     "demo": "FedMut vs FedAvg on the bundled digits: a per-round table, two plots, W&B runs",
     "sweep": "run a W&B sweep file's grid or random configurations locally, as offline W&B runs",
     "benchmark": "methods x partitions x seeds from one file, resumable: the paper's table, CSV, curves",
 }
 
-USAGE = "usage: lightning-fedmut {fit,demo,sweep,benchmark} [options]   (lightning-fedmut COMMAND --help)\n\ncommands:\n" + "\n".join(
+USAGE = "usage: lightning-fedmut {fit,validate,test,demo,sweep,benchmark} [options]   (lightning-fedmut COMMAND --help)\n\ncommands:\n" + "\n".join(
     f"  {name:<9} {text}" for name, text in COMMANDS.items()
 )
 
@@ -52,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from lightning_fedmut.cli.fit import fit_main
 
             return fit_main(rest)
+        if command in ("validate", "test"):
+            from lightning_fedmut.cli.evaluate import evaluate_main
+
+            return evaluate_main(rest, stage=command)
         if command == "demo":
             from lightning_fedmut.cli.demo import demo_main
 
