@@ -29,12 +29,13 @@ Run from the repository root::
 
     OMP_NUM_THREADS=1 python benchmarks/overhead.py                  # about 3 minutes on 2 CPU cores
     OMP_NUM_THREADS=1 python benchmarks/overhead.py --quick          # smoke run (CI), under 30 s
-    OMP_NUM_THREADS=1 python benchmarks/overhead.py --what-if --cprofile-top 25 --json overhead.json
+    OMP_NUM_THREADS=1 python benchmarks/overhead.py --cprofile-top 25 --json overhead.json
 
 Besides the timed runs it prints a per-part breakdown of each variant's wall time (functions of
 Lightning, torch and the loops wrapped with a timer; ``--no-profile`` skips it) and how much
-``quiet_lightning()`` saves per Trainer; ``--what-if`` also times the loop with candidate fixes patched
-in (in this process only; no file is changed).
+``quiet_lightning()`` saves per Trainer. Every function the breakdown wraps must exist and be called: a
+name that is missing (renamed in the package or in Lightning) or never called stops the benchmark with an
+error naming it, so no part of the breakdown silently reads zero.
 
 Each ratio is given four ways: best-of wall times, median wall times, the median of the paired ratios
 (each repetition's FederatedLoop time over the baseline's run right after it, which cancels drifts in
@@ -53,9 +54,9 @@ import argparse  # noqa: E402
 import copy  # noqa: E402
 import contextlib  # noqa: E402
 import cProfile  # noqa: E402
+import difflib  # noqa: E402
 import functools  # noqa: E402
 import gc  # noqa: E402
-import inspect  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
@@ -469,22 +470,56 @@ def report(wl: Workload, timings: Timings, methods: list[str]) -> dict[str, Any]
 
 
 # ------------------------------------------------------------------------ per-part attribution
+def qualified_name(owner: Any) -> str:
+    """``package.module`` for a module, ``package.module.Class`` for a class: where an instrumented name lives."""
+    if isinstance(owner, type):
+        return f"{owner.__module__}.{owner.__qualname__}"
+    return getattr(owner, "__name__", repr(owner))
+
+
+def required(owner: Any, name: str) -> Any:
+    """``owner``'s own attribute ``name`` (from its ``__dict__``, as it will be wrapped), or an error naming it.
+
+    The breakdown wraps functions of the package, Lightning and torch by name; a name that no longer exists would
+    otherwise leave its part silently at zero.
+
+    >>> required(time, "perf_counter") is time.perf_counter
+    True
+    >>> required(time, "perf_countr")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    AttributeError: benchmarks/overhead.py instruments `time.perf_countr`, but `time` defines no `perf_countr` ...
+    """
+    found = vars(owner).get(name)
+    if found is None:
+        where = qualified_name(owner)
+        close = difflib.get_close_matches(name, list(vars(owner)), n=3)
+        raise AttributeError(f"benchmarks/overhead.py instruments `{where}.{name}`, but `{where}` defines no `{name}`"
+                             f" (renamed or removed?); close names it defines: {close or 'none'}. Update"
+                             " instrument() to the name the code uses now.")
+    return found
+
+
 class Attribution:
     """Exclusive wall time per category, by wrapping functions with a timer stack.
 
     A wrapped call's time, less the time of wrapped calls nested in it, goes to its category; the time
-    outside all of them goes to ``rest``. About 1 us per wrapped call.
+    outside all of them goes to ``rest``. About 1 us per wrapped call. Every wrapped name must exist
+    (:func:`required`), and :meth:`never_called` lists those no run has called.
     """
 
     def __init__(self, rest: str) -> None:
         self.rest = rest
         self.totals: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
+        #: calls per wrapped name (``module.Class.name``) over every run since wrapping
+        self.target_calls: dict[str, int] = {}
         self._stack: list[float] = []
         self._patches: list[tuple[Any, str, Any]] = []
 
-    def _timed(self, fn: Callable[..., Any], category: str) -> Callable[..., Any]:
+    def _timed(self, fn: Callable[..., Any], category: str, target: str | None = None) -> Callable[..., Any]:
         stack, totals, calls, clock = self._stack, self.totals, self.calls, time.perf_counter
+        target_calls = self.target_calls
 
         @functools.wraps(fn)
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -496,21 +531,30 @@ class Attribution:
                 elapsed = clock() - start
                 totals[category] += elapsed - stack.pop()
                 calls[category] += 1
+                if target is not None:
+                    target_calls[target] += 1
                 if stack:
                     stack[-1] += elapsed
 
         return timed
 
     def wrap(self, owner: Any, name: str, category: str) -> None:
-        original = vars(owner)[name]
+        """Time ``owner.name`` into ``category``; an ``AttributeError`` names it if ``owner`` does not define it."""
+        original = required(owner, name)
+        target = f"{qualified_name(owner)}.{name}"
+        self.target_calls[target] = 0
         if isinstance(original, property):
-            new: Any = property(self._timed(original.fget, category), original.fset, original.fdel)
+            new: Any = property(self._timed(original.fget, category, target), original.fset, original.fdel)
         else:
-            new = self._timed(original, category)
+            new = self._timed(original, category, target)
             if getattr(original, "hooked", False):  # torch's optimizer step profiling hook
                 new.hooked = True
         setattr(owner, name, new)
         self._patches.append((owner, name, original))
+
+    def never_called(self) -> list[str]:
+        """The wrapped names that no run has called since they were wrapped: parts that would read zero."""
+        return [target for target, count in self.target_calls.items() if count == 0]
 
     def unwrap(self) -> None:
         for owner, name, original in reversed(self._patches):
@@ -559,12 +603,16 @@ def instrument(attr: Attribution, wl: Workload) -> None:
     from lightning.pytorch.trainer.connectors.logger_connector.logger_connector import _LoggerConnector
     from torch.utils.data.dataloader import _BaseDataLoaderIter
 
+    import lightning_fedmut._failures as failures_module
+    import lightning_fedmut.execution.sequential as executor_module
     import lightning_fedmut.loop as loop_module
 
     this = sys.modules[__name__]
     model_cls = type(fresh_model(wl))
-    owner = {name: next(k for k in model_cls.__mro__ if name in vars(k))
-             for name in ("configure_optimizers", "forward", "training_step", "validation_step")}
+    owner: dict[str, type] = {}
+    for name in ("configure_optimizers", "forward", "training_step", "validation_step"):
+        owner[name] = next((k for k in model_cls.__mro__ if name in vars(k)), model_cls)
+        required(owner[name], name)
     targets = [
         (Trainer, "__init__", "init"),
         (Strategy, "setup", "setup"),
@@ -597,15 +645,14 @@ def instrument(attr: Attribution, wl: Workload) -> None:
         (this, "_load_global", "weights"),
         (this, "_accumulate", "weights"),
         (this, "_write_average", "weights"),
-        (loop_module, "copy_", "weights"),
+        (executor_module, "copy_", "weights"),  # the start state into the working copy, per client
+        (loop_module, "copy_", "weights"),  # the aggregate into the global model, per round
         (FedAvg, "update", "weights"),
         (FedAvg, "compute", "weights"),
+        # checks the loop makes and a hand-written loop does not: the trained weights, the aggregate
+        (executor_module, "first_non_finite", "finite"),
+        (failures_module, "check_global_finite", "finite"),
     ]
-    # checks of the loop that a hand-written loop does not make (only where this version of the loop has them)
-    for obj, name in ((FederatedLoop, "_check_start_model"), (loop_module, "_first_non_finite"),
-                      (loop_module, "_check_finite"), (loop_module, "_check_global_finite")):
-        if name in vars(obj):
-            targets.append((obj, name, "finite"))
     for obj, name, part in targets:
         attr.wrap(obj, name, part)
 
@@ -625,6 +672,11 @@ def breakdown(wl: Workload, methods: list[str], repeats: int) -> dict[str, Any]:
                 runs[m].append((total, dict(attr.totals), dict(attr.calls)))
     finally:
         attr.unwrap()
+    idle = attr.never_called()
+    if idle:
+        raise RuntimeError(f"benchmarks/overhead.py instruments {idle}, but no run called "
+                           f"{'it' if len(idle) == 1 else 'them'}: the breakdown would read zero there. The code "
+                           "no longer goes through these names; update instrument() to the functions it calls now.")
     table: dict[str, Any] = {}
     for m in methods:
         fastest = min(run[0] for run in runs[m])
@@ -664,126 +716,6 @@ def cprofile_fedloop(wl: Workload, top: int) -> str:
     stats.sort_stats("tottime").print_stats(top)
     stats.sort_stats("cumulative").print_stats(r"lightning[/\\]pytorch|lightning_fedmut", top)
     return buf.getvalue()
-
-
-# ------------------------------------------------------------------------------------ what-if
-def _patch_result_metric_to() -> Callable[[], None]:
-    """Lightning's ``_ResultCollection.log`` calls ``_ResultMetric.to(value.device)`` on every ``self.log``, and
-    teardown calls ``.cpu()``; each rebuilds the metric's ``__dict__`` with ``apply_to_collection``, which
-    deep-copies its dataclass metadata. Skip the move when the metric is already on that device."""
-    from lightning.pytorch.trainer.connectors.logger_connector.result import _ResultMetric
-
-    original = _ResultMetric.to
-
-    def to(self: Any, *args: Any, **kwargs: Any) -> Any:
-        target = None
-        if len(args) == 1 and not kwargs:
-            target = args[0]
-        elif not args and list(kwargs) == ["device"]:
-            target = kwargs["device"]
-        if isinstance(target, (str, torch.device)):
-            target = torch.device(target)
-            value_device = getattr(getattr(self, "value", None), "device", target)
-            if self.device == target and (self.is_tensor or value_device == target):
-                return self
-        return original(self, *args, **kwargs)
-
-    _ResultMetric.to = to
-    return lambda: setattr(_ResultMetric, "to", original)
-
-
-def _patch_finite_checks() -> Callable[[], None] | None:
-    """One fused finiteness test per model (the inf-norm of every floating tensor: one reduction per tensor
-    in a single ``_foreach`` call and one sync, instead of an ``isfinite().all()`` and a sync per tensor), and
-    no test of the start model when no callback overrides ``on_client_fit_start`` (it is then the global
-    model, tested after aggregation)."""
-    import lightning_fedmut.loop as loop_module
-    from lightning_fedmut.functional.state import is_floating
-
-    undo: list[tuple[Any, str, Any]] = []
-
-    def all_finite(module: nn.Module) -> bool:
-        tensors = [t for t in module.state_dict().values() if is_floating(t)]
-        return not tensors or bool(torch.stack(torch._foreach_norm(tensors, float("inf"))).isfinite().all())
-
-    for name in ("_first_non_finite", "_check_finite"):  # the helper's name in this or an earlier version
-        original = vars(loop_module).get(name)
-        if original is None:
-            continue
-        def fused(module: nn.Module, _slow: Any = original) -> Any:
-            return None if all_finite(module) else _slow(module)  # the slow path names the tensor
-
-        undo.append((loop_module, name, original))
-        setattr(loop_module, name, fused)
-    start = vars(FederatedLoop).get("_check_start_model")
-    if start is not None:
-        def start_check(self: Any, slot: int, _slow: Any = start) -> None:
-            if any(type(cb).on_client_fit_start is not lightning_fedmut.FederatedCallback.on_client_fit_start
-                   for cb in self.callbacks):
-                _slow(self, slot)
-
-        undo.append((FederatedLoop, "_check_start_model", start))
-        FederatedLoop._check_start_model = start_check
-    if not undo:
-        return None
-
-    def restore() -> None:
-        for obj, name, original in undo:
-            setattr(obj, name, original)
-
-    return restore
-
-
-def _patch_env_defaults() -> Callable[[], None]:
-    """``Trainer.__init__`` parses ``PL_TRAINER_*`` environment variables (an ``inspect.signature`` and a scan
-    of ``os.environ``) every time; cache it like the entry-point scan."""
-    import lightning.pytorch.utilities.argparse as pl_argparse
-
-    original = pl_argparse._parse_env_variables
-    pl_argparse._parse_env_variables = functools.lru_cache(maxsize=None)(original)
-    return lambda: setattr(pl_argparse, "_parse_env_variables", original)
-
-
-WHAT_IF: dict[str, list[Callable[[], Callable[[], None] | None]]] = {
-    "Lightning: skip _ResultMetric.to() when already on the device": [_patch_result_metric_to],
-    "loop: fused finite check, none on an unchanged start model": [_patch_finite_checks],
-    "Trainer: cache the PL_TRAINER_* env-defaults parse": [_patch_env_defaults],
-    "all three": [_patch_result_metric_to, _patch_finite_checks, _patch_env_defaults],
-}
-
-
-def what_if(wl: Workload, repeats: int) -> dict[str, Any]:
-    """FederatedLoop time with each candidate fix patched in (nothing in the package is edited), alternating
-    with the unpatched loop. The gain is the median over repetitions of ``1 - patched / unpatched`` process-CPU
-    time within one repetition (paired, so drifts in the machine's load cancel), and from the best-of times."""
-    cpu: dict[str, list[float]] = defaultdict(list)
-    accs: dict[str, float] = {}
-    applied: dict[str, bool] = {"unpatched": True}
-    for _ in range(repeats):
-        for label in ["unpatched", *WHAT_IF]:
-            undo = [patch() for patch in WHAT_IF.get(label, [])]
-            applied[label] = label == "unpatched" or any(u is not None for u in undo)
-            try:
-                _, seconds, metrics = time_once(run_fedloop, wl)
-            finally:
-                for u in reversed(undo):
-                    if u is not None:
-                        u()
-            cpu[label].append(seconds)
-            accs[label] = metrics.get("val_acc", float("nan"))
-    base = cpu["unpatched"]
-    print(f"\nWorkload {wl.name}: FederatedLoop with candidate fixes patched in ({repeats} repetitions, process CPU)")
-    print(f"  {'':<64} {'best s':>7} {'gain (paired)':>14} {'gain (best-of)':>15}  same val_acc")
-    out: dict[str, Any] = {}
-    for label, values in cpu.items():
-        paired = statistics.median(1 - v / b for v, b in zip(values, base))
-        best = 1 - min(values) / min(base)
-        same = accs[label] == accs["unpatched"]
-        note = "" if applied[label] else "   (nothing to patch in this version)"
-        print(f"  {label:<64} {min(values):7.3f} {100 * paired:13.1f}% {100 * best:14.1f}%  {same}{note}")
-        out[label] = {"best_cpu_s": min(values), "gain_paired": paired, "gain_best": best, "same_val_acc": same,
-                      "applied": applied[label]}
-    return out
 
 
 # ------------------------------------------------------------------------- quiet_lightning
@@ -844,9 +776,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--progress-bar", action="store_true",
                    help="keep FederatedLoop's own progress bar on (by default it is turned off, as the hand-written"
                         " loops print nothing; the bar writes at most ~10 times a second)")
-    p.add_argument("--what-if", action="store_true",
-                   help="also time FederatedLoop with candidate fixes to the package/Lightning patched in")
-    p.add_argument("--what-if-repeats", type=int, default=11, help="repetitions of the what-if runs (default: 11)")
     p.add_argument("--json", metavar="PATH", help="write all figures to this JSON file")
     p.add_argument("--check", action="store_true",
                    help="exit 1 if FederatedLoop misses a bar against hand-written Lightning")
@@ -855,12 +784,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.rounds_a, args.rounds_b, args.repeats_a, args.repeats_b = 1, 2, 1, 2
         args.trainers, args.profile_repeats, args.cprofile_top = min(args.trainers, 20), 1, 0
-        args.what_if_repeats = 1
 
     silence_lightning_console()
-    if "enable_progress_bar" in inspect.signature(FederatedLoop.__init__).parameters:
-        FEDLOOP_KWARGS["enable_progress_bar"] = args.progress_bar
-    print(f"lightning_fedmut {getattr(lightning_fedmut, '__version__', '?')}, torch {torch.__version__}, "
+    FEDLOOP_KWARGS["enable_progress_bar"] = args.progress_bar
+    print(f"lightning_fedmut {lightning_fedmut.__version__}, torch {torch.__version__}, "
           f"lightning {__import__('lightning').__version__}, python {platform.python_version()}, "
           f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, {platform.machine()}; "
           f"source {source_version()}; load average {_load()}")
@@ -884,8 +811,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.cprofile_top:
             print(f"\ncProfile of one FederatedLoop run of {name} (by own time; cProfile inflates Python-heavy code):")
             print(cprofile_fedloop(wl, args.cprofile_top))
-        if args.what_if:
-            res["what_if"] = what_if(wl, args.what_if_repeats)
         results["workloads"][name] = res
     if args.trainers:
         wl = workload_b(1)

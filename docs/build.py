@@ -13,6 +13,10 @@ Usage (from the repository root, with the ``docs`` extra installed: ``pip instal
     python docs/build.py --only hook_order --skip-build
     python docs/build.py --skip-examples --check-maths site/fedmut.png   # build, then check in a browser
 
+The browser check (``--check-maths``, what CI runs) opens pages of the built site from their files in headless
+Chromium, as a reader of the README's ``site/index.html`` does: the maths is drawn, the search box answers a query,
+and no code block is wider than its box in a 1280 px window.
+
 It also writes the command line's ``--help`` texts into ``docs/assets/generated/cli/`` for the CLI page.
 """
 
@@ -86,6 +90,55 @@ window.addEventListener("load", () => {
 </script>"""
 
 
+#: What the search check types into the search box of the site's home page; the check fails on no result.
+SEARCH_QUERY = "MutationCallback"
+# appended to a copy of a page: types the query into the theme's search box until results come (or 10 s of the
+# page's time pass), then reports them as JSON in <pre id=...>
+_SEARCH_PROBE = """<script>
+window.addEventListener("load", () => {
+  const query = %(query)s;
+  const input = document.querySelector("input[data-md-component=search-query]");
+  const items = () => [...document.querySelectorAll(".md-search-result__item")];
+  const started = Date.now();
+  const report = () => {
+    const meta = document.querySelector(".md-search-result__meta");
+    const pre = document.createElement("pre");
+    pre.id = "fedmut-search-probe";
+    pre.textContent = JSON.stringify({box: input !== null, results: items().length,
+      meta: meta ? meta.textContent.trim() : null,
+      titles: items().slice(0, 5).map((i) => (i.querySelector("h1, h2") || i).textContent.trim())});
+    document.body.appendChild(pre);
+  };
+  const type = () => {
+    if (input !== null) {
+      input.focus();
+      input.value = query;
+      ["focus", "input", "keyup"].forEach((t) => input.dispatchEvent(new Event(t, {bubbles: true})));
+    }
+    if (input === null || items().length > 0 || Date.now() - started > 10000) { report(); return; }
+    setTimeout(type, 200);
+  };
+  type();
+});
+</script>"""
+#: The width of the window in which no code block may be wider than its box.
+CODE_WIDTH = 1280
+# appended to a copy of a page: the code blocks wider than their box (their content cut or behind a scroll bar)
+_CODE_PROBE = """<script>
+window.addEventListener("load", () => {
+  const blocks = [...document.querySelectorAll("pre")].filter((b) => b.getClientRects().length > 0);
+  const wide = blocks.filter((b) => [b, ...b.querySelectorAll(":scope > code")].some(
+    (e) => e.scrollWidth > e.clientWidth + 1));
+  const pre = document.createElement("pre");
+  pre.id = "fedmut-code-probe";
+  pre.textContent = JSON.stringify({width: window.innerWidth, blocks: blocks.length, wide: wide.length,
+    first: wide.slice(0, 3).map((b) => b.textContent.split("\\n").reduce((a, l) => l.length > a.length ? l : a, ""))});
+  document.body.appendChild(pre);
+});
+</script>"""
+_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
+
+
 def browser() -> str | None:
     """A headless-capable Chromium on the path, if any."""
     for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
@@ -95,34 +148,73 @@ def browser() -> str | None:
     return None
 
 
+def _probe(path: Path, script: str, probe_id: str, executable: str | None, flags: list[str]) -> dict:
+    """Open a copy of ``path`` with ``script`` appended in headless Chromium, from its file; the JSON that the
+    script writes into ``<pre id=probe_id>``."""
+    executable = executable or browser()
+    if executable is None:
+        raise FileNotFoundError("no Chromium on the path (apt-get install chromium)")
+    path = Path(path).resolve()
+    probe = path.with_name(f".probe-{path.name}")
+    probe.write_text(path.read_text(encoding="utf-8").replace("</body>", script + "</body>"), encoding="utf-8")
+    try:
+        dom = subprocess.run([executable, *_FLAGS, *flags, "--virtual-time-budget=15000", "--dump-dom",
+                              probe.as_uri()], capture_output=True, text=True, timeout=120, check=True).stdout
+    finally:
+        probe.unlink(missing_ok=True)
+    found = re.search(rf'<pre id="{probe_id}">(.*?)</pre>', dom, re.DOTALL)
+    if found is None:
+        raise RuntimeError(f"the browser did not run the page's scripts; its output began: {dom[:300]!r}")
+    return json.loads(html.unescape(found.group(1)))
+
+
 def check_maths(site_dir: Path, page: str = MATHS_PAGE, screenshot: Path | None = None,
                 executable: str | None = None) -> dict:
     """Open ``page`` of the built site from its file in headless Chromium and report its maths: ``maths`` (MathML
     elements), ``drawn`` (those with a size on screen), ``raw`` (TeX delimiters left in the prose). With
     ``screenshot``, also save a picture of the page there."""
-    executable = executable or browser()
-    if executable is None:
-        raise FileNotFoundError("no Chromium on the path (apt-get install chromium)")
-    path = (Path(site_dir) / page).resolve()
-    probe = path.with_name(f".probe-{path.name}")
-    probe.write_text(path.read_text(encoding="utf-8").replace("</body>", _PROBE + "</body>"), encoding="utf-8")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-             "--allow-file-access-from-files", "--virtual-time-budget=10000"]
-    try:
-        dom = subprocess.run([executable, *flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True,
-                             timeout=120, check=True).stdout
-    finally:
-        probe.unlink(missing_ok=True)
-    found = re.search(r'<pre id="fedmut-maths-probe">(.*?)</pre>', dom, re.DOTALL)
-    if found is None:
-        raise RuntimeError(f"the browser did not run the page's scripts; its output began: {dom[:300]!r}")
-    report = json.loads(html.unescape(found.group(1)))
+    flags = ["--allow-file-access-from-files"]
+    report = _probe(Path(site_dir) / page, _PROBE, "fedmut-maths-probe", executable, flags)
     if screenshot is not None:
+        path = (Path(site_dir) / page).resolve()
         Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([executable, *flags, "--hide-scrollbars", "--window-size=1280,2600",
-                        f"--screenshot={Path(screenshot).resolve()}", path.as_uri()], capture_output=True,
-                       timeout=120, check=True)
+        subprocess.run([executable or browser(), *_FLAGS, *flags, "--virtual-time-budget=10000", "--hide-scrollbars",
+                        "--window-size=1280,2600", f"--screenshot={Path(screenshot).resolve()}", path.as_uri()],
+                       capture_output=True, timeout=120, check=True)
     return report
+
+
+def check_search(site_dir: Path, page: str = "index.html", query: str = SEARCH_QUERY,
+                 executable: str | None = None) -> dict:
+    """Open ``page`` of the built site from its file (``file://``, no extra browser permission: as a reader
+    does) in headless Chromium, type ``query`` into the search box, and report what the search shows: ``box``
+    (whether the page has a search box), ``results`` (result items listed), ``meta`` (the line above them, e.g.
+    ``"19 matching documents"``, or ``"Initializing search"`` when the search never started) and the first
+    ``titles``. The search works when ``results`` is above zero."""
+    return _probe(Path(site_dir) / page, _SEARCH_PROBE % {"query": json.dumps(query)}, "fedmut-search-probe",
+                  executable, [])
+
+
+def check_code_width(site_dir: Path, page: str, width: int = CODE_WIDTH, executable: str | None = None) -> dict:
+    """Open ``page`` of the built site from its file in a ``width`` px wide headless Chromium and report its code
+    blocks: ``blocks`` (shown), ``wide`` (wider than their box: a line cut off, or behind a scroll bar) and the
+    longest line of the ``first`` three wide ones."""
+    return _probe(Path(site_dir) / page, _CODE_PROBE, "fedmut-code-probe", executable,
+                  [f"--window-size={width},900"])
+
+
+def widest_code_pages(site_dir: Path, count: int = 3) -> list[str]:
+    """The ``count`` pages of the built site whose code blocks hold the longest lines (the first to overflow)."""
+    longest: dict[str, int] = {}
+    for path in Path(site_dir).rglob("*.html"):
+        if path.name.startswith(".probe-"):
+            continue
+        blocks = re.findall(r"<pre[^>]*>(.*?)</pre>", path.read_text(encoding="utf-8"), re.DOTALL)
+        lines = [html.unescape(re.sub(r"<[^>]+>", "", b)).splitlines() for b in blocks]
+        widths = [len(line) for block in lines for line in block]
+        if widths:
+            longest[path.relative_to(site_dir).as_posix()] = max(widths)
+    return sorted(longest, key=lambda page: (-longest[page], page))[:count]
 
 
 def missing_dependencies() -> list[str]:
@@ -220,8 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve", action="store_true", help="serve the site (mkdocs serve) instead of building it")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these examples (file stems)")
     parser.add_argument("--check-maths", nargs="?", const="", metavar="PNG",
-                        help=f"after the build, open {MATHS_PAGE} from its file in headless Chromium, check that"
-                             " its maths is drawn (and save a screenshot to PNG); skipped without Chromium")
+                        help=f"after the build, open pages from their files in headless Chromium and check that"
+                             f" {MATHS_PAGE} draws its maths (and save a screenshot of it to PNG), that the search"
+                             f" box answers {SEARCH_QUERY!r}, and that no code block is wider than its box at"
+                             f" {CODE_WIDTH} px; skipped without Chromium")
     parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                         else os.cpu_count() or 1, help="examples run in parallel (default: the usable cores)")
     args = parser.parse_args(argv)
@@ -246,19 +340,31 @@ def main(argv: list[str] | None = None) -> int:
     if code == 0 and not args.serve:
         print(f"site built into site/ in {time.perf_counter() - start:.0f} s")
     if code == 0 and args.check_maths is not None and not args.serve:
-        code = _report_maths(ROOT / "site", Path(args.check_maths) if args.check_maths else None)
+        code = _report_browser(ROOT / "site", Path(args.check_maths) if args.check_maths else None)
     return code
 
 
-def _report_maths(site_dir: Path, screenshot: Path | None) -> int:
+def _report_browser(site_dir: Path, screenshot: Path | None) -> int:
+    """The browser checks of the built site, one line each; 1 if one fails."""
     if browser() is None:
-        print("maths check skipped: no Chromium on the path (apt-get install chromium)")
+        print("browser check skipped: no Chromium on the path (apt-get install chromium)")
         return 0
     report = check_maths(site_dir, screenshot=screenshot)
-    ok = report["maths"] > 0 and report["drawn"] == report["maths"] and not report["raw"]
+    maths_ok = report["maths"] > 0 and report["drawn"] == report["maths"] and not report["raw"]
     print(f"{MATHS_PAGE} in headless Chromium: {report['drawn']} of {report['maths']} formulas drawn as MathML,"
           f" TeX left in the text: {report['raw'] or 'none'}" + (f"; screenshot {screenshot}" if screenshot else ""))
-    return 0 if ok else 1
+    search = check_search(site_dir)
+    search_ok = search["results"] > 0
+    print(f"search from file://index.html for {SEARCH_QUERY!r}: {search['results']} results listed"
+          f" ({search['meta']}){': ' + ', '.join(search['titles']) if search['titles'] else ''}"
+          + ("" if search_ok else " -- the search does not work from the files"))
+    code_ok = True
+    for page in widest_code_pages(site_dir):
+        width = check_code_width(site_dir, page)
+        code_ok = code_ok and width["wide"] == 0
+        print(f"code blocks of {page} at {CODE_WIDTH} px: {width['wide']} of {width['blocks']} wider than their box"
+              + ("" if width["wide"] == 0 else f", e.g. {width['first'][0]!r}"))
+    return 0 if maths_ok and search_ok and code_ok else 1
 
 
 if __name__ == "__main__":
