@@ -9,14 +9,19 @@ from typing import Any
 
 from lightning_fedmut.algorithms.base import FederatedAlgorithm
 
-__all__ = ["algorithm_class", "build_algorithm", "names", "register", "resolve_name", "unregister"]
+__all__ = ["algorithm_class", "build_algorithm", "name_key", "names", "register", "resolve_name", "unregister"]
 
 #: The registered methods, by their name as registered (built-in presets first, in the documentation's order).
 _REGISTRY: dict[str, type[FederatedAlgorithm]] = {}
 
 
-def _key(name: str) -> str:
-    """A name as looked up: case, spaces, ``-`` and ``_`` do not count (``Clustered sampling`` is ``clusteredsampling``)."""
+def name_key(name: str) -> str:
+    """A name as looked up: case, spaces, ``-`` and ``_`` do not count.
+
+    Examples:
+        >>> name_key("Clustered sampling"), name_key("fed_mut")
+        ('clusteredsampling', 'fedmut')
+    """
     return re.sub(r"[\s_\-]+", "", name).lower()
 
 
@@ -42,11 +47,11 @@ def register(name: str, cls: type[FederatedAlgorithm], *, replace: bool = False)
         >>> unregister("UniformFedAvg") is Uniform
         True
     """
-    if not isinstance(name, str) or not _key(name):
+    if not isinstance(name, str) or not name_key(name):
         raise ValueError(f"Expected `name` to be a non-empty string, got {name!r}.")
     if not (isinstance(cls, type) and issubclass(cls, FederatedAlgorithm)):
         raise TypeError(f"Expected `cls` to be a FederatedAlgorithm subclass, got {cls!r}.")
-    taken = next((n for n in _REGISTRY if _key(n) == _key(name)), None)
+    taken = next((n for n in _REGISTRY if name_key(n) == name_key(name)), None)
     if taken is not None:
         if not replace:
             raise ValueError(f"Expected a new method name for `name`, got {name!r}, which names {taken} already;"
@@ -85,10 +90,10 @@ def resolve_name(name: str) -> str:
     """
     if isinstance(name, str):
         for registered in _REGISTRY:
-            if _key(registered) == _key(name):
+            if name_key(registered) == name_key(name):
                 return registered
-    keys = {_key(n): n for n in _REGISTRY}
-    close = difflib.get_close_matches(_key(str(name)), list(keys), n=1, cutoff=0.6)
+    keys = {name_key(n): n for n in _REGISTRY}
+    close = difflib.get_close_matches(name_key(str(name)), list(keys), n=1, cutoff=0.6)
     hint = f" (did you mean {keys[close[0]]}?)" if close else ""
     raise ValueError(f"Expected `algorithm` to be a registered method name, got {name!r}{hint}; known:"
                      f" {', '.join(_REGISTRY)}.")

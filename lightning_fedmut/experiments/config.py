@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["METHODS", "Benchmark", "Cell", "load_benchmark", "partition_options"]
+__all__ = ["METHODS", "METHOD_SETTINGS", "Benchmark", "Cell", "load_benchmark", "partition_options"]
 
 _MUTATION = "lightning_fedmut.callbacks.MutationCallback"
 
@@ -32,7 +32,10 @@ def _plugin(class_path: str, **init_args: Any) -> dict[str, Any]:
 #: The built-in methods by name: the ``fit`` arguments each adds to a cell (tutorial 8's settings: the
 #: methods' defaults, FedProx's mu = 0.01 as in the FedMut paper, FedAdam's and FedYogi's server_lr 0.03, FedExP
 #: evaluated on the average of its last two iterates, FedMut with radius 4, acceleration 0.3 over 50 rounds).
-#: Every method aggregates with the uniform mean unless it names its own aggregator.
+#: Every method aggregates with the uniform mean unless it names its own aggregator. A method name resolves through
+#: the registry (:func:`lightning_fedmut.algorithms.resolve_name`); the built-in ones are written here in the
+#: component form (``mutation``, ``aggregator``, ``callbacks``, ``loop.sampler``), the same components as
+#: :data:`METHOD_SETTINGS`' presets, so that a cell's config stays what it was and a method can be a ``base``.
 METHODS: dict[str, dict[str, Any]] = {
     "FedAvg": {},
     "FedMut": {"mutation": _plugin(_MUTATION, radius=4.0, acceleration=0.3, acceleration_rounds=50)},
@@ -47,6 +50,24 @@ METHODS: dict[str, dict[str, Any]] = {
     "FedMR": {"callbacks": [_plugin("lightning_fedmut.callbacks.FedMR")]},
     "Clustered sampling": {"loop": {"sampler": _plugin("lightning_fedmut.sampling.ClusteredSampler")}},
 }
+
+#: Each built-in row of :data:`METHODS` as a registered method and its settings: the preset they build has the
+#: same components as the row (a test holds them together).
+METHOD_SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "FedAvg": ("FedAvg", {"weighted": False}),
+    "FedMut": ("FedMut", {"radius": 4.0, "acceleration": 0.3, "acceleration_rounds": 50, "weighted": False}),
+    "FedProx": ("FedProx", {"mu": 0.01, "weighted": False}),
+    "SCAFFOLD": ("SCAFFOLD", {"weighted": False}),
+    "FedAvgM": ("FedAvgM", {"server_lr": 1.0, "momentum": 0.9}),
+    "FedAdagrad": ("FedAdagrad", {"server_lr": 0.1}),
+    "FedAdam": ("FedAdam", {"server_lr": 0.03}),
+    "FedYogi": ("FedYogi", {"server_lr": 0.03}),
+    "FedExP": ("FedExP", {"epsilon": 1e-3, "average_last_two": True}),
+    "FedMR": ("FedMR", {"weighted": False}),
+    "Clustered sampling": ("ClusteredSampling", {"weighted": False}),
+}
+#: What a cell of a registered method without a row in :data:`METHODS` may not set: the algorithm brings them.
+_ALGORITHM_PARTS = ("mutation", "aggregator", "loop.sampler")
 
 _TOP_LEVEL = ("name", "description", "data", "model", "fit", "methods", "partitions", "seeds", "metric", "goal",
               "last", "gain", "parallel", "logger", "project", "published", "source")
@@ -227,7 +248,8 @@ def slug(text: str) -> str:
 @functools.lru_cache(maxsize=4)
 def cell_parser(data: str | None, model: str | None) -> Any:
     """``fit``'s parser for a benchmark on ``data`` (a built-in name; None for a DataModule) with ``model`` (a
-    class path; None for the data set's default model), plus ``callbacks``: a list of federated callbacks."""
+    class path; None for the data set's default model), plus ``callbacks``: a list of federated callbacks, and
+    ``algorithm``: a :class:`~lightning_fedmut.algorithms.FederatedAlgorithm` (a registered method's class)."""
     from lightning_fedmut.callbacks import FederatedCallback
     from lightning_fedmut.cli.fit import fit_parser
 
@@ -235,7 +257,27 @@ def cell_parser(data: str | None, model: str | None) -> Any:
     parser = fit_parser(argv)
     parser.add_argument("--callbacks", type=list[FederatedCallback] | None, default=None,
                         help="Federated callbacks of the method (FedProx, Scaffold, FedMR, ServerReport ...).")
+    if "algorithm" not in {a.dest for a in parser._actions}:
+        from lightning_fedmut.algorithms import FederatedAlgorithm
+
+        parser.add_argument("--algorithm", type=FederatedAlgorithm | None, default=None,
+                            help="A registered method (class_path, init_args) that brings its own components.")
     return parser
+
+
+def cell_config(cfg: Any) -> dict[str, Any]:
+    """A parsed cell as plain data (``fit``'s ``config_dict``), without ``algorithm`` (nor ``loop.algorithm``) when
+    no registered method sets it: the config of a cell of a built-in method is what it was before methods had a registry, so its
+    finished folder is still recognised."""
+    from lightning_fedmut.cli.fit import config_dict
+
+    config = config_dict(cfg)
+    if config.get("algorithm", ...) is None:
+        del config["algorithm"]
+    loop = config.get("loop")
+    if isinstance(loop, dict) and loop.get("algorithm", ...) is None:  # FederatedLoop's own argument, unset
+        del loop["algorithm"]
+    return config
 
 
 def _known_keys(parser: Any) -> list[str]:
@@ -299,7 +341,10 @@ def check_plugins(cfg: Any, where: str) -> None:
     from lightning_fedmut.cli.fit import _build
     from lightning_fedmut.sampling import ClientSampler
 
+    from lightning_fedmut.algorithms import FederatedAlgorithm
+
     try:
+        _build("algorithm", FederatedAlgorithm | None, cfg.algorithm)
         _build("mutation", MutationCallback | None, cfg.mutation)
         _build("aggregator", Aggregator, cfg.aggregator)
         for callback in cfg.callbacks or []:
@@ -364,8 +409,6 @@ def load_benchmark(source: str | os.PathLike | Mapping[str, Any], overrides: Map
 
 
 def _check(config: dict[str, Any], where: str) -> Benchmark:
-    from lightning_fedmut.cli.fit import config_dict
-
     unknown = [k for k in config if k not in _TOP_LEVEL]
     if unknown:
         close = difflib.get_close_matches(str(unknown[0]), _TOP_LEVEL, n=1, cutoff=0.6)
@@ -397,6 +440,7 @@ def _check(config: dict[str, Any], where: str) -> Benchmark:
         resolve(merge(base, {"partition": options, "seed": seeds[0]}), parser, f"partitions.{label}")
     for method, method_args in methods.items():
         check_keys(method_args, parser, f"methods.{method}", forbidden=(*_MANAGED, "partition"))
+        _check_algorithm_parts(merge(base, method_args), f"methods.{method}")
         check_plugins(resolve(merge(base, {**method_args, "seed": seeds[0]}), parser, f"methods.{method}"),
                       f"methods.{method}")
     cells = []
@@ -406,7 +450,7 @@ def _check(config: dict[str, Any], where: str) -> Benchmark:
                 args = merge(merge(base, method_args), {"partition": options, "seed": seed})
                 cfg = resolve(args, parser, f"methods.{method} with partitions.{label}")
                 folder = f"cells/{slug(method)}/{slug(label)}/seed-{seed}"
-                cells.append(Cell(method, label, seed, args, config_dict(cfg), folder))
+                cells.append(Cell(method, label, seed, args, cell_config(cfg), folder))
     _unique_folders(methods, partitions)
     gain = _gain(config.get("gain", "default"), tuple(methods))
     metric = config.get("metric", "val_acc")
@@ -458,16 +502,7 @@ def check_partition_file(label: str, path: Any) -> None:
 
 
 def _methods(value: Any) -> dict[str, dict[str, Any]]:
-    names = ", ".join(METHODS)
-
-    def preset(name: Any) -> dict[str, Any]:
-        if name not in METHODS:
-            close = difflib.get_close_matches(str(name), list(METHODS), n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ValueError(f"methods: unknown method {name!r}{hint}: expected one of {names}, or a mapping of the"
-                             " method's name to its fit arguments")
-        return copy.deepcopy(METHODS[name])
-
+    preset = method_args
     if isinstance(value, str) or not isinstance(value, (Sequence, Mapping)) or not value:
         raise ValueError(f"methods: expected a non-empty list of method names or a mapping of names to fit"
                          f" arguments, got {value!r}")
@@ -490,6 +525,63 @@ def _methods(value: Any) -> dict[str, dict[str, Any]]:
             raise ValueError(f"methods.{name}: expected a mapping of fit arguments (or null for the built-in"
                              f" method of that name), got {args!r}")
     return out
+
+
+def _row(name: str) -> str | None:
+    """The row of :data:`METHODS` that ``name`` (a registered name, or a row's own) stands for, if any."""
+    from lightning_fedmut.algorithms.registry import name_key
+
+    return next((label for label, (registered, _) in METHOD_SETTINGS.items()
+                 if name_key(name) in (name_key(label), name_key(registered))), None)
+
+
+def method_args(name: Any) -> dict[str, Any]:
+    """The ``fit`` arguments a method name adds to a cell, resolved through the registry of methods.
+
+    A built-in method (any spelling the registry accepts: ``fedmut``, ``Clustered sampling``) is its row of
+    :data:`METHODS`; a method registered with :func:`lightning_fedmut.algorithms.register` runs as
+    ``algorithm: {class_path: ...}`` with its preset's defaults. An unknown name is a ``ValueError`` that lists
+    the known ones and the closest.
+
+    Examples:
+        >>> method_args("fedprox")
+        {'callbacks': [{'class_path': 'lightning_fedmut.callbacks.FedProx', 'init_args': {'mu': 0.01}}]}
+        >>> method_args("FedFoo")
+        Traceback (most recent call last):
+        ...
+        ValueError: methods: unknown method 'FedFoo' (did you mean FedYogi?): expected one of FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, Clustered sampling, or a mapping of the method's name to its fit arguments
+    """
+    from lightning_fedmut.algorithms.registry import algorithm_class, names, resolve_name
+
+    if name in METHODS:
+        return copy.deepcopy(METHODS[name])
+    known = [*METHODS, *(n for n in names() if _row(n) is None)]  # the rows, then the methods users registered
+    try:
+        registered = resolve_name(str(name)) if isinstance(name, str) else None
+    except ValueError:
+        registered = None
+    if registered is None:
+        close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ValueError(f"methods: unknown method {name!r}{hint}: expected one of {', '.join(known)}, or a mapping"
+                         " of the method's name to its fit arguments")
+    row = _row(registered)
+    if row is not None:
+        return copy.deepcopy(METHODS[row])
+    cls = algorithm_class(registered)
+    return {"algorithm": {"class_path": f"{cls.__module__}.{cls.__qualname__}"}}
+
+
+def _check_algorithm_parts(args: Mapping[str, Any], where: str) -> None:
+    """A cell of a registered method takes its aggregator, start model and sampler from the algorithm."""
+    if args.get("algorithm") is None:
+        return
+    loop = args.get("loop") if isinstance(args.get("loop"), Mapping) else {}
+    values = {"mutation": args.get("mutation"), "aggregator": args.get("aggregator"), "loop.sampler": loop.get("sampler")}
+    given = [key for key in _ALGORITHM_PARTS if values[key] is not None]
+    if given:
+        raise ValueError(f"{where}: `algorithm` brings its own aggregator, start model and sampler; remove"
+                         f" `{given[0]}` (from the method or from `fit`)")
 
 
 def _partitions(value: Any) -> dict[str, dict[str, Any]]:

@@ -33,7 +33,16 @@ from typing import Any
 
 import yaml
 
-from lightning_fedmut.experiments.config import Benchmark, Cell, cell_parser, load_benchmark, merge, resolve, slug
+from lightning_fedmut.experiments.config import (
+    Benchmark,
+    Cell,
+    cell_config,
+    cell_parser,
+    load_benchmark,
+    merge,
+    resolve,
+    slug,
+)
 from lightning_fedmut.experiments.report import run_value, summarize, write_report
 
 __all__ = ["BenchmarkResult", "run_benchmark", "run_cell"]
@@ -375,12 +384,14 @@ def _one_line(err: BaseException) -> str:
 
 def _fit_cell(args: Mapping[str, Any], folder: Path, meta: Mapping[str, Any], logging: Mapping[str, Any],
               state: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
-    """What ``lightning-fedmut fit`` does with the cell's arguments, plus the method's ``callbacks``."""
+    """What ``lightning-fedmut fit`` does with the cell's arguments, plus the method's ``callbacks`` and, for a
+    registered method, its ``algorithm`` (which brings the aggregator, start model and sampler)."""
     from lightning_fedmut.aggregators import Aggregator
+    from lightning_fedmut.algorithms import FederatedAlgorithm
     from lightning_fedmut.callbacks import FederatedCallback, GlobalModelCheckpoint, MutationCallback
     from lightning_fedmut.cli._logging import flatten_config, make_logger
     from lightning_fedmut.cli._parser import CLIError, plain
-    from lightning_fedmut.cli.fit import _build, _partitions, config_dict, resume_checkpoint
+    from lightning_fedmut.cli.fit import _build, _partitions, resume_checkpoint
     from lightning_fedmut.data import make_clients
     from lightning_fedmut.loop import FederatedLoop
 
@@ -388,10 +399,11 @@ def _fit_cell(args: Mapping[str, Any], folder: Path, meta: Mapping[str, Any], lo
                        meta["run_name"])
     ckpt_path = resume_checkpoint(cfg.ckpt_path, cfg.loop.checkpoint_dir)
     model, train, val, collate_fn = _model_and_data(cfg)
+    algorithm = _build("algorithm", FederatedAlgorithm | None, cfg.algorithm)  # a registered method's preset
     mutation = _build("mutation", MutationCallback | None, cfg.mutation)
     extra = [_build("callbacks", FederatedCallback, callback) for callback in cfg.callbacks or []]
     model_checkpoint = _build("model_checkpoint", GlobalModelCheckpoint | None, cfg.model_checkpoint)
-    aggregator = _build("aggregator", Aggregator, cfg.aggregator)
+    aggregator = None if algorithm is not None else _build("aggregator", Aggregator, cfg.aggregator)
     parts = _partitions(cfg.partition, train, cfg.seed)
     clients = make_clients(train, parts, batch_size=cfg.batch_size,
                            **({"collate_fn": collate_fn} if collate_fn is not None else {}))
@@ -400,6 +412,8 @@ def _fit_cell(args: Mapping[str, Any], folder: Path, meta: Mapping[str, Any], lo
     for key, value in loop_args.items():  # class-typed loop arguments (sampler, executor ...) given by class path
         if isinstance(value, Mapping) and "class_path" in value:
             loop_args[key] = _build(key, hints[key], getattr(cfg.loop, key))
+    if loop_args.get("algorithm") is None:  # the cell's `algorithm`, if any, is passed below
+        loop_args.pop("algorithm", None)
     if loop_args["clients_per_round"] > len(clients):
         raise CLIError(f"loop.clients_per_round: expected at most the number of clients ({len(clients)}),"
                        f" got {loop_args['clients_per_round']}")
@@ -409,13 +423,14 @@ def _fit_cell(args: Mapping[str, Any], folder: Path, meta: Mapping[str, Any], lo
     logger = make_logger(logging["kind"], save_dir=logging["save_dir"], project=logging.get("project"),
                          group=logging.get("group"), name=meta["run_name"], silent=True)
     state["logger"] = logger
-    config = config_dict(cfg)
+    config = cell_config(cfg)
     config.pop("ckpt_path", None)
     if logger is not None:
         logger.log_hyperparams({
             "benchmark.name": meta.get("benchmark"), "benchmark.method": meta["method"],
             "benchmark.partition": meta["partition"], "benchmark.seed": meta["seed"], **flatten_config(config)})
-    loop = FederatedLoop(**loop_args, aggregator=aggregator, callbacks=callbacks, logger=logger, seed=cfg.seed)
+    loop = FederatedLoop(**loop_args, aggregator=aggregator, callbacks=callbacks, logger=logger, seed=cfg.seed,
+                         **({"algorithm": algorithm} if algorithm is not None else {}))
     state["rounds"] = cfg.loop.rounds
     result = loop.fit(model, clients, val_dataloaders=val, ckpt_path=ckpt_path)
     state["run_id"] = None if logger is None or logger.version is None else str(logger.version)
