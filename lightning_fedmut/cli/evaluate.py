@@ -32,8 +32,8 @@ from lightning_fedmut.execution._calls import interruptible, merged_scalars
 from lightning_fedmut.execution.evaluation import EVAL_TRAINER_DEFAULTS
 from lightning_fedmut.utilities.trainer import quiet_lightning
 
-__all__ = ["evaluate_main", "evaluate_parser", "load_weights", "lower_is_better", "run_evaluate", "summarize",
-           "worst_count"]
+__all__ = ["check_weights", "evaluate_main", "evaluate_parser", "load_weights", "lower_is_better", "run_evaluate",
+           "summarize", "summary_line", "worst_count"]
 
 Stage = Literal["validate", "test"]
 STAGES: tuple[str, ...] = ("validate", "test")
