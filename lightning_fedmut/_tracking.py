@@ -15,6 +15,8 @@ from lightning.pytorch.loggers import Logger
 CLIENT_TABLE_KEY = "clients/table"
 # the incremental client table of each W&B run (a run's rows are logged once, in increments)
 _TABLES: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+# hyperparameters to log when the loop starts the logger's run (see defer_hyperparams)
+_PENDING: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
 def _wandb_logger(logger: Logger | None) -> Any:
@@ -42,10 +44,33 @@ def run_id(logger: Logger | None) -> str | None:
     return None if version is None else str(version)
 
 
+def defer_hyperparams(logger: Logger | None, params: dict[str, Any]) -> None:
+    """Have ``params`` logged when ``fit`` starts the logger's run, before the loop's own config.
+
+    Logging them now would start the run (``WandbLogger.log_hyperparams`` opens it), before ``fit`` has read
+    the run id of a checkpoint it resumes: the resumed run would be a new W&B run. Called again before
+    ``fit``, the new ``params`` are added to those waiting.
+
+    Examples:
+        >>> from lightning.pytorch.loggers import CSVLogger
+        >>> import tempfile
+        >>> logger = CSVLogger(tempfile.mkdtemp())
+        >>> defer_hyperparams(logger, {"seed": 0})
+        >>> _PENDING[logger], logger._experiment is None
+        ({'seed': 0}, True)
+    """
+    if logger is not None:
+        _PENDING.setdefault(logger, {}).update(params)
+
+
 def start_run(logger: Logger | None, config: dict[str, Any]) -> None:
-    """Log the run config and make ``round`` the x-axis of every metric in W&B."""
+    """Log the hyperparameters waiting for the run (:func:`defer_hyperparams`), then the run config, and make
+    ``round`` the x-axis of every metric in W&B."""
     if logger is None:
         return
+    pending = _PENDING.pop(logger, None)
+    if pending:
+        logger.log_hyperparams(pending)
     logger.log_hyperparams(config)
     wandb_logger = _wandb_logger(logger)
     if wandb_logger is not None:

@@ -21,6 +21,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader
 
+from lightning_fedmut import _tracking as tracking
 from lightning_fedmut._config import class_path
 from lightning_fedmut.aggregators import Aggregator, FedAvg
 from lightning_fedmut.callbacks import GlobalModelCheckpoint, MutationCallback
@@ -488,8 +489,8 @@ def run_fit(cfg: Namespace) -> FederatedResult:
                      ("model_checkpoint", model_checkpoint)):
         if isinstance(config.get(key), dict):  # the class path as the loop logs it (module.Class)
             config[key]["class_path"] = class_path(obj)
-    if logger is not None:
-        logger.log_hyperparams(flatten_config(config))
+    # logged when fit starts the run: after a resumed run's id is read from the checkpoint, so W&B continues it
+    tracking.defer_hyperparams(logger, flatten_config(config))
     method = "FedMut" if mutation is not None else "FedAvg"
     print(f"{method}: {type(model).__name__} on {cfg.data if isinstance(cfg.data, str) else type(data).__name__},"
           f" {len(clients)} clients, {loop.clients_per_round} per round, {plural(loop.rounds, 'round')}"
