@@ -63,8 +63,9 @@ DATAMODULE = [
 
 
 def quiet_trainer() -> Trainer:
+    """A plain Lightning Trainer on the command's device (the default accelerator), without logger or bars."""
     return Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                   accelerator="cpu", devices=1)
+                   devices=1)
 
 
 def floats(results: list[dict]) -> dict[str, float]:
