@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import math
 import os
 import socket
 from pathlib import Path
@@ -18,26 +19,45 @@ from lightning_fedmut import _tracking as tracking
 from lightning_fedmut import checkpoint as ckpt
 from lightning_fedmut._config import class_path
 from lightning_fedmut.functional.state import copy_
+from lightning_fedmut.utilities.warnings import warn_user
 
 if TYPE_CHECKING:
     from lightning_fedmut.data.client import Client
     from lightning_fedmut.loop import FederatedLoop
 
 
+#: ``checkpoint_every=None`` writes a checkpoint every round while one is at most this many bytes, and every
+#: ``ceil(size / AUTO_BYTES_PER_ROUND)`` rounds when larger: on average at most 20 MB a round, 2 GB per 100 rounds.
+AUTO_BYTES_PER_ROUND = 20 * 10**6
+#: Warn at setup when the checkpoints kept on disk at once would exceed this many bytes ...
+WARN_KEPT_BYTES = 2 * 10**9
+#: ... or when those written over the run would.
+WARN_WRITTEN_BYTES = 20 * 10**9
+
+
 class CheckpointConnector:
     """Writes federated checkpoints by a policy (every N rounds, the last round, on stop and on interrupt).
 
-    A checkpoint holds the global model, the sampler, aggregator, callbacks and client-state store, the
-    run's progress and its history; restoring it puts every part back as it was after that round.
+    A checkpoint holds the global model, the sampler, aggregator, callbacks and client-state store and the
+    run's progress; the history rows are appended once to ``history.jsonl`` beside it. Restoring it puts every
+    part back as it was after that round. With ``model_checkpoint``, each save also writes ``last.ckpt``, a
+    Lightning checkpoint of the global model, unless a
+    :class:`~lightning_fedmut.callbacks.GlobalModelCheckpoint` writes into the same folder.
     """
 
-    def __init__(self, dirpath: Path | None, every_n_rounds: int, keep_last: int) -> None:
+    def __init__(self, dirpath: Path | None, every_n_rounds: int | None, keep_last: int,
+                 model_checkpoint: bool = True) -> None:
         self.dirpath = dirpath
         self.every_n_rounds = every_n_rounds
         self.keep_last = keep_last
+        self.model_checkpoint = model_checkpoint
+        self.interval = 1 if every_n_rounds is None else every_n_rounds  # resolved at setup when None ("auto")
+        self.write_last = False
         self.fingerprint: dict[str, Any] = {}
         self._round_start: dict[str, Any] = {}
         self._lock: IO[str] | None = None
+        self._history: ckpt.HistoryLog | None = None
+        self._last_hparams = True
 
     @property
     def enabled(self) -> bool:
@@ -47,32 +67,41 @@ class CheckpointConnector:
         """Take the folder for this fit: a second live run writing to it is refused, naming the process.
 
         A folder this process cannot write to is refused here, before any round trains, with
-        :class:`~lightning_fedmut.checkpoint.CheckpointWriteError`.
+        :class:`~lightning_fedmut.checkpoint.CheckpointWriteError`. :meth:`unlock` removes the ``.lock`` file.
         """
         if self.dirpath is None:
             return
-        try:
-            self.dirpath.mkdir(parents=True, exist_ok=True)
-            if not os.access(self.dirpath, os.W_OK | os.X_OK):
-                raise PermissionError(13, "Permission denied")
-            handle = open(self.dirpath / ".lock", "a+")  # noqa: SIM115 - held until unlock()
-        except OSError as exc:
-            raise ckpt.CheckpointWriteError(
-                f"Cannot write to `checkpoint_dir`={str(self.dirpath)!r} ({exc.strerror or exc}), where this run saves"
-                " its checkpoints. Pass a writable `checkpoint_dir`; to extend a run kept in a read-only folder, pass"
-                " that folder (or one of its files) as `ckpt_path` with a new `checkpoint_dir`.", exc.errno
-            ) from None
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            owner = handle.read().strip() or "unknown"
+        self._history = ckpt.HistoryLog(self.dirpath)  # a new fit rewrites the file from its own rows at its first save
+        path = self.dirpath / ".lock"
+        for _ in range(10):  # the file was removed by its holder between our open and our lock: take a new one
+            try:
+                self.dirpath.mkdir(parents=True, exist_ok=True)
+                if not os.access(self.dirpath, os.W_OK | os.X_OK):
+                    raise PermissionError(13, "Permission denied")
+                handle = open(path, "a+")  # noqa: SIM115 - held until unlock()
+            except OSError as exc:
+                raise ckpt.CheckpointWriteError(
+                    f"Cannot write to `checkpoint_dir`={str(self.dirpath)!r} ({exc.strerror or exc}), where this run"
+                    " saves its checkpoints. Pass a writable `checkpoint_dir`; to extend a run kept in a read-only"
+                    " folder, pass that folder (or one of its files) as `ckpt_path` with a new `checkpoint_dir`.",
+                    exc.errno
+                ) from None
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                owner = handle.read().strip() or "unknown"
+                handle.close()
+                raise RuntimeError(
+                    f"`checkpoint_dir`={str(self.dirpath)!r} is in use by another running fit ({owner}). Two runs"
+                    " writing to one folder would overwrite each other's checkpoints: give this run its own"
+                    " `checkpoint_dir`, or wait for the other to finish."
+                ) from None
+            if _same_file(handle, path):
+                break
             handle.close()
-            raise RuntimeError(
-                f"`checkpoint_dir`={str(self.dirpath)!r} is in use by another running fit ({owner}). Two runs writing"
-                " to one folder would overwrite each other's checkpoints: give this run its own `checkpoint_dir`,"
-                " or wait for the other to finish."
-            ) from None
+        else:
+            raise RuntimeError(f"Cannot take the lock {str(path)!r}: other processes keep replacing it.")
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
@@ -80,15 +109,48 @@ class CheckpointConnector:
         self._lock = handle
 
     def unlock(self) -> None:
+        """Release the folder and remove its ``.lock`` file, if this process holds it."""
         if self._lock is not None:
+            path = self.dirpath / ".lock"  # type: ignore[operator]
+            with contextlib.suppress(OSError):
+                if _same_file(self._lock, path):  # ours: removed while still locked, so no one else holds it
+                    path.unlink()
             with contextlib.suppress(OSError):
                 fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
             self._lock.close()
             self._lock = None
 
+    def setup(self, loop: FederatedLoop, module: LightningModule) -> None:
+        """Before the first round: choose ``last.ckpt``'s writer and the interval, and warn of large checkpoints.
+
+        The estimate of a checkpoint's size, the interval ``checkpoint_every=None`` picks and the warning
+        (rank 0, once) follow :func:`estimate_checkpoint_bytes` and :func:`checkpoint_plan`.
+        """
+        if not self.enabled:
+            return
+        from lightning_fedmut.callbacks.model_checkpoint import GlobalModelCheckpoint, hparams_load_safely
+
+        same = [cb for cb in loop.callbacks if isinstance(cb, GlobalModelCheckpoint)
+                and _resolved(cb.dirpath or self.dirpath) == _resolved(self.dirpath)]
+        self.write_last = self.model_checkpoint and not same
+        self._last_hparams = True
+        if self.write_last and loop.is_global_zero:
+            problem = hparams_load_safely(module)
+            if problem is not None:
+                self._last_hparams = False
+                warn_user(f"{problem} `last.ckpt` is written without hyperparameters.", UserWarning)
+        size = estimate_checkpoint_bytes(loop, module)
+        model_bytes = _tensor_bytes(module.state_dict())
+        if self.every_n_rounds is None:
+            self.interval = max(1, math.ceil(size / AUTO_BYTES_PER_ROUND))
+        plan = checkpoint_plan(size, loop.rounds, loop.progress.rounds_done, self.interval, self.keep_last,
+                               model_bytes if self.write_last else 0)
+        if loop.is_global_zero and (plan["kept"] > WARN_KEPT_BYTES or plan["written"] > WARN_WRITTEN_BYTES):
+            warn_user(_size_warning(plan, size, self, loop.rounds), UserWarning)
+
     def should_save(self, rounds_done: int, total_rounds: int, stopping: bool) -> bool:
         """Whether to save after ``rounds_done`` rounds."""
-        return self.enabled and (rounds_done % self.every_n_rounds == 0 or rounds_done == total_rounds or stopping)
+        return self.enabled and (rounds_done % self.interval == 0 or rounds_done == total_rounds or stopping)
 
     def on_round_start(self, loop: FederatedLoop) -> None:
         """Remember what the round is about to change, for a checkpoint taken if it is interrupted."""
@@ -110,6 +172,14 @@ class CheckpointConnector:
             return
         progress = {**loop.progress.state_dict(), "round": rounds_done, "rounds_done": rounds_done,
                     "last_saved": rounds_done}
+        rows = {"history": loop.history, "client_history": loop.client_history, "failures": loop.failures,
+                "timings": loop.timings}
+        if self._history is None or self._history.path.parent != Path(self.dirpath):
+            self._history = ckpt.HistoryLog(self.dirpath)
+        try:  # the rows first, synced: a checkpoint never covers rows that are not on disk
+            history_log = self._history.write(rows, rounds_done)
+        except OSError as exc:
+            raise ckpt._write_error(self.dirpath / ckpt.HISTORY_FILE, rounds_done, exc) from exc  # type: ignore[operator]
         state = {
             "format": "lightning_fedmut",
             "version": ckpt.CHECKPOINT_VERSION,
@@ -122,14 +192,16 @@ class CheckpointConnector:
             "callbacks": {cb.state_key: cb.state_dict() for cb in loop.callbacks},
             "client_states": loop.client_states.state_dict(),
             "divergence": None if loop.divergence is None else loop.divergence.state_dict(),
-            "history": loop.history[:rounds_done],
-            "client_history": [r for r in loop.client_history if r["round"] < rounds_done],
-            "failures": [f for f in loop.failures if f["round"] < rounds_done],
-            "timings": loop.timings[:rounds_done],
+            "history_log": history_log,
             "run_id": tracking.run_id(loop.logger),
         }
         protect = [] if loop.divergence is None else loop.divergence.protected
         ckpt.save_checkpoint(state, self.dirpath, self.keep_last, protect=protect)
+        if self.write_last and rounds_done > 0:
+            from lightning_fedmut.callbacks.model_checkpoint import LAST_NAME, write_lightning_checkpoint
+
+            write_lightning_checkpoint(module, self.dirpath / f"{LAST_NAME}.ckpt", rounds_done - 1,  # type: ignore[operator]
+                                       hparams=self._last_hparams)
         loop.progress.last_saved = rounds_done
 
     def restore(self, loop: FederatedLoop, module: LightningModule, saved: dict[str, Any]) -> None:
@@ -154,6 +226,89 @@ class CheckpointConnector:
         loop.failures[:] = saved["failures"]
         loop.timings[:] = saved["timings"]
         loop.progress.load_state_dict(saved["progress"])
+
+
+def estimate_checkpoint_bytes(loop: FederatedLoop, module: LightningModule) -> int:
+    """Bytes of one federated checkpoint of this run, once every client has stored its state (at setup).
+
+    The tensors of the global model, the aggregator's, sampler's and callbacks' state and the client-state
+    store as they are now, the buffers a server optimizer (FedAvgM, FedAdam ...) makes at its first step, and, for
+    each client without stored state yet, what the run's components will
+    store for it: SCAFFOLD's control variate (the trainable parameters, in at least float32) and clustered
+    sampling's last update (the floating entries, in float32). Torch's framing adds a few KB.
+    """
+    from lightning_fedmut.callbacks.scaffold import Scaffold
+    from lightning_fedmut.sampling import ClusteredSampler
+
+    total = _tensor_bytes(module.state_dict())
+    total += _tensor_bytes(loop.aggregator.state_dict()) + _tensor_bytes(loop.sampler.state_dict())
+    total += sum(_tensor_bytes(cb.state_dict()) for cb in loop.callbacks)
+    total += _tensor_bytes(loop.client_states.state_dict())
+    init_state = getattr(loop.aggregator, "init_state", None)  # the FedOpt family makes its buffers at its first step
+    if callable(init_state) and not getattr(loop.aggregator, "buffers", dict)():
+        buffers = len(init_state([torch.zeros(1)]))
+        total += buffers * sum(p.numel() * p.element_size() for p in module.parameters() if p.is_floating_point())
+    per_client = 0
+    if any(isinstance(cb, Scaffold) for cb in loop.callbacks):
+        per_client += sum(p.numel() * max(p.element_size(), 4) for p in module.parameters() if p.requires_grad)
+    if isinstance(loop.sampler, ClusteredSampler):
+        per_client += sum(v.numel() * 4 for v in module.state_dict().values() if v.is_floating_point())
+    return total + per_client * max(0, loop.num_clients - len(loop.client_states))
+
+
+def checkpoint_plan(size: int, rounds: int, start: int, every: int, keep_last: int, last_bytes: int = 0
+                    ) -> dict[str, int]:
+    """How many checkpoints of ``size`` bytes a run writes after round ``start``, and the bytes written and kept.
+
+    A checkpoint is written when the completed rounds are a multiple of ``every``, and after the last round;
+    ``keep_last`` of them stay on disk, with ``last.ckpt`` (``last_bytes``, rewritten at each).
+
+    Examples:
+        >>> checkpoint_plan(10**9, rounds=25, start=0, every=10, keep_last=2, last_bytes=10**8)
+        {'count': 3, 'written': 3300000000, 'kept': 2100000000}
+    """
+    saved = [r for r in range(start + 1, rounds + 1) if r % every == 0 or r == rounds]
+    return {"count": len(saved), "written": len(saved) * (size + last_bytes),
+            "kept": min(keep_last, len(saved)) * size + (last_bytes if saved else 0)}
+
+
+def _size_warning(plan: dict[str, int], size: int, connector: CheckpointConnector, rounds: int) -> str:
+    every = connector.interval
+    how = f"`checkpoint_every`={connector.every_n_rounds}" if connector.every_n_rounds is not None else (
+        f"`checkpoint_every`=None (every {every} round{'s' if every != 1 else ''} for this size)")
+    return (
+        f"Checkpoints of this run are large: about {_gb(size)} each, {plan['count']} written over {rounds} rounds"
+        f" ({how}), so about {_gb(plan['written'])} written in all and {_gb(plan['kept'])} kept on disk at once"
+        f" (`keep_last`={connector.keep_last}) in `checkpoint_dir`={str(connector.dirpath)!r}. Raise"
+        " `checkpoint_every`, lower `keep_last`, or pass `checkpoint_dir=None` to write none (the final round and"
+        " an interrupt are always saved)."
+    )
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 10**8 else f"{n / 1e6:.1f} MB"
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in ``obj`` (nested dicts, lists, tuples)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _resolved(path: Any) -> str:
+    return os.path.realpath(os.fspath(path))
+
+
+def _same_file(handle: IO[str], path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except OSError:
+        return False
 
 
 #: ``trainer_kwargs`` keys left out of the fingerprint: they change where and how visibly a run trains, not its

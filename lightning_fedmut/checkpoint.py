@@ -19,6 +19,20 @@ temporary file a killed writer leaves behind is removed at the next save or resu
 process is gone, after an hour when it cannot tell). When the newest checkpoint is truncated or corrupt
 all the same (a disk that filled up, a copy that broke off), :func:`load_resume_checkpoint` falls back to
 the previous one with a warning that names both files.
+
+The run's history rows (``history``, ``client_history``, ``failures``, ``timings``) are not in the checkpoint
+files: they are stored once, in ``history.jsonl`` beside them (one JSON line per completed round, appended and
+synced before each checkpoint is written). Each checkpoint records how many rounds, bytes and rows of that file
+it covers and their SHA-256, so a checkpoint file does not grow with the number of rounds, and
+:func:`load_checkpoint` reads back exactly the rows of its round (a truncated or altered history file is
+refused, naming it). Checkpoints of earlier releases, which hold the rows themselves, load as before.
+
+``torch.load`` cannot open a federated checkpoint directly: the checksummed header comes first, and torch
+stops with ``could not find MARK`` (or ``invalid load key``). Open one with :func:`load_checkpoint`, or take
+the global model's weights with :func:`load_state_dict`::
+
+    from lightning_fedmut.checkpoint import load_state_dict
+    state_dict = load_state_dict("checkpoints/round-00010.ckpt")  # also reads a Lightning last.ckpt
 """
 
 from __future__ import annotations
@@ -26,6 +40,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import json
 import logging
 import os
 import pickle
@@ -47,6 +62,8 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "CheckpointWriteError",
     "CorruptCheckpointError",
+    "HISTORY_FILE",
+    "HistoryLog",
     "UnsafeCheckpointError",
     "check_resume_rounds",
     "checkpoint_name",
@@ -54,6 +71,8 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "load_resume_checkpoint",
+    "load_state_dict",
+    "read_history",
     "remove_orphaned_temporaries",
     "resolve_checkpoint",
     "save_checkpoint",
@@ -303,12 +322,26 @@ def load_resume_checkpoint(
     )
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, *, history: bool = True) -> dict[str, Any]:
     """Read a federated checkpoint written by :func:`save_checkpoint`, checking it before unpickling anything.
 
-    Raises :class:`CorruptCheckpointError` for a truncated or altered file, :class:`UnsafeCheckpointError`
-    for one that holds anything but plain data (refused without unpickling it), and ``ValueError`` for a
-    file that is not a checkpoint of this version.
+    ``torch.load`` cannot open these files (it stops with ``could not find MARK``: a checksummed header comes
+    first); this function can, and :func:`load_state_dict` returns just the global model's weights.
+
+    With ``history`` (default), the rows of the run's history that the checkpoint covers are read from the
+    ``history.jsonl`` beside it (:func:`read_history`) into ``state["history"]``, ``["client_history"]``,
+    ``["failures"]`` and ``["timings"]``; ``history=False`` reads the checkpoint file alone.
+
+    Raises :class:`CorruptCheckpointError` for a truncated or altered file (or history file),
+    :class:`UnsafeCheckpointError` for one that holds anything but plain data (refused without unpickling
+    it), and ``ValueError`` for a file that is not a checkpoint of this version.
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     path = save_checkpoint({"rounds_done": 1, "model": {"w": torch.ones(2)}}, d, keep_last=1)
+        ...     load_checkpoint(path)["model"]
+        {'w': tensor([1., 1.])}
     """
     p = str(path)
     try:
@@ -326,7 +359,228 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         state = _load_plain(p, _Window(f, f.tell()))
     if not isinstance(state, dict) or state.get("format", "lightning_fedmut") != "lightning_fedmut":
         raise ValueError(f"{p!r} is not a lightning_fedmut federated checkpoint: it holds no run state.")
+    if history and isinstance(state.get("history_log"), dict):
+        state.update(read_history(Path(path), state["history_log"]))
     return state
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The global model's ``state_dict`` from a checkpoint file, ready for ``module.load_state_dict``.
+
+    ``path`` is a federated checkpoint (``round-NNNNN.ckpt``, which ``torch.load`` cannot open) or a Lightning
+    checkpoint of the global model (``last.ckpt``, or a best-k file of
+    :class:`~lightning_fedmut.callbacks.GlobalModelCheckpoint`). Either is read as data only
+    (``weights_only=True``), and a federated one is checked against its checksum first.
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     path = save_checkpoint({"rounds_done": 3, "model": {"w": torch.zeros(2)}}, d, keep_last=1)
+        ...     load_state_dict(path)
+        {'w': tensor([0., 0.])}
+    """
+    p = str(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+            if head == b"PK\x03\x04":  # a plain torch file: a Lightning checkpoint of the global model?
+                state = _load_plain(p, _Window(f, 0), verified=False)
+                if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+                    return state["state_dict"]
+                raise ValueError(
+                    f"{p!r} is neither a federated checkpoint nor a Lightning checkpoint: it holds no `state_dict`.")
+    except OSError as exc:
+        raise ValueError(f"Cannot read checkpoint {p!r}: {exc.strerror or exc}.") from exc
+    state = load_checkpoint(path, history=False)
+    if not isinstance(state.get("model"), dict):
+        raise ValueError(f"{p!r} holds no global model: it is a federated checkpoint without a `model` entry.")
+    return state["model"]
+
+
+# ------------------------------------------------------------------ the history file
+#: Name of the file beside the checkpoints that holds the run's history rows, one JSON line per round.
+HISTORY_FILE = "history.jsonl"
+_HISTORY_LISTS = ("history", "client_history", "failures", "timings")
+
+
+class HistoryLog:
+    """Writes a run's history rows once, to ``directory/history.jsonl``: one JSON line per completed round.
+
+    :meth:`write` brings the file to ``rounds_done`` rounds and returns the record a checkpoint keeps
+    (``rounds``, ``bytes``, ``sha256`` and row counts). The first write of a fit rewrites the whole file
+    atomically (a resumed run, or one extending another folder's run, starts from its own rows); later
+    writes append the new rounds and sync. A line depends only on its round's rows, so the rewritten file
+    starts with the bytes every earlier checkpoint covers.
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     log = HistoryLog(d)
+        ...     rows = {"history": [{"round": 0, "val_acc": 0.5}, {"round": 1, "val_acc": 0.75}],
+        ...             "client_history": [], "failures": [], "timings": []}
+        ...     record = log.write(rows, 2)
+        ...     record["rounds"], read_history(Path(d, "round-00002.ckpt"), record)["history"][1]
+        (2, {'round': 1, 'val_acc': 0.75})
+    """
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.path = Path(directory) / HISTORY_FILE
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what is on disk: the next :meth:`write` rewrites the file."""
+        self._rounds: int | None = None
+        self._size = 0
+        self._sha = hashlib.sha256()
+        self._counts = dict.fromkeys(_HISTORY_LISTS, 0)
+
+    def write(self, rows: dict[str, list[dict[str, Any]]], rounds_done: int) -> dict[str, Any]:
+        """Bring the file to the rows of rounds ``0 .. rounds_done - 1`` of ``rows``; the checkpoint's record."""
+        fresh = self._rounds is None or rounds_done < self._rounds or not self.path.is_file()
+        start = 0 if fresh else self._rounds
+        data, counts = _history_lines(rows, start, rounds_done)
+        if fresh:
+            self.reset()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".tmp-{os.getpid()}@{_host()}-", suffix=".ckpt")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            _sync_directory(self.path.parent)
+        else:
+            with open(self.path, "r+b") as f:
+                f.seek(self._size)
+                f.write(data)
+                f.truncate()  # what an interrupted append left after the last checkpoint's rows
+                f.flush()
+                os.fsync(f.fileno())
+        self._sha.update(data)
+        self._size += len(data)
+        self._rounds = rounds_done
+        for name in _HISTORY_LISTS:
+            self._counts[name] += counts[name]
+        return {"file": HISTORY_FILE, "rounds": rounds_done, "bytes": self._size, "sha256": self._sha.hexdigest(),
+                "rows": dict(self._counts)}
+
+
+def read_history(checkpoint: str | os.PathLike, record: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The history rows that a checkpoint's ``record`` covers, read from the ``history.jsonl`` beside it.
+
+    Reads exactly ``record["bytes"]`` bytes (rows a later checkpoint appended are left out), checks their
+    SHA-256 and row counts, and raises :class:`CorruptCheckpointError` naming the file when it is missing,
+    truncated or altered.
+    """
+    p = str(checkpoint)
+    if record.get("file") != HISTORY_FILE:
+        raise ValueError(f"Checkpoint {p!r} names history file {record.get('file')!r}; expected {HISTORY_FILE!r}.")
+    path = Path(checkpoint).parent / HISTORY_FILE
+    size, expected = int(record["bytes"]), str(record["sha256"])
+    try:
+        with open(path, "rb") as f:
+            data = f.read(size)
+    except FileNotFoundError:
+        raise CorruptCheckpointError(
+            f"History file {str(path)!r} of checkpoint {p!r} is missing: a checkpoint keeps its history rows in"
+            f" {HISTORY_FILE} beside it. Copy that file along with the checkpoint.") from None
+    except OSError as exc:
+        raise CorruptCheckpointError(f"Cannot read history file {str(path)!r} of checkpoint {p!r}: {exc}.") from exc
+    if len(data) < size:
+        raise CorruptCheckpointError(
+            f"History file {str(path)!r} of checkpoint {p!r} is truncated: it holds {len(data)} of the {size} bytes"
+            " the checkpoint covers.")
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise CorruptCheckpointError(
+            f"History file {str(path)!r} of checkpoint {p!r} is corrupt: its SHA-256 checksum does not match the"
+            " rows the checkpoint covers (bytes changed after they were written).")
+    out: dict[str, list[dict[str, Any]]] = {name: [] for name in _HISTORY_LISTS}
+    try:
+        for i, line in enumerate(data.splitlines()):
+            entry = _decode(json.loads(line))
+            if entry.get("round") != i:
+                raise ValueError(f"line {i + 1} is round {entry.get('round')!r}, expected {i}")
+            for name in _HISTORY_LISTS:
+                out[name].extend(entry.get(name, []))
+        rounds = len(data.splitlines())
+        if rounds != int(record["rounds"]):
+            raise ValueError(f"it holds {rounds} rounds, expected {record['rounds']}")
+        counts = {name: len(rows) for name, rows in out.items()}
+        if counts != {name: int(n) for name, n in record["rows"].items()}:
+            raise ValueError(f"it holds rows {counts}, expected {record['rows']}")
+    except ValueError as exc:  # JSONDecodeError included
+        raise CorruptCheckpointError(f"History file {str(path)!r} of checkpoint {p!r} is corrupt: {exc}.") from None
+    return out
+
+
+def _history_lines(rows: dict[str, list[dict[str, Any]]], start: int, stop: int) -> tuple[bytes, dict[str, int]]:
+    """One JSON line per round ``start .. stop - 1``: the rows of each list whose ``round`` is that round."""
+    by_round: list[dict[str, Any]] = [{"round": r} for r in range(start, stop)]
+    counts = dict.fromkeys(_HISTORY_LISTS, 0)
+    for name in _HISTORY_LISTS:
+        for row in rows.get(name, []):
+            r = row.get("round")
+            if isinstance(r, int) and start <= r < stop:
+                by_round[r - start].setdefault(name, []).append(row)
+                counts[name] += 1
+    lines = []
+    for entry in by_round:
+        try:
+            lines.append(json.dumps(_encode(entry, f"round {entry['round']}"), separators=(",", ":")))
+        except TypeError as exc:
+            raise TypeError(f"Cannot checkpoint the history: {exc}") from None
+    return "".join(line + "\n" for line in lines).encode(), counts
+
+
+_TAG = "__lightning_fedmut__"
+
+
+def _encode(obj: Any, where: str) -> Any:
+    """``obj`` as JSON data; tuples, tensors, bytes and dicts with other than string keys tagged, to read back."""
+    kind = type(obj)
+    if obj is None or kind in (bool, int, float, str):
+        return obj
+    if kind is list:
+        return [_encode(v, where) for v in obj]
+    if kind is tuple:
+        return {_TAG: "tuple", "items": [_encode(v, where) for v in obj]}
+    if kind is dict or kind is OrderedDict:
+        if all(type(k) is str for k in obj) and _TAG not in obj:
+            return {k: _encode(v, f"{where}[{k!r}]") for k, v in obj.items()}
+        return {_TAG: "dict", "items": [[_encode(k, where), _encode(v, f"{where}[{k!r}]")] for k, v in obj.items()]}
+    if kind is bytes:
+        return {_TAG: "bytes", "hex": obj.hex()}
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu()
+        return {_TAG: "tensor", "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape),
+                "values": t.flatten().tolist()}
+    raise TypeError(f"`{where}` is a {_type_name(obj)}; a history row holds {_KINDS}.")
+
+
+def _decode(obj: Any) -> Any:
+    if isinstance(obj, list):
+        return [_decode(v) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    tag = obj.get(_TAG)
+    if tag is None:
+        return {k: _decode(v) for k, v in obj.items()}
+    if tag == "tuple":
+        return tuple(_decode(v) for v in obj["items"])
+    if tag == "dict":
+        return {_decode(k): _decode(v) for k, v in obj["items"]}
+    if tag == "bytes":
+        return bytes.fromhex(obj["hex"])
+    if tag == "tensor":
+        dtype = getattr(torch, str(obj["dtype"]), None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"unknown tensor dtype {obj['dtype']!r}")
+        return torch.tensor(obj["values"], dtype=dtype).reshape(obj["shape"])
+    raise ValueError(f"unknown entry {tag!r}")
 
 
 def compare_fingerprints(saved: dict[str, Any], current: dict[str, Any]) -> None:
@@ -570,6 +824,13 @@ def _refuse_bare_torch_file(p: str, f: Any) -> None:
         ) from exc.__cause__
     if isinstance(state, dict) and state.get("format") == "lightning_fedmut":
         raise ValueError(_version_message(p, state.get("version")))
+    if isinstance(state, dict) and "state_dict" in state:
+        raise ValueError(
+            f"{p!r} is not a lightning_fedmut federated checkpoint: it is a Lightning checkpoint of the global model"
+            " (such as last.ckpt). Open it with `torch.load(path, weights_only=True)`,"
+            " `MyModule.load_from_checkpoint(path)`, or take its weights with"
+            " `lightning_fedmut.checkpoint.load_state_dict(path)`; resume a run from its round-NNNNN.ckpt files."
+        )
     raise ValueError(
         f"{p!r} is not a lightning_fedmut checkpoint: it is a plain torch file without the checkpoint header."
     )

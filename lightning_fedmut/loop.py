@@ -75,9 +75,15 @@ class FederatedLoop:
         evaluate_every: evaluate the global model every this many rounds (and after the last one).
         seed: the run's seed: client sampling, mutation coefficients and each client's training
             randomness (data order, dropout) derive from it.
-        checkpoint_dir: folder for federated checkpoints; ``None`` disables them.
-        checkpoint_every: write a checkpoint every this many rounds (and after the last round).
+        checkpoint_dir: folder for federated checkpoints (``round-NNNNN.ckpt``, with ``history.jsonl``) and, by
+            default, ``last.ckpt``, a Lightning checkpoint of the global model; ``None`` disables them.
+        checkpoint_every: write a checkpoint every this many rounds (and after the last round, and on an
+            interrupt). ``None`` (default): every round while a checkpoint is at most 20 MB, else every
+            ``ceil(size / 20 MB)`` rounds (at most about 2 GB written per 100 rounds).
         keep_last: how many checkpoints to keep.
+        enable_model_checkpoint: with ``checkpoint_dir``, write ``last.ckpt`` of the global model with each
+            checkpoint, as Lightning's ``enable_checkpointing``; skipped when a
+            :class:`~lightning_fedmut.callbacks.GlobalModelCheckpoint` writes into ``checkpoint_dir``.
         min_clients_per_round: the fewest successful clients a round needs to aggregate.
         on_round_failure: what a round with too few successful clients does: ``"skip"`` keeps the global
             model unchanged and goes on; ``"raise"`` stops the run with :class:`RoundFailedError`.
@@ -131,8 +137,9 @@ class FederatedLoop:
         evaluate_every: int = 1,
         seed: int = 0,
         checkpoint_dir: str | os.PathLike | None = None,
-        checkpoint_every: int = 1,
+        checkpoint_every: int | None = None,
         keep_last: int = 2,
+        enable_model_checkpoint: bool = True,
         min_clients_per_round: int = 1,
         on_round_failure: str = "skip",
         enable_progress_bar: bool = True,
@@ -178,8 +185,8 @@ class FederatedLoop:
         self.evaluator = Evaluator(self.trainer_kwargs, prepare_data=False)  # the loop prepares once per fit
         self.progress = FitProgress()
         self.checkpoint_connector = CheckpointConnector(
-            self.checkpoint_dir, check_int("checkpoint_every", checkpoint_every, low=1),
-            check_int("keep_last", keep_last, low=1))
+            self.checkpoint_dir, None if checkpoint_every is None else check_int("checkpoint_every", checkpoint_every, low=1),
+            check_int("keep_last", keep_last, low=1), checks.check_bool("enable_model_checkpoint", enable_model_checkpoint))
 
         self.should_stop = False
         self.round_metrics: dict[str, float] = {}
@@ -295,6 +302,7 @@ class FederatedLoop:
             self.checkpoint_connector.restore(self, model, saved)
         self._first_round = self.progress.rounds_done
         self._round_log.resume()
+        self.checkpoint_connector.setup(self, model)  # last.ckpt's writer, checkpoint_every=None, size warning
         self.executor.setup(model, ClientTraining(self.local_epochs, self.local_steps, self.trainer_kwargs,
                                                   self.client_timeout))
         tracking.start_run(self._logger, run_config(self, model, len(self._clients)))

@@ -219,16 +219,7 @@ class GlobalModelCheckpoint(FederatedCallback):
         return (score if self.mode == "min" else -score, self.best_rounds[path])
 
     def _write(self, module: LightningModule, path: Path, round_index: int) -> None:
-        checkpoint = lightning_checkpoint(module, round_index)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".ckpt.part")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_lightning_checkpoint(module, path, round_index)
 
     def _missing(self, name: str, metrics: dict[str, Any], round_index: int, what: str) -> str:
         available = ", ".join(repr(k) for k in sorted(metrics)) or "none"
@@ -238,8 +229,10 @@ class GlobalModelCheckpoint(FederatedCallback):
         )
 
 
-def lightning_checkpoint(module: LightningModule, round_index: int) -> dict[str, Any]:
+def lightning_checkpoint(module: LightningModule, round_index: int, hparams: bool = True) -> dict[str, Any]:
     """The checkpoint dict Lightning's ``Trainer.save_checkpoint(weights_only=True)`` would write for ``module``.
+
+    ``hparams=False`` leaves the module's hyperparameters out.
 
     Examples:
         >>> from lightning.pytorch.demos.boring_classes import BoringModel
@@ -256,13 +249,43 @@ def lightning_checkpoint(module: LightningModule, round_index: int) -> dict[str,
         "pytorch-lightning_version": lightning_version,
         "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
     }
-    if module.hparams:
+    if hparams and module.hparams:
         if getattr(module, "_hparams_name", None):
             checkpoint[module.CHECKPOINT_HYPER_PARAMS_NAME] = module._hparams_name
         checkpoint[module.CHECKPOINT_HYPER_PARAMS_KEY] = dict(module.hparams)
     if is_overridden("on_save_checkpoint", module):
         module.on_save_checkpoint(checkpoint)
     return checkpoint
+
+
+def write_lightning_checkpoint(module: LightningModule, path: str | os.PathLike, round_index: int,
+                               hparams: bool = True) -> Path:
+    """Write :func:`lightning_checkpoint` of ``module`` to ``path`` atomically (a temporary file, then a rename).
+
+    This is the ``last.ckpt`` that ``FederatedLoop(checkpoint_dir=...)`` writes by default, and each file of
+    :class:`GlobalModelCheckpoint`: ``torch.load(path, weights_only=True)["state_dict"]`` and
+    ``MyModule.load_from_checkpoint(path)`` read it.
+
+    Examples:
+        >>> import tempfile
+        >>> from lightning.pytorch.demos.boring_classes import BoringModel
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     path = write_lightning_checkpoint(BoringModel(), Path(d, "last.ckpt"), round_index=2)
+        ...     sorted(torch.load(path, weights_only=True)["state_dict"])
+        ['layer.bias', 'layer.weight']
+    """
+    path = Path(path)
+    checkpoint = lightning_checkpoint(module, round_index, hparams=hparams)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".ckpt.part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(checkpoint, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _check_template(filename: str, save_top_k: int) -> str:
@@ -285,8 +308,9 @@ def _check_template(filename: str, save_top_k: int) -> str:
     return filename
 
 
-def _check_hparams_load_safely(module: LightningModule) -> None:
-    """Refuse hyperparameters that ``torch.load(..., weights_only=True)`` could not read back."""
+def hparams_load_safely(module: LightningModule) -> str | None:
+    """``None`` when ``torch.load(..., weights_only=True)`` can read back the module's hyperparameters, else
+    what is wrong and how to fix it."""
     hparams = dict(module.hparams) if module.hparams else {}
     for key, value in hparams.items():
         buffer = io.BytesIO()
@@ -295,12 +319,20 @@ def _check_hparams_load_safely(module: LightningModule) -> None:
             buffer.seek(0)
             torch.load(buffer, weights_only=True)
         except (AttributeError, TypeError, pickle.PicklingError, pickle.UnpicklingError):  # weights_only refuses it
-            raise ValueError(
-                f"GlobalModelCheckpoint: the hyperparameter {key!r} of {type(module).__name__} is a"
-                f" {type(value).__name__}, which a checkpoint loaded with weights_only=True cannot hold. Leave it"
-                f" out with `self.save_hyperparameters(ignore=[{key!r}])`, or save plain values (numbers, strings,"
-                " lists, dicts) instead."
-            ) from None
+            return (
+                f"The hyperparameter {key!r} of {type(module).__name__} is a {type(value).__name__}, which a"
+                f" checkpoint loaded with weights_only=True cannot hold. Leave it out with"
+                f" `self.save_hyperparameters(ignore=[{key!r}])`, or save plain values (numbers, strings, lists,"
+                " dicts) instead."
+            )
+    return None
+
+
+def _check_hparams_load_safely(module: LightningModule) -> None:
+    """Refuse hyperparameters that ``torch.load(..., weights_only=True)`` could not read back."""
+    problem = hparams_load_safely(module)
+    if problem is not None:
+        raise ValueError("GlobalModelCheckpoint: t" + problem[1:])
 
 
 def _is_number(value: Any) -> bool:
