@@ -111,6 +111,7 @@ def plot_metric(
     ax: Any = None,
     *,
     band: str = "minmax",
+    legend: bool = True,
 ) -> Any:
     """Draw ``metric`` versus round for one or several runs, e.g. FedMut next to FedAvg.
 
@@ -128,6 +129,8 @@ def plot_metric(
         ax: draw into this matplotlib ``Axes`` instead of a new figure.
         band: the band of a multi-seed run: ``"minmax"`` (min to max over seeds) or ``"std"`` (mean
             plus or minus the population standard deviation).
+        legend: draw the axes' legend (labelled runs only); ``False`` leaves it to the caller, e.g. one legend
+            for a figure of several panels.
 
     Returns:
         The ``matplotlib.figure.Figure`` that holds the plot.
@@ -191,7 +194,7 @@ def plot_metric(
     if title is not None:
         ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    if any(label is not None for label, _ in drawn):
+    if legend and any(label is not None for label, _ in drawn):
         ax.legend()
     _save(fig, path)
     return fig

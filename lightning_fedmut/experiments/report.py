@@ -1,8 +1,8 @@
 """A benchmark's outputs: the table in the paper's form, every run as CSV, the curves, and the numbers behind them.
 
 Each run's value is the mean of its last ``last`` evaluations of the metric; a cell of the table is the mean
-and the (population) standard deviation of its runs' values over the seeds; the best mean of each column is
-bold; the last row is the gain of one method over a baseline (FedMut over FedAvg), paired by seed: for each
+of its runs' values over the seeds, with their sample standard deviation (``n - 1`` in the denominator) when
+two or more seeds finished, and ``n``, the number of runs averaged; the best mean of each column is bold; the last row is the gain of one method over a baseline (FedMut over FedAvg), paired by seed: for each
 seed both runs had the same partition, initial model and client order, so the difference of the pair is the
 method's effect on that seed.
 """
@@ -13,6 +13,7 @@ import csv
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ import numpy as np
 if TYPE_CHECKING:
     from lightning_fedmut.experiments.config import Benchmark
 
-__all__ = ["format_table", "run_value", "summarize", "write_report"]
+__all__ = ["format_table", "run_settings", "run_value", "summarize", "write_report"]
 
 CSV_COLUMNS = ("method", "partition", "seed", "status", "value", "final", "evaluated_rounds", "run_name",
                "wandb_run_id", "history_file", "error")
@@ -48,9 +49,10 @@ def run_value(history: Sequence[Mapping[str, Any]], metric: str = "val_acc", las
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """The mean and the sample standard deviation (``n - 1``); no spread (``None``) from fewer than two values."""
     if not values:
         return None, None
-    return float(np.mean(values)), float(np.std(values))
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None
 
 
 def summarize(
@@ -67,7 +69,8 @@ def summarize(
     """Every number of the table, from the cells' records (one per method, partition and seed).
 
     Returns:
-        ``cells[method][partition]``: ``mean``, ``std``, ``n`` (runs with a value), ``values`` and ``seeds`` of
+        ``cells[method][partition]``: ``mean``, ``std`` (sample standard deviation; ``None`` with fewer than
+        two runs), ``n`` (runs with a value), ``values`` and ``seeds`` of
         those runs, ``failed`` and ``missing`` seeds, and ``runs`` (per seed: ``status``, ``value``, the
         ``rounds`` and ``values`` averaged, ``final``, ``run_name``, ``run_id``, ``history_file``, ``error``);
         ``best[partition]``: the methods with the best mean; ``gain``: ``method``, ``baseline`` and per partition
@@ -80,7 +83,7 @@ def summarize(
         ...                     gain=("FedMut", "FedAvg"))
         >>> cell = summary["cells"]["FedMut"]["IID"]
         >>> round(cell["mean"], 6), round(cell["std"], 6), summary["best"]["IID"]
-        (0.75, 0.15, ['FedMut'])
+        (0.75, 0.212132, ['FedMut'])
         >>> [round(d, 6) for d in summary["gain"]["partitions"]["IID"]["differences"]]
         [0.1, 0.2]
     """
@@ -148,11 +151,12 @@ def _number(value: float, percent: bool, signed: bool = False) -> str:
 
 
 def format_table(summary: Mapping[str, Any]) -> str:
-    """The table in the FedMut paper's form: methods in rows, partitions in columns, ``mean ± std`` over seeds
-    (in % for an accuracy), the best of each column in bold, and the gain row last.
+    """The table in the FedMut paper's form: methods in rows, partitions in columns, ``mean ± std (n = k)`` over
+    seeds (in % for an accuracy; the sample standard deviation, shown from two seeds on), the best of each
+    column in bold, and the gain row last.
 
-    A cell some of whose runs failed shows how many seeds it averages (``(2/3)``); one with no run that
-    finished shows ``failed`` (or ``not run``).
+    A cell some of whose runs failed shows how many seeds it averages of how many (``(n = 2 of 3)``); one with
+    no run that finished shows ``failed`` (or ``not run``).
 
     Examples:
         >>> records = [{"method": m, "partition": "IID", "seed": 0, "status": "ok", "history": [{"round": 0, "val_acc": v}]}
@@ -161,9 +165,9 @@ def format_table(summary: Mapping[str, Any]) -> str:
         >>> print(format_table(summary))
         | Method | IID |
         | --- | ---: |
-        | FedAvg | 50.00 ± 0.00 |
-        | FedMut | **62.50 ± 0.00** |
-        | FedMut − FedAvg | +12.50 ± 0.00 |
+        | FedAvg | 50.00 (n = 1) |
+        | FedMut | **62.50 (n = 1)** |
+        | FedMut − FedAvg | +12.50 (n = 1) |
     """
     percent = _percent(summary["metric"])
     partitions, total = summary["partitions"], len(summary["seeds"])
@@ -175,9 +179,7 @@ def format_table(summary: Mapping[str, Any]) -> str:
             if cell["mean"] is None:
                 row.append("failed" if cell["failed"] else "not run")
                 continue
-            text = f"{_number(cell['mean'], percent)} ± {_number(cell['std'], percent)}"
-            if cell["n"] < total:
-                text += f" ({cell['n']}/{total})"
+            text = _cell_text(cell["mean"], cell["std"], cell["n"], total, percent)
             row.append(f"**{text}**" if method in summary["best"].get(partition, []) else text)
         lines.append(f"| {method} | " + " | ".join(row) + " |")
     gain = summary.get("gain")
@@ -188,10 +190,61 @@ def format_table(summary: Mapping[str, Any]) -> str:
             if entry["mean"] is None:
                 row.append("n/a")
                 continue
-            text = f"{_number(entry['mean'], percent, signed=True)} ± {_number(entry['std'], percent)}"
-            row.append(text + (f" ({len(entry['seeds'])}/{total})" if len(entry["seeds"]) < total else ""))
+            row.append(_cell_text(entry["mean"], entry["std"], len(entry["seeds"]), total, percent, signed=True))
         lines.append(f"| {gain['method']} − {gain['baseline']} | " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def _cell_text(mean: float, std: float | None, n: int, total: int, percent: bool, signed: bool = False) -> str:
+    """``mean ± std (n = k)``: no spread from one run; ``(n = k of m)`` when some of the ``m`` seeds are missing."""
+    text = _number(mean, percent, signed=signed)
+    if std is not None:
+        text += f" ± {_number(std, percent)}"
+    return text + (f" (n = {n})" if n >= total else f" (n = {n} of {total})")
+
+
+def run_settings(bench: Benchmark | None) -> dict[str, Any]:
+    """What the runs were run with, from the cells' resolved ``fit`` configs (after ``--set`` overrides): the
+    fields a benchmark's ``description`` may name as ``{rounds}``, ``{clients_per_round}``, ``{local_epochs}``,
+    ``{local_steps}``, ``{num_clients}`` and ``{seeds}``. A value that differs between cells is shown as the
+    sorted distinct values joined by ``/``.
+
+    Examples:
+        >>> run_settings(None)
+        {}
+    """
+    if bench is None or not bench.cells:
+        return {}
+    fields = {"rounds": ("loop", "rounds"), "clients_per_round": ("loop", "clients_per_round"),
+              "local_epochs": ("loop", "local_epochs"), "local_steps": ("loop", "local_steps"),
+              "num_clients": ("partition", "num_clients")}
+    out: dict[str, Any] = {}
+    for name, (group, key) in fields.items():
+        values = {(cell.config.get(group) or {}).get(key) for cell in bench.cells} - {None}
+        if values:
+            out[name] = values.pop() if len(values) == 1 else "/".join(str(v) for v in sorted(values, key=str))
+    out["seeds"] = len(bench.seeds)
+    return out
+
+
+def _describe(bench: Benchmark, settings: Mapping[str, Any]) -> str:
+    """The description with its ``{field}`` placeholders filled from the runs' settings (others left as written)."""
+    text = bench.description.strip()  # type: ignore[union-attr]
+    return re.sub(r"\{(\w+)\}", lambda m: str(settings[m.group(1)]) if m.group(1) in settings else m.group(0), text)
+
+
+def _settings_line(settings: Mapping[str, Any]) -> str:
+    parts = []
+    if "rounds" in settings:
+        parts.append(f"{settings['rounds']} rounds")
+    if "clients_per_round" in settings:
+        of = f" of {settings['num_clients']}" if "num_clients" in settings else ""
+        parts.append(f"{settings['clients_per_round']}{of} clients per round")
+    if "local_steps" in settings:
+        parts.append(f"{settings['local_steps']} local steps")
+    elif "local_epochs" in settings:
+        parts.append(f"{settings['local_epochs']} local epochs")
+    return "Runs: " + ", ".join(parts) + " (the cells' `fit` settings, overrides included)."
 
 
 def _markdown(summary: Mapping[str, Any], bench: Benchmark | None) -> str:
@@ -200,14 +253,18 @@ def _markdown(summary: Mapping[str, Any], bench: Benchmark | None) -> str:
     seeds = summary["seeds"]
     title = bench.name if bench is not None else "benchmark"
     parts = [f"# {title}", ""]
+    settings = run_settings(bench)
     if bench is not None and bench.description:
-        parts += [bench.description.strip(), ""]
+        parts += [_describe(bench, settings), ""]
+    if len(settings) > 1:
+        parts += [_settings_line(settings), ""]
     unit = " (%)" if percent else ""
     goal = "highest" if summary["goal"] == "max" else "lowest"
     parts += [
-        (f"`{metric}`{unit}: for each run the mean of its last {last} evaluations, then the mean ± standard deviation"
-         f" (population) over {len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))})."
-         f" Bold: the {goal} mean of each column."),
+        (f"`{metric}`{unit}: for each run the mean of its last {last} evaluations, then the mean over"
+         f" {len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))}) ± the sample standard"
+         f" deviation (n − 1) of the n runs that finished (no spread for one run). Bold: the {goal} mean of each"
+         " column."),
     ]
     gain = summary.get("gain")
     if gain is not None:
@@ -285,7 +342,8 @@ def write_report(summary: Mapping[str, Any], records: Sequence[Mapping[str, Any]
 
 def plot_curves(summary: Mapping[str, Any], records: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Any:
     """Draw the metric against the round, one panel per partition, one line per method with a band of one
-    standard deviation over the seeds; save it to ``path``. Returns the figure, or None without matplotlib."""
+    standard deviation over the seeds, and one legend for the figure; save it to ``path``. Returns the figure,
+    or None without matplotlib."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -304,13 +362,21 @@ def plot_curves(summary: Mapping[str, Any], records: Sequence[Mapping[str, Any]]
     for ax, partition in zip(axes, partitions):
         runs = {m: histories[partition][m] for m in summary["methods"] if m in histories[partition]}
         if runs:
-            plot_metric(runs, metric=metric, ax=ax, title=partition, band="std")
+            plot_metric(runs, metric=metric, ax=ax, title=partition, band="std", legend=False)
         else:
             ax.set_title(f"{partition}: no finished run")
     for ax in axes[len(partitions):]:
         ax.set_visible(False)
+    handles: dict[str, Any] = {}  # one legend for the figure: each method once, in the table's order
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    ordered = [m for m in summary["methods"] if m in handles]
+    if ordered:
+        fig.legend([handles[m] for m in ordered], ordered, loc="outside lower center", ncols=min(len(ordered), 6))
     seeds = len(summary["seeds"])
-    fig.suptitle(f"{metric} per round: mean over {seeds} seed{'s' if seeds != 1 else ''}, band ± 1 std")
+    fig.suptitle(f"{metric} per round: mean over {seeds} seed{'s' if seeds != 1 else ''}"
+                 + (", band ± 1 std" if seeds > 1 else ""))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     return fig
