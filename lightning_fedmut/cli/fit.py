@@ -157,6 +157,11 @@ def fit_parser(argv: Sequence[str] = ()) -> ArgumentParser:
     parser.add_argument("--eval_batch_size", type=PositiveInt, default=500,
                         help="Batch size of the server-side evaluation.")
     parser.add_class_arguments(PartitionOptions, "partition")
+    parser.add_argument(
+        "--val_fraction", type=float, default=0.0,
+        help="Hold out this share (0 <= F < 1) of each client's training examples as the client's validation data"
+             " (split seeded by --seed); what a scheduler or callback that monitors val_loss needs. 0: none.",
+    )
     data = data_choice(argv)
     model_class, model_kwargs = default_model(data) if data is not None else (DigitsCNN, {})
     parser.add_subclass_arguments(
@@ -385,6 +390,45 @@ def _writable_folder(folder: Path) -> tuple[bool, str]:
     return True, ""
 
 
+def check_val_fraction(value: float) -> float | None:
+    """``--val_fraction`` as ``make_clients`` takes it (``None`` for 0), or a one-line :class:`CLIError`.
+
+    Examples:
+        >>> check_val_fraction(0.0), check_val_fraction(0.1)
+        (None, 0.1)
+        >>> check_val_fraction(1.0)
+        Traceback (most recent call last):
+        ...
+        lightning_fedmut.cli._parser.CLIError: --val_fraction: expected a number in [0, 1), got 1.0
+    """
+    if not 0.0 <= value < 1.0:  # NaN too
+        raise CLIError(f"--val_fraction: expected a number in [0, 1), got {value}")
+    return value or None
+
+
+def _clients(cfg: Namespace, train: Any, parts: Any, collate_fn: Any) -> list[Any]:
+    """The clients of ``--partition``, each holding out ``--val_fraction`` of its examples for validation."""
+    val_fraction = check_val_fraction(cfg.val_fraction)
+    kwargs = {"collate_fn": collate_fn} if collate_fn is not None else {}
+    try:
+        return make_clients(train, parts, batch_size=cfg.batch_size, val_fraction=val_fraction, seed=cfg.seed,
+                            **kwargs)
+    except (ValueError, TypeError) as err:
+        flag = "--val_fraction" if "val_fraction" in str(err) else "--partition"
+        raise CLIError(f"{flag}: {err}") from None
+
+
+def _monitor_error(err: ValueError) -> CLIError | None:
+    """The command line's wording of the error for a module that monitors a validation metric no client has."""
+    text = str(err)
+    if " monitors " not in text or "no validation data" not in text:
+        return None
+    where = text.split(", but ", 1)[0]
+    return CLIError(f"--model: {where}, but the clients have no validation data: pass --val_fraction 0.1 (each"
+                    " client holds out 10% of its examples for validation), or monitor a training metric"
+                    " (e.g. 'train_loss')")
+
+
 def check_output_paths(history_file: str | None, checkpoint_dir: str | None) -> None:
     """Refuse, before anything is built or trained, a ``--history_file`` or ``--loop.checkpoint_dir`` that cannot
     be written; nothing is created here.
@@ -432,6 +476,7 @@ def check_fit_args(argv: Sequence[str]) -> None:
     """
     argv = list(argv)
     cfg = parse(fit_parser(argv), argv, none_flags={"--mutation", "--model_checkpoint"})
+    check_val_fraction(cfg.val_fraction)
     mutation = _build("mutation", MutationCallback | None, cfg.mutation)
     _build("model_checkpoint", GlobalModelCheckpoint | None, cfg.model_checkpoint)
     aggregator = _build("aggregator", Aggregator, cfg.aggregator)
@@ -451,6 +496,7 @@ def run_fit(cfg: Namespace) -> FederatedResult:
     """Build everything ``cfg`` describes and run the federation."""
     start = time.perf_counter()
     check_output_paths(cfg.history_file, cfg.loop.checkpoint_dir)
+    check_val_fraction(cfg.val_fraction)
     ckpt_path = resume_checkpoint(cfg.ckpt_path, cfg.loop.checkpoint_dir)
     torch.manual_seed(cfg.seed)
     model = _build("model", LightningModule, cfg.model)
@@ -460,11 +506,7 @@ def run_fit(cfg: Namespace) -> FederatedResult:
     data = _build("data", LightningDataModule, cfg.data)
     train, val, collate_fn = _data(cfg, data)
     parts = _partitions(cfg.partition, train, cfg.seed)
-    try:
-        kwargs = {"collate_fn": collate_fn} if collate_fn is not None else {}
-        clients = make_clients(train, parts, batch_size=cfg.batch_size, **kwargs)
-    except (ValueError, TypeError) as err:
-        raise CLIError(f"--partition: {err}") from None
+    clients = _clients(cfg, train, parts, collate_fn)
     if val is not None and not is_overridden("validation_step", model, LightningModule):
         print(f"{type(model).__name__} has no validation_step: the global model is not evaluated")
         val = None
@@ -498,10 +540,11 @@ def run_fit(cfg: Namespace) -> FederatedResult:
     try:
         result = loop.fit(model, clients, val_dataloaders=val, ckpt_path=ckpt_path)
     except ValueError as err:  # a checkpoint of another run: the loop names each setting that differs
-        if not str(err).startswith("Cannot resume"):
+        monitor = _monitor_error(err)  # checked before the first round: the fix on the command line
+        if monitor is None and not str(err).startswith("Cannot resume"):
             raise
         finish_logger(logger)
-        raise CLIError(f"--ckpt_path: {err}") from None
+        raise monitor or CLIError(f"--ckpt_path: {err}") from None
     except CheckpointWriteError as err:  # a full disk: the message names the file, the round and what is safe
         finish_logger(logger)
         raise CLIError(f"--loop.checkpoint_dir: {err}", code=1) from None
