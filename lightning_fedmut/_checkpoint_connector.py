@@ -27,8 +27,10 @@ if TYPE_CHECKING:
 
 
 #: ``checkpoint_every=None`` writes a checkpoint every round while one is at most this many bytes, and every
-#: ``ceil(size / AUTO_BYTES_PER_ROUND)`` rounds when larger: on average at most 20 MB a round, 2 GB per 100 rounds.
+#: ``ceil(size / AUTO_BYTES_PER_ROUND)`` rounds when larger: on average at most 20 MB a round, 2 GB per 100 rounds ...
 AUTO_BYTES_PER_ROUND = 20 * 10**6
+#: ... but at least every this many rounds, however large (a crash never loses more; the size warning says the cost).
+AUTO_MAX_EVERY = 25
 #: Warn at setup when the checkpoints kept on disk at once would exceed this many bytes ...
 WARN_KEPT_BYTES = 2 * 10**9
 #: ... or when those written over the run would.
@@ -142,7 +144,7 @@ class CheckpointConnector:
         size = estimate_checkpoint_bytes(loop, module)
         model_bytes = _tensor_bytes(module.state_dict())
         if self.every_n_rounds is None:
-            self.interval = max(1, math.ceil(size / AUTO_BYTES_PER_ROUND))
+            self.interval = min(AUTO_MAX_EVERY, max(1, math.ceil(size / AUTO_BYTES_PER_ROUND)))
         plan = checkpoint_plan(size, loop.rounds, loop.progress.rounds_done, self.interval, self.keep_last,
                                model_bytes if self.write_last else 0)
         if loop.is_global_zero and (plan["kept"] > WARN_KEPT_BYTES or plan["written"] > WARN_WRITTEN_BYTES):

@@ -79,7 +79,7 @@ class FederatedLoop:
             default, ``last.ckpt``, a Lightning checkpoint of the global model; ``None`` disables them.
         checkpoint_every: write a checkpoint every this many rounds (and after the last round, and on an
             interrupt). ``None`` (default): every round while a checkpoint is at most 20 MB, else every
-            ``ceil(size / 20 MB)`` rounds (at most about 2 GB written per 100 rounds).
+            ``ceil(size / 20 MB)`` rounds (about 2 GB written per 100 rounds), and at least every 25 rounds.
         keep_last: how many checkpoints to keep.
         enable_model_checkpoint: with ``checkpoint_dir``, write ``last.ckpt`` of the global model with each
             checkpoint, as Lightning's ``enable_checkpointing``; skipped when a

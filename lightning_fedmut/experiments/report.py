@@ -234,16 +234,19 @@ def _describe(bench: Benchmark, settings: Mapping[str, Any]) -> str:
 
 
 def _settings_line(settings: Mapping[str, Any]) -> str:
+    def count(value: Any, noun: str) -> str:
+        return f"{value} {noun}{'' if value == 1 else 's'}"
+
     parts = []
     if "rounds" in settings:
-        parts.append(f"{settings['rounds']} rounds")
+        parts.append(count(settings["rounds"], "round"))
     if "clients_per_round" in settings:
         of = f" of {settings['num_clients']}" if "num_clients" in settings else ""
         parts.append(f"{settings['clients_per_round']}{of} clients per round")
     if "local_steps" in settings:
-        parts.append(f"{settings['local_steps']} local steps")
+        parts.append(count(settings["local_steps"], "local step"))
     elif "local_epochs" in settings:
-        parts.append(f"{settings['local_epochs']} local epochs")
+        parts.append(count(settings["local_epochs"], "local epoch"))
     return "Runs: " + ", ".join(parts) + " (the cells' `fit` settings, overrides included)."
 
 
