@@ -51,8 +51,8 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
-import copy  # noqa: E402
 import contextlib  # noqa: E402
+import copy  # noqa: E402
 import cProfile  # noqa: E402
 import difflib  # noqa: E402
 import functools  # noqa: E402

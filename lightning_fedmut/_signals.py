@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from lightning_fedmut.loop import FederatedLoop
 
-_NAMES = {signal.SIGINT: "SIGINT (Ctrl+C)", signal.SIGTERM: "SIGTERM"}
+_NAMES: dict[int, str] = {signal.SIGINT: "SIGINT (Ctrl+C)", signal.SIGTERM: "SIGTERM"}
 #: Exit code of a forked worker that received SIGTERM (128 + 15, as a shell reports it).
 WORKER_SIGTERM_EXIT = 143
 #: How long a wait for the workers goes on after a signal outside the clients' phase, to let the round finish.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -38,7 +39,7 @@ class _EpochGuard(Callback):
 
 
 @torch.no_grad()
-def _fingerprint(state: dict[str, Any], keys: list[str]) -> float:
+def _fingerprint(state: Mapping[str, Any], keys: list[str]) -> float:
     """One float64 number of the trainable weights: a step that moves any of them moves it (one pass, no copy)."""
     return float(sum(state[k].sum(dtype=torch.float64) * (i + 1) for i, k in enumerate(keys)))
 

@@ -29,7 +29,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -63,7 +63,19 @@ _MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-_VISION = {
+class _VisionRequired(TypedDict):
+    folder: str
+    tv: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: int
+
+
+class _VisionSpec(_VisionRequired, total=False):
+    url: str
+
+
+_VISION: dict[str, _VisionSpec] = {
     "mnist": {"folder": "MNIST", "tv": "MNIST", "mean": (0.1307,), "std": (0.3081,), "classes": 10},
     "fashion_mnist": {"folder": "FashionMNIST", "tv": "FashionMNIST", "mean": (0.2860,), "std": (0.3530,), "classes": 10},
     "cifar10": {"folder": "cifar-10-batches-py", "tv": "CIFAR10", "mean": (0.4914, 0.4822, 0.4465),
@@ -610,6 +622,8 @@ def load_dataset(name: str, root: str | os.PathLike = "data", download: bool = T
     key = {"fashionmnist": "fashion_mnist", "cifar_10": "cifar10", "cifar_100": "cifar100"}.get(key, key)
     if key not in DATASETS:
         raise ValueError(f"Expected `name` to be one of {', '.join(DATASETS)}, got {name!r}.")
+    train: Dataset
+    test: Dataset
     if key == "digits":
         train, test = load_digits_split(seed=seed)
     elif key == "mnist1d":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from torch import Tensor
 
@@ -155,7 +155,7 @@ class DivergenceMonitor:
                                              low_open=True)
         self.patience = check_int("patience", patience, low=1)
         self.loss_factor = check_real("loss_factor", loss_factor, low=1.0, low_open=True)
-        self.monitor = _check_name("monitor", monitor, optional=False)
+        self.monitor = cast(str, _check_name("monitor", monitor, optional=False))  # not optional: never None
         self.train_monitor = _check_name("train_monitor", train_monitor, optional=True)
         self.accuracy_monitor = _check_name("accuracy_monitor", accuracy_monitor, optional=True)
         self.chance = None if chance is None else check_real("chance", chance, low=0.0, high=1.0, low_open=True,

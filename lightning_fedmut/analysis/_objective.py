@@ -15,7 +15,7 @@ import contextlib
 import random
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -177,7 +177,7 @@ class Objective:
             out = self.loss_fn(self.module, batch)
             where = "`loss_fn`"
         else:
-            out = self.module.training_step(batch, batch_idx)
+            out = cast(Any, self.module).training_step(batch, batch_idx)  # checked callable by check_loss_fn
             where = f"{type(self.module).__name__}.training_step"
         if isinstance(out, Mapping):
             if "loss" not in out:
@@ -221,7 +221,7 @@ class Objective:
                     continue
                 grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True,
                                             materialize_grads=True)
-                inner = sum((g * v).sum() for g, v in zip(grads, vector))
+                inner = cast(Tensor, sum((g * v).sum() for g, v in zip(grads, vector)))  # one term per parameter
                 if not inner.requires_grad:  # the loss is linear in the weights here
                     continue
                 parts = torch.autograd.grad(inner, self.params, allow_unused=True, materialize_grads=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from lightning_fedmut.analysis._objective import (
     LossFn,
@@ -78,6 +78,12 @@ class FlatnessCallback(FederatedCallback):
         ValueError: Expected every entry of `metrics` to be one of ['hessian_top', ...], got 'hessian'.
     """
 
+    rho: float
+    sharpness_method: str
+    max_iter: int
+    tol: float
+    max_batches: int | None
+
     def __init__(
         self,
         every_n_rounds: int,
@@ -141,12 +147,13 @@ class FlatnessCallback(FederatedCallback):
 
     def measure(self, module: LightningModule) -> dict[str, float]:
         """The figures of ``module`` now, by name (without the ``flatness/`` prefix)."""
-        common = {"loss_fn": self.loss_fn, "max_batches": self.max_batches}
+        common: dict[str, Any] = {"loss_fn": self.loss_fn, "max_batches": self.max_batches}
         out: dict[str, float] = {}
         for name in self.metrics:
             if name == "hessian_top":
-                out[name] = hessian_eigenvalues(module, self.data, k=1, max_iter=self.max_iter, tol=self.tol,
-                                                seed=self.seed, **common)[0]
+                top = hessian_eigenvalues(module, self.data, k=1, max_iter=self.max_iter, tol=self.tol,
+                                          seed=self.seed, **common)
+                out[name] = cast(list[float], top)[0]  # the eigenvalues alone: no return_eigenvectors
             elif name == "hessian_trace":
                 out[name] = hessian_trace(module, self.data, max_iter=self.max_iter, tol=self.tol, seed=self.seed,
                                           **common)

@@ -187,6 +187,7 @@ def hessian_eigenvalues(
                     RuntimeWarning,
                     stacklevel=2,
                 )
+            assert value is not None  # max_iter >= 1: the loop ran and set it
             values.append(float(value))
             vectors.append(v)
     if return_eigenvectors:

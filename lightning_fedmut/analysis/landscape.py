@@ -33,7 +33,8 @@ def _check_span(span: Any) -> tuple[float, float]:
     ok = (
         isinstance(span, (tuple, list))
         and len(span) == 2
-        and all(isinstance(s, numbers.Real) and not isinstance(s, bool) and np.isfinite(s) for s in span)
+        and all(isinstance(s, numbers.Real) and not isinstance(s, bool) and np.isfinite(s)  # type: ignore[call-overload]
+                for s in span)
         and span[0] < span[1]
     )
     if not ok:

@@ -88,7 +88,7 @@ def make_parser(prog: str, description: str) -> ArgumentParser:
     from jsonargparse import ArgumentParser
 
     class Parser(ArgumentParser):
-        def format_help(self) -> str:
+        def format_help(self) -> str:  # type: ignore[override]  # called without a formatter only
             tidy_help(self)
             return plain_text(super().format_help())
 
@@ -218,6 +218,7 @@ def one_line_error(message: str, parser: ArgumentParser | None = None) -> str:
         m = re.search(r"Problem with given class_path '([^']+)':?$", ln)
         option = re.search(r"Option '([^']+)' is not accepted", lines[i + 1]) if m and i + 1 < len(lines) else None
         if option:
+            assert m is not None  # option is only searched for when m matched
             return _unknown_option(flag, m.group(1), option.group(1))
         if m and i + 1 < len(lines) and not lines[i + 1].startswith("Parser key"):
             return f"{flag}: cannot use class {m.group(1)!r}: {lines[i + 1]}"

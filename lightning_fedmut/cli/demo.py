@@ -1,12 +1,12 @@
-"""``lightning-fedmut demo``: FedMut against uniform FedAvg on the bundled digits, in about a minute."""
+"""``lightning-fedmut demo``: FedMut against uniform FedAvg on the bundled digits, in about 45 s on two CPU cores."""
 
 from __future__ import annotations
 
 import csv
 import time
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -74,9 +74,10 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     split = load_dataset("digits")
     labels = labels_of(split.train)
-    val = DataLoader(split.test, batch_size=len(split.test))
+    train_size, test_size = len(cast(Sized, split.train)), len(cast(Sized, split.test))
+    val = DataLoader(split.test, batch_size=test_size)
     print(
-        f"FedMut vs FedAvg on digits ({len(split.train)} train / {len(split.test)} test images): {clients} clients"
+        f"FedMut vs FedAvg on digits ({train_size} train / {test_size} test images): {clients} clients"
         f" (Dirichlet alpha={alpha}), {clients_per_round} per round, {plural(rounds, 'round')},"
         f" {plural(local_epochs, 'local epoch')}, batch {batch_size}, SGD lr {lr} momentum {momentum}; FedMut radius"
         f" {radius}, acceleration {acceleration}; uniform averaging; {'seed 0' if seeds == 1 else f'seeds 0-{seeds - 1}'}",

@@ -118,7 +118,7 @@ class Client:
             )
 
 
-Partitions = Union[Sequence[Sequence[int]], Mapping[Any, Sequence[int]]]
+Partitions = Union[Sequence[Sequence[int]], Sequence[np.ndarray], Mapping[Any, Sequence[int]], Mapping[Any, np.ndarray]]
 
 
 def check_partitions(partitions: Partitions, num_examples: int | None = None) -> dict[Any, np.ndarray]:

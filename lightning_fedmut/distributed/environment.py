@@ -58,8 +58,9 @@ def detect_environment() -> WorkerEnvironment | None:
         >>> os.environ.get("TORCHELASTIC_RUN_ID") is None and detect_environment() is None
         True
     """
-    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+    from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment, TorchElasticEnvironment
 
+    env: ClusterEnvironment
     if TorchElasticEnvironment.detect():
         env, source = TorchElasticEnvironment(), "torchrun"
     elif SLURMEnvironment.detect() and int(os.environ.get("SLURM_NTASKS", "1")) > 1:

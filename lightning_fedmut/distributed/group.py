@@ -63,6 +63,7 @@ class WorkerGroup:
         self.rank, self.world_size = env.rank, env.world_size
         self._watch = watch
         self._waiting = False
+        store: dist.Store
         if env.store_path is not None:  # forked workers on one machine: a file, no port
             store = dist.FileStore(env.store_path, env.world_size)
             store.set_timeout(timeout)
@@ -73,10 +74,12 @@ class WorkerGroup:
             store = dist.TCPStore(env.main_address, env.main_port, env.world_size,
                                   is_master=env.rank == 0 and not agent_store, timeout=timeout,
                                   wait_for_workers=True)
-        self._store = store
+        self._store: dist.Store | None = store
+        # the process group's collectives (allreduce, broadcast ...) are not in torch's type stubs
+        self._pg: Any
         prefixed = dist.PrefixStore("lightning_fedmut/", store)
         if env.source == "fork":  # one machine: loopback only
-            options = dist.ProcessGroupGloo._Options()
+            options = dist.ProcessGroupGloo._Options()  # type: ignore[attr-defined]
             options._timeout = timeout
             options._devices = [dist.ProcessGroupGloo.create_device(hostname="127.0.0.1")]
             self._pg = dist.ProcessGroupGloo(prefixed, env.rank, env.world_size, options)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
@@ -65,6 +67,7 @@ class Classifier(LightningModule):
         self.log("val_acc", self.val_acc)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        hparams: Any = self.hparams  # an AttributeDict: the saved hyperparameters as attributes
         return torch.optim.SGD(
-            self.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum, weight_decay=self.hparams.weight_decay
+            self.parameters(), lr=hparams.lr, momentum=hparams.momentum, weight_decay=hparams.weight_decay
         )

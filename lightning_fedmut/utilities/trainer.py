@@ -179,11 +179,11 @@ def _skip_redundant_metric_moves() -> Iterator[None]:
         return original(self, *args, **kwargs)
 
     to._lightning_fedmut = True  # type: ignore[attr-defined]
-    _ResultMetric.to = to
+    _ResultMetric.to = to  # type: ignore[method-assign]
     try:
         yield
     finally:
-        _ResultMetric.to = original
+        _ResultMetric.to = original  # type: ignore[method-assign]
 
 
 @contextmanager
@@ -213,11 +213,11 @@ def skip_prepare_data() -> Iterator[None]:
         """Skipped: the federated loop prepares the data once per ``fit``."""
 
     prepare_data._lightning_fedmut = True  # type: ignore[attr-defined]
-    _DataConnector.prepare_data = prepare_data
+    _DataConnector.prepare_data = prepare_data  # type: ignore[method-assign]
     try:
         yield
     finally:
-        _DataConnector.prepare_data = original
+        _DataConnector.prepare_data = original  # type: ignore[method-assign]
 
 
 def _missing_prepare_data() -> None:
