@@ -1,7 +1,9 @@
-"""Loggers for the command line: W&B (offline when no API key is configured), CSV, or none."""
+"""Loggers for the command line: W&B (offline when no API key is configured), MLflow (a local ``file:`` store),
+TensorBoard, CSV, or none."""
 
 from __future__ import annotations
 
+import importlib
 import netrc
 import os
 from collections.abc import Mapping
@@ -12,7 +14,10 @@ from urllib.parse import urlparse
 if TYPE_CHECKING:
     from lightning.pytorch.loggers import Logger
 
-LOGGERS = ("wandb", "csv", "none")
+LOGGERS = ("wandb", "mlflow", "tensorboard", "csv", "none")
+#: the packages each logger needs beyond lightning (any one of them), and what to pip install
+_PACKAGES = {"wandb": (("wandb",), "wandb"), "mlflow": (("mlflow",), "mlflow"),
+             "tensorboard": (("tensorboard", "tensorboardX"), "tensorboard")}
 DEFAULT_PROJECT = "lightning-fedmut"
 _AUTO_OFFLINE = False  # True once choose_wandb_mode switched W&B offline for want of an API key
 
@@ -50,6 +55,43 @@ def wandb_dir(save_dir: str | os.PathLike) -> str:
     return os.environ.get("WANDB_DIR") or str(save_dir)
 
 
+def check_logger(kind: str) -> None:
+    """Raise ``ImportError`` naming the ``pip install`` when the package that the logger ``kind`` needs is missing.
+
+    Examples:
+        >>> check_logger("csv")
+        >>> check_logger("nope")
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected a logger among wandb, mlflow, tensorboard, csv, none, got 'nope'.
+    """
+    if kind not in LOGGERS:
+        raise ValueError(f"Expected a logger among {', '.join(LOGGERS)}, got {kind!r}.")
+    if kind not in _PACKAGES:
+        return
+    modules, pip = _PACKAGES[kind]
+    for module in modules:
+        try:
+            importlib.import_module(module)
+            return
+        except ImportError:
+            continue
+    raise ImportError(f"the {kind} logger needs the {pip} package, which is not installed: pip install {pip}"
+                      " (or pip install 'lightning_fedmut[loggers]')")
+
+
+def mlflow_tracking_uri(save_dir: str | os.PathLike) -> str:
+    """Where MLflow writes: ``MLFLOW_TRACKING_URI`` if set, else a local ``file:`` store ``save_dir/mlruns``.
+
+    Examples:
+        >>> import os
+        >>> os.environ.pop("MLFLOW_TRACKING_URI", None) and None
+        >>> mlflow_tracking_uri("/runs")
+        'file:/runs/mlruns'
+    """
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"file:{os.path.join(os.path.abspath(save_dir), 'mlruns')}"
+
+
 def make_logger(
     kind: str,
     *,
@@ -61,7 +103,12 @@ def make_logger(
     tags: list[str] | None = None,
     silent: bool = False,
 ) -> Logger | None:
-    """A Lightning logger: ``wandb`` (``WandbLogger``), ``csv`` (``CSVLogger``) or ``none``.
+    """A Lightning logger: ``wandb`` (``WandbLogger``), ``mlflow`` (``MLFlowLogger``), ``tensorboard``
+    (``TensorBoardLogger``), ``csv`` (``CSVLogger``) or ``none``.
+
+    MLflow writes to :func:`mlflow_tracking_uri` (a local ``file:`` store under ``save_dir`` unless
+    ``MLFLOW_TRACKING_URI`` says otherwise), with ``project`` as the experiment and ``name`` as the run name;
+    TensorBoard writes ``save_dir/project/name`` (or ``version_N``), like CSV.
 
     The W&B project is ``project``, else ``WANDB_PROJECT``, else ``lightning-fedmut``; the group is
     ``group``, else ``WANDB_RUN_GROUP`` (how ``lightning-fedmut sweep`` groups its runs). W&B never prints
@@ -71,12 +118,22 @@ def make_logger(
     if kind == "none":
         return None
     project = project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
+    check_logger(kind)
     if kind == "csv":
         from lightning.pytorch.loggers import CSVLogger
 
         return CSVLogger(save_dir=str(save_dir), name=project, version=name)
-    if kind != "wandb":
-        raise ValueError(f"Expected a logger among {', '.join(LOGGERS)}, got {kind!r}.")
+    if kind == "tensorboard":
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        return TensorBoardLogger(save_dir=str(save_dir), name=project, version=name, default_hp_metric=False)
+    if kind == "mlflow":
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        uri = mlflow_tracking_uri(save_dir)
+        if uri.startswith("file:"):  # MLflow 3 asks for this opt-in to write its local file store
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        return MLFlowLogger(experiment_name=project, run_name=name, tracking_uri=uri)
     import wandb
     from lightning.pytorch.loggers import WandbLogger
 

@@ -26,7 +26,7 @@ from lightning_fedmut._config import class_path
 from lightning_fedmut.aggregators import Aggregator, FedAvg
 from lightning_fedmut.callbacks import GlobalModelCheckpoint, MutationCallback
 from lightning_fedmut.checkpoint import CheckpointWriteError, list_checkpoints
-from lightning_fedmut.cli._logging import finish_logger, flatten_config, make_logger, offline_notice
+from lightning_fedmut.cli._logging import check_logger, finish_logger, flatten_config, make_logger, offline_notice
 from lightning_fedmut.cli._parser import CLIError, make_parser, not_required_with_default, parse, plain, plural
 from lightning_fedmut.data import (
     load_partition_json,
@@ -192,14 +192,18 @@ def fit_parser(argv: Sequence[str] = ()) -> ArgumentParser:
              " read, so a run kept read-only goes on in a new --loop.checkpoint_dir). Without it, a"
              " --loop.checkpoint_dir that already holds checkpoints is refused rather than overwritten.",
     )
-    parser.add_argument("--logger", type=Literal["wandb", "csv", "none"], default="wandb",
-                        help="wandb (offline when no API key is configured), csv or none.")
+    parser.add_argument("--logger", type=Literal["wandb", "mlflow", "tensorboard", "csv", "none"], default="wandb",
+                        help="wandb (offline when no API key is configured), mlflow (a local file store,"
+                             " SAVE_DIR/mlruns), tensorboard, csv or none.")
     parser.add_argument("--project", type=str | None, default=None,
-                        help="W&B project / CSV folder name; default: WANDB_PROJECT or lightning-fedmut.")
+                        help="W&B project / MLflow experiment / TensorBoard and CSV folder name; default:"
+                             " WANDB_PROJECT or lightning-fedmut.")
     parser.add_argument("--group", type=str | None, default=None, help="W&B group of the run.")
-    parser.add_argument("--run_name", type=str | None, default=None, help="W&B run name / CSV version.")
+    parser.add_argument("--run_name", type=str | None, default=None,
+                        help="W&B / MLflow run name, TensorBoard and CSV version.")
     parser.add_argument("--save_dir", type=str, default=".",
-                        help="Where logs are written (W&B: unless WANDB_DIR is set).")
+                        help="Where logs are written (W&B: unless WANDB_DIR is set; MLflow: unless"
+                             " MLFLOW_TRACKING_URI is set).")
     parser.add_argument("--history_file", type=str | None, default=None,
                         help="Also write the config and the per-round history to this JSON file.")
     return parser
@@ -418,6 +422,14 @@ def _clients(cfg: Namespace, train: Any, parts: Any, collate_fn: Any) -> list[An
         raise CLIError(f"{flag}: {err}") from None
 
 
+def _check_logger(kind: str) -> None:
+    """A missing package of ``--logger`` is one line naming the ``pip install``, before anything runs."""
+    try:
+        check_logger(kind)
+    except ImportError as err:
+        raise CLIError(f"--logger {kind}: {err}", code=1) from None
+
+
 def _monitor_error(err: ValueError) -> CLIError | None:
     """The command line's wording of the error for a module that monitors a validation metric no client has."""
     text = str(err)
@@ -477,6 +489,7 @@ def check_fit_args(argv: Sequence[str]) -> None:
     argv = list(argv)
     cfg = parse(fit_parser(argv), argv, none_flags={"--mutation", "--model_checkpoint"})
     check_val_fraction(cfg.val_fraction)
+    _check_logger(cfg.logger)
     mutation = _build("mutation", MutationCallback | None, cfg.mutation)
     _build("model_checkpoint", GlobalModelCheckpoint | None, cfg.model_checkpoint)
     aggregator = _build("aggregator", Aggregator, cfg.aggregator)
@@ -497,6 +510,7 @@ def run_fit(cfg: Namespace) -> FederatedResult:
     start = time.perf_counter()
     check_output_paths(cfg.history_file, cfg.loop.checkpoint_dir)
     check_val_fraction(cfg.val_fraction)
+    _check_logger(cfg.logger)
     ckpt_path = resume_checkpoint(cfg.ckpt_path, cfg.loop.checkpoint_dir)
     torch.manual_seed(cfg.seed)
     model = _build("model", LightningModule, cfg.model)
