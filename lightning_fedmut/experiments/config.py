@@ -35,7 +35,7 @@ def _plugin(class_path: str, **init_args: Any) -> dict[str, Any]:
 #: Every method aggregates with the uniform mean unless it names its own aggregator. A method name resolves through
 #: the registry (:func:`lightning_fedmut.algorithms.resolve_name`); the built-in ones are written here in the
 #: component form (``mutation``, ``aggregator``, ``callbacks``, ``loop.sampler``), the same components as
-#: :data:`METHOD_SETTINGS`' presets, so that a cell's config stays what it was and a method can be a ``base``.
+#: ``METHOD_SETTINGS``' presets, so that a cell's config stays what it was and a method can be a ``base``.
 METHODS: dict[str, dict[str, Any]] = {
     "FedAvg": {},
     "FedMut": {"mutation": _plugin(_MUTATION, radius=4.0, acceleration=0.3, acceleration_rounds=50)},
