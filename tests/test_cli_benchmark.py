@@ -125,7 +125,7 @@ def test_the_table_csv_and_summary_hold_the_histories_numbers(tiny_run):
         cells = []
         for partition in ("IID", "Dir(0.5)"):
             values = [expected[method, partition, s] for s in (0, 1)]
-            mean, std = (values[0] + values[1]) / 2, abs(values[0] - values[1]) / 2  # population std of two
+            mean, std = (values[0] + values[1]) / 2, abs(values[0] - values[1]) / 2**0.5  # sample std of two
             means[method, partition] = mean
             cell = summary["cells"][method][partition]
             assert cell["values"] == pytest.approx(values, abs=1e-15)
@@ -139,14 +139,14 @@ def test_the_table_csv_and_summary_hold_the_histories_numbers(tiny_run):
     for method, cells in lines:
         texts = []
         for (mean, std), partition in zip(cells, ("IID", "Dir(0.5)")):
-            text = f"{100 * mean:.2f} ± {100 * std:.2f}"
+            text = f"{100 * mean:.2f} ± {100 * std:.2f} (n = 2)"
             best = max(means[m, partition] for m in ("FedAvg", "FedMut"))
             texts.append(f"**{text}**" if mean == pytest.approx(best, abs=1e-12) else text)
         table.append(f"| {method} | {texts[0]} | {texts[1]} |")
     gains = []
     for partition in ("IID", "Dir(0.5)"):
         differences = [expected["FedMut", partition, s] - expected["FedAvg", partition, s] for s in (0, 1)]
-        gains.append(f"{100 * np.mean(differences):+.2f} ± {100 * np.std(differences):.2f}")
+        gains.append(f"{100 * np.mean(differences):+.2f} ± {100 * np.std(differences, ddof=1):.2f} (n = 2)")
     table.append(f"| FedMut − FedAvg | {gains[0]} | {gains[1]} |")
     assert "\n".join(table) in (out / "results.md").read_text(encoding="utf-8")
     assert summary["table"] == "\n".join(table)
@@ -271,14 +271,14 @@ def test_a_failing_cell_is_marked_failed_and_the_others_go_on(tmp_path, capsys):
     flaky = float(rows["Flaky", 0]["value"])
     fedavg = [float(rows["FedAvg", s]["value"]) for s in (0, 1)]
     best = max(flaky, np.mean(fedavg))
-    flaky_text = f"{100 * flaky:.2f} ± 0.00 (1/2)"
-    fedavg_text = f"{100 * np.mean(fedavg):.2f} ± {100 * np.std(fedavg):.2f}"
+    flaky_text = f"{100 * flaky:.2f} (n = 1 of 2)"
+    fedavg_text = f"{100 * np.mean(fedavg):.2f} ± {100 * np.std(fedavg, ddof=1):.2f} (n = 2)"
     table = "\n".join([
         "| Method | IID |", "| --- | ---: |",
         f"| FedAvg | {f'**{fedavg_text}**' if np.mean(fedavg) == best else fedavg_text} |",
         f"| Flaky | {f'**{flaky_text}**' if flaky == best else flaky_text} |",
         "| Broken | failed |",
-        f"| Flaky − FedAvg | {100 * (flaky - fedavg[0]):+.2f} ± 0.00 (1/2) |",
+        f"| Flaky − FedAvg | {100 * (flaky - fedavg[0]):+.2f} (n = 1 of 2) |",
     ])
     markdown = (out / "results.md").read_text(encoding="utf-8")
     assert table in markdown
