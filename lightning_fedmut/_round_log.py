@@ -1,12 +1,15 @@
-"""A round's record: the history row, its timing, the logger's metrics and client table, the progress bar."""
+"""A round's record: the history row, its timing, the logger's metrics and client table, the progress bar (or,
+when the console is not a terminal, one line per round)."""
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
 from lightning_fedmut import _tracking as tracking
 from lightning_fedmut._checks import is_validation_metric
+from lightning_fedmut.progress import progress_mode, round_line
 from lightning_fedmut.result import client_metric_spread, weighted_client_means
 
 if TYPE_CHECKING:
@@ -43,6 +46,10 @@ class RoundLog:
         shown = {k: f"{v:.4g}" for k, v in val_metrics.items()}
         if loop._bar is not None:
             loop._bar.set_postfix({**shown, "failed": len(loop.failures)} if loop.failures else shown, refresh=False)
+        if progress_mode(loop.enable_progress_bar, loop.is_global_zero) == "lines":
+            metrics = val_metrics or {k: row[k] for k in ("clients/train_loss",) if isinstance(row.get(k), float)}
+            print(round_line(loop.round, loop.rounds, metrics, elapsed, failed=len(failed)), file=sys.stderr,
+                  flush=True)
 
     def log_client_table(self) -> None:
         """Log the client rows added since the last table log (none at all: nothing)."""

@@ -6,6 +6,8 @@ metric and the client table's ``round`` column hold the same number for the same
 
 from __future__ import annotations
 
+import os
+import sys
 import weakref
 from typing import Any
 
@@ -17,6 +19,8 @@ CLIENT_TABLE_KEY = "clients/table"
 _TABLES: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 # hyperparameters to log when the loop starts the logger's run (see defer_hyperparams)
 _PENDING: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+# W&B loggers the loop made silent (quiet_wandb): their offline run folder is named in one line at the end
+_SILENCED: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def _wandb_logger(logger: Logger | None) -> Any:
@@ -44,6 +48,27 @@ def run_id(logger: Logger | None) -> str | None:
     return None if version is None else str(version)
 
 
+def quiet_wandb(logger: Logger | None) -> None:
+    """Make a W&B run the loop is about to start print nothing (no banner, no end-of-run summary) and drop
+    Lightning's ``anonymous=None``, which W&B warns about; the offline folder is named once, by :func:`finish_run`.
+
+    Left as they are: a run already started, a ``WandbLogger(settings=...)``, and the console W&B is told to
+    have by ``WANDB_SILENT`` or ``WANDB_QUIET`` (``WANDB_SILENT=false`` brings W&B's own lines back).
+    """
+    wandb_logger = _wandb_logger(logger)
+    if wandb_logger is None or getattr(wandb_logger, "_experiment", None) is not None:
+        return
+    init = wandb_logger._wandb_init
+    if "anonymous" in init and init["anonymous"] is None:
+        del init["anonymous"]
+    if init.get("settings") is not None or os.environ.get("WANDB_SILENT") or os.environ.get("WANDB_QUIET"):
+        return
+    import wandb
+
+    init["settings"] = wandb.Settings(silent=True)
+    _SILENCED.add(wandb_logger)
+
+
 def defer_hyperparams(logger: Logger | None, params: dict[str, Any]) -> None:
     """Have ``params`` logged when ``fit`` starts the logger's run, before the loop's own config.
 
@@ -68,6 +93,7 @@ def start_run(logger: Logger | None, config: dict[str, Any]) -> None:
     ``round`` the x-axis of every metric in W&B."""
     if logger is None:
         return
+    quiet_wandb(logger)
     pending = _PENDING.pop(logger, None)
     if pending:
         logger.log_hyperparams(pending)
@@ -129,8 +155,14 @@ def finish_run(logger: Logger | None, status: str) -> None:
     logger.finalize(status)
     wandb_logger = _wandb_logger(logger)
     if wandb_logger is not None and getattr(wandb_logger, "_experiment", None) is not None:
-        _TABLES.pop(wandb_logger.experiment, None)
-        wandb_logger.experiment.finish(exit_code=0 if status == "success" else 1)
+        run = wandb_logger.experiment
+        _TABLES.pop(run, None)
+        folder = os.path.dirname(run.dir) if getattr(run, "dir", None) else None
+        offline = getattr(run.settings, "mode", None) in ("offline", "dryrun")
+        run.finish(exit_code=0 if status == "success" else 1)
+        if wandb_logger in _SILENCED and offline and folder:
+            print(f"W&B: the run was logged offline in {folder}; upload it with: wandb sync {folder}",
+                  file=sys.stderr, flush=True)
 
 
 def _new_table(wandb: Any, columns: list[str], previous: Any) -> Any:

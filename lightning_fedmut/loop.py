@@ -32,7 +32,7 @@ from lightning_fedmut.distributed import executor_for
 from lightning_fedmut.divergence import DivergenceMonitor
 from lightning_fedmut.execution import ClientExecutor, ClientTraining, Evaluator, SequentialExecutor
 from lightning_fedmut.functional.state import copy_, frozen_keys
-from lightning_fedmut.progress import FitProgress
+from lightning_fedmut.progress import FitProgress, progress_mode
 from lightning_fedmut.result import FederatedResult
 from lightning_fedmut.sampling import ClientSampler, UniformSampler
 from lightning_fedmut.tasks import ClientTask
@@ -312,7 +312,8 @@ class FederatedLoop:
         self._start_models_change = any(type(cb).on_client_fit_start is not base for cb in self.callbacks)
         self._bar = tqdm(total=self.rounds * self.clients_per_round,
                          initial=self.progress.rounds_done * self.clients_per_round,
-                         disable=not (self.enable_progress_bar and self.is_global_zero), desc="federated", unit="client", dynamic_ncols=True)
+                         disable=progress_mode(self.enable_progress_bar, self.is_global_zero) != "bar",  # else a line per round
+                         desc="federated", unit="client", dynamic_ncols=True)
 
     def _prepare_data(self, model: LightningModule) -> None:
         """``prepare_data`` of the module and of each client DataModule, once per ``fit``, before the first round.

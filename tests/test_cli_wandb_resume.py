@@ -13,7 +13,7 @@ from lightning_fedmut.models import DigitsCNN
 
 FIXTURES = Path(__file__).parent / "fixtures_cli"
 sys.path.insert(0, str(FIXTURES))
-from wandb_offline_run import offline_runs, read_run  # noqa: E402
+from wandb_offline_run import offline_runs, read_run
 
 # 4 synthetic clients, 2 per round, 2 local steps: 4 training steps per round
 TINY = ["--data=synthetic", "--partition.num_clients=4", "--loop.clients_per_round=2", "--loop.local_steps=2",

@@ -10,9 +10,10 @@ one process group.
 
 Every worker but rank 0 is a child of the process that called ``fit``. The children ignore Ctrl+C (the
 parent handles it, saves and ends them), leave at once on SIGTERM (exit code 143: the parent then stops the
-run as for its own SIGTERM, naming the worker), die with the parent (``PR_SET_PDEATHSIG``), report an
-exception's traceback through a pipe and leave with ``os._exit`` so that none of the parent's exit handlers
-(W&B's, the user's) run twice. The parent ends every child by its PID when ``fit`` ends, however it ends.
+run as for its own SIGTERM, naming the worker), die with the parent (``PR_SET_PDEATHSIG``), print no warnings
+(rank 0 prints each once), report an exception's traceback through a pipe and leave with ``os._exit`` so that
+none of the parent's exit handlers (W&B's, the user's) run twice. The parent ends every child by its PID when
+``fit`` ends, however it ends.
 
 The workers meet through a ``FileStore`` in a private folder (mode 0700, removed at the end), not a TCP store:
 a TCP store's server listens on every interface. Each child sends a heartbeat through a second pipe twice a
@@ -43,6 +44,7 @@ import torch.distributed as dist
 from lightning_fedmut import _signals
 from lightning_fedmut.distributed.environment import WorkerEnvironment
 from lightning_fedmut.distributed.group import release_abandoned
+from lightning_fedmut.utilities.warnings import silence_worker_warnings
 
 __all__ = ["WorkerError"]
 
@@ -211,6 +213,7 @@ def _run_child(rank: int, workers: int, store_path: str, threads: int, parent: i
         signal.signal(signal.SIGTERM, _signals.worker_sigterm)  # leave; the parent stops the run
         threading.Thread(target=_beat, args=(beats,), name="lightning_fedmut-heartbeat", daemon=True).start()
         os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(workers))
+        silence_worker_warnings(rank)  # rank 0 shows each warning once, not one copy per worker
         torch.set_num_threads(threads)
         env = WorkerEnvironment(world_size=workers, rank=rank, local_rank=rank, main_address="127.0.0.1",
                                 main_port=0, source="fork", store_path=store_path)

@@ -1,0 +1,99 @@
+"""What a federated run prints from the Python API: one line per round when the console is not a terminal, W&B
+quiet unless WANDB_SILENT says otherwise, and each warning once with two workers."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import TinyModule, make_synthetic
+from lightning.pytorch.loggers import WandbLogger
+from torch.utils.data import DataLoader
+
+from lightning_fedmut import FederatedLoop
+from lightning_fedmut.data import make_clients, partition_iid
+
+
+def _fit(tmp_path, logger=None, **loop_kwargs):
+    train, val = make_synthetic()
+    clients = make_clients(train, partition_iid(len(train), 4, seed=0), batch_size=20)
+    torch.manual_seed(0)
+    loop = FederatedLoop(rounds=3, clients_per_round=2, local_steps=1, seed=0, logger=logger, **loop_kwargs)
+    return loop.fit(TinyModule(), clients, val_dataloaders=DataLoader(val, batch_size=60))
+
+
+def _round_lines(history, rounds=3) -> list[str]:
+    return [re.escape(f"round {r['round']} ({r['round'] + 1}/{rounds}): val_loss {r['val_loss']:.4f},"
+                      f" val_acc {r['val_acc']:.4f}, ") + r"\d+\.\d s" for r in history]
+
+
+def test_a_run_logged_to_a_file_prints_one_line_per_round_and_no_wandb_banner(tmp_path, capfd, monkeypatch):
+    monkeypatch.delenv("WANDB_SILENT", raising=False)
+    result = _fit(tmp_path, WandbLogger(project="console", save_dir=str(tmp_path), offline=True))
+    out, err = capfd.readouterr()
+    assert out == "" and "\r" not in err
+    lines = err.splitlines()
+    assert len(lines) == 4, err
+    for line, pattern in zip(lines, _round_lines(result.history)):
+        assert re.fullmatch(pattern, line), (line, pattern)
+    (folder,) = Path(tmp_path, "wandb").glob("offline-run-*")
+    assert lines[3] == f"W&B: the run was logged offline in {folder}; upload it with: wandb sync {folder}"
+
+    # an explicit WANDB_SILENT=false keeps W&B's own lines; without the progress bar no round lines
+    monkeypatch.setenv("WANDB_SILENT", "false")
+    _fit(tmp_path, WandbLogger(project="console", save_dir=str(tmp_path), offline=True), enable_progress_bar=False)
+    err = capfd.readouterr().err
+    assert "wandb: Run data is saved locally in" in err and "wandb: Run summary:" in err
+    assert "anonymous" not in err  # Lightning's anonymous=None, which W&B warns about, is not passed on
+    assert "W&B: the run was logged offline" not in err and not re.search(r"^round \d", err, re.MULTILINE)
+
+
+def test_the_progress_is_a_bar_on_a_terminal_and_lines_elsewhere():
+    from lightning_fedmut.progress import progress_mode, round_line
+
+    class Terminal:
+        def isatty(self):
+            return True
+
+    assert progress_mode(True, True, Terminal()) == "bar"
+    assert progress_mode(True, True, open(os.devnull, "w")) == "lines"
+    assert progress_mode(True, False, Terminal()) is None and progress_mode(False, True, Terminal()) is None
+    assert round_line(9, 10, {"val_acc": 0.8125}, 12.34, failed=2) == "round 9 (10/10): val_acc 0.8125, 2 clients failed, 12.3 s"
+
+
+SCRIPT = """
+import sys, warnings
+sys.path.insert(0, {tests!r})
+import torch
+from helpers import TinyModule, make_synthetic
+from lightning_fedmut import FederatedLoop
+from lightning_fedmut.data import make_clients, partition_iid
+
+class Warns(TinyModule):
+    def training_step(self, batch, batch_idx):
+        warnings.warn("check the learning rate", UserWarning)
+        return super().training_step(batch, batch_idx)
+
+train, _ = make_synthetic()
+clients = make_clients(train, partition_iid(len(train), 4, seed=0), batch_size=20)
+torch.manual_seed(0)
+loop = FederatedLoop(rounds=2, clients_per_round=4, local_steps=1, seed=0, workers=2, enable_progress_bar=False)
+loop.fit(Warns(), clients)
+print("done")
+"""
+
+
+def test_with_two_workers_a_warning_is_printed_once(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(SCRIPT.format(tests=str(Path(__file__).parent))))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "done\n"
+    assert done.stderr.count("UserWarning: check the learning rate") == 1, done.stderr
