@@ -50,7 +50,8 @@ def run_id(logger: Logger | None) -> str | None:
 
 def quiet_wandb(logger: Logger | None) -> None:
     """Make a W&B run the loop is about to start print nothing (no banner, no end-of-run summary) and drop
-    Lightning's ``anonymous=None``, which W&B warns about; the offline folder is named once, by :func:`finish_run`.
+    Lightning's ``anonymous=None``, which W&B warns about. One line names the run instead: its URL when it
+    starts (online), or its folder when it ends (offline, with the ``wandb sync`` command).
 
     Left as they are: a run already started, a ``WandbLogger(settings=...)``, and the console W&B is told to
     have by ``WANDB_SILENT`` or ``WANDB_QUIET`` (``WANDB_SILENT=false`` brings W&B's own lines back).
@@ -103,6 +104,8 @@ def start_run(logger: Logger | None, config: dict[str, Any]) -> None:
         experiment = wandb_logger.experiment
         experiment.define_metric("round")
         experiment.define_metric("*", step_metric="round")
+        if wandb_logger in _SILENCED and not _offline(experiment) and getattr(experiment, "url", None):
+            print(f"W&B: the run is at {experiment.url}", file=sys.stderr, flush=True)  # W&B's own line, silenced
 
 
 def log_round(logger: Logger | None, row: dict[str, Any]) -> None:
@@ -158,11 +161,15 @@ def finish_run(logger: Logger | None, status: str) -> None:
         run = wandb_logger.experiment
         _TABLES.pop(run, None)
         folder = os.path.dirname(run.dir) if getattr(run, "dir", None) else None
-        offline = getattr(run.settings, "mode", None) in ("offline", "dryrun")
+        offline = _offline(run)
         run.finish(exit_code=0 if status == "success" else 1)
         if wandb_logger in _SILENCED and offline and folder:
             print(f"W&B: the run was logged offline in {folder}; upload it with: wandb sync {folder}",
                   file=sys.stderr, flush=True)
+
+
+def _offline(run: Any) -> bool:
+    return getattr(getattr(run, "settings", None), "mode", None) in ("offline", "dryrun")
 
 
 def _new_table(wandb: Any, columns: list[str], previous: Any) -> Any:

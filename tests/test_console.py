@@ -10,7 +10,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 import torch
 from helpers import TinyModule, make_synthetic
 from lightning.pytorch.loggers import WandbLogger
@@ -54,6 +53,25 @@ def test_a_run_logged_to_a_file_prints_one_line_per_round_and_no_wandb_banner(tm
     assert "W&B: the run was logged offline" not in err and not re.search(r"^round \d", err, re.MULTILINE)
 
 
+def test_an_online_run_the_loop_silenced_names_its_url_once(tmp_path, capsys, monkeypatch):
+    from types import SimpleNamespace
+
+    from lightning_fedmut import _tracking
+
+    monkeypatch.delenv("WANDB_SILENT", raising=False)
+    logger = WandbLogger(project="console", save_dir=str(tmp_path))
+    _tracking.quiet_wandb(logger)
+    assert logger._wandb_init["settings"].silent is True and "anonymous" not in logger._wandb_init
+    calls = []
+    logger._experiment = SimpleNamespace(  # the started run, as W&B returns it online (no network here)
+        settings=SimpleNamespace(mode="online"), url="https://wandb.ai/me/console/runs/abc123",
+        config=SimpleNamespace(update=lambda *a, **k: calls.append("config")),
+        define_metric=lambda *a, **k: calls.append("metric"))
+    _tracking.start_run(logger, {"seed": 0})
+    assert calls == ["config", "metric", "metric"]
+    assert capsys.readouterr().err == "W&B: the run is at https://wandb.ai/me/console/runs/abc123\n"
+
+
 def test_the_progress_is_a_bar_on_a_terminal_and_lines_elsewhere():
     from lightning_fedmut.progress import progress_mode, round_line
 
@@ -62,9 +80,11 @@ def test_the_progress_is_a_bar_on_a_terminal_and_lines_elsewhere():
             return True
 
     assert progress_mode(True, True, Terminal()) == "bar"
-    assert progress_mode(True, True, open(os.devnull, "w")) == "lines"
+    with open(os.devnull, "w") as log_file:
+        assert progress_mode(True, True, log_file) == "lines"
     assert progress_mode(True, False, Terminal()) is None and progress_mode(False, True, Terminal()) is None
-    assert round_line(9, 10, {"val_acc": 0.8125}, 12.34, failed=2) == "round 9 (10/10): val_acc 0.8125, 2 clients failed, 12.3 s"
+    assert round_line(9, 10, {"val_acc": 0.8125}, 12.34, failed=2) == (
+        "round 9 (10/10): val_acc 0.8125, 2 clients failed, 12.3 s")
 
 
 SCRIPT = """
@@ -93,7 +113,7 @@ def test_with_two_workers_a_warning_is_printed_once(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent(SCRIPT.format(tests=str(Path(__file__).parent))))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "done\n"
     assert done.stderr.count("UserWarning: check the learning rate") == 1, done.stderr
