@@ -69,7 +69,7 @@ class LoopTaskHooks(TaskHooks):
     def on_task_end(self, result: ClientResult) -> None:
         start = self._start.pop(result.task.slot, None)
         if start is not None and result.state is not None and _fingerprint(result.state, self._keys) == start:
-            result.num_steps = 0  # its training changed none of its weights
+            result.num_steps = 0  # steps that changed none of its weights are no step (the first-round check)
         if result.failed:
             self.loop._call("on_client_fit_failure", self.module, result)
         else:

@@ -74,8 +74,10 @@ class ClientResult:
         client_state: the client's state to keep for its next task; the loop stores it after the round's
             clients have trained. Starts as the task's ``client_state``.
         error: the exception that made the client fail, or ``None``.
-        num_steps: the optimizer steps the client took, ``0`` when its training changed none of its weights
-            (``None`` when unknown).
+        num_steps: the optimizer steps the client took (its ``Trainer``'s ``global_step``: one per
+            ``accumulate_grad_batches`` batches, ``local_steps`` when set, the ``optimizer.step()`` calls under
+            manual optimization); ``0`` also when its training changed none of its weights (``None`` when
+            unknown, e.g. a failed client). FedNova normalises each client's update by it.
 
     Examples:
         >>> import torch

@@ -34,7 +34,10 @@ class SequentialExecutor(ClientExecutor):
     ``setup`` deep-copies the global module once per ``fit``; for every task the copy is reloaded in place
     with the task's start state, the process-wide random generators (torch, numpy, ``random``) are seeded
     with the task's seed, and the client trains in a short-lived, quiet ``Trainer``. The result's ``state``
-    is the working copy's live state: valid until the next task starts. A client whose training raises, or
+    is the working copy's live state: valid until the next task starts. Its ``num_steps`` is the client
+    ``Trainer``'s ``global_step`` after ``fit``: the optimizer steps the client took (one per
+    ``accumulate_grad_batches`` batches, rounded as Lightning rounds an epoch's last partial window; with manual
+    optimization, the ``optimizer.step()`` calls). A client whose training raises, or
     whose trained weights hold NaN or Inf (:class:`~lightning_fedmut.NonFiniteWeightsError`), becomes a
     failed result; Ctrl+C inside a client's training is raised as ``KeyboardInterrupt``. With a
     ``client_timeout``, a client that trains longer is ended by SIGALRM and becomes a failed result with a
@@ -123,6 +126,7 @@ class SequentialExecutor(ClientExecutor):
                     interruptible(trainer, trainer.fit, self._working, train_dataloaders=client.data,
                                   val_dataloaders=client.val_data)
                 metrics = scalars(trainer.callback_metrics)
+                num_steps = int(trainer.global_step)  # a fresh Trainer: the optimizer steps of this fit
                 if validate and self._training.local_steps is not None:  # the last step may end no epoch
                     metrics.update(self._validate(trainer, client))
             metrics.update({k: v for k, v in logger.metrics.items() if k not in metrics})
@@ -132,7 +136,8 @@ class SequentialExecutor(ClientExecutor):
                 raise NonFiniteWeightsError(f"trained weights hold NaN or Inf in {bad!r}")
         except Exception as exc:  # noqa: BLE001 - one client's failure never ends the round
             return ClientResult(task=task, num_examples=client.num_examples, error=exc)
-        return ClientResult(task=task, num_examples=client.num_examples, state=state, metrics=metrics)
+        return ClientResult(task=task, num_examples=client.num_examples, state=state, metrics=metrics,
+                            num_steps=num_steps)
 
     def _validate(self, trainer: Trainer, client: Any) -> dict[str, float]:
         """Validate the trained working copy on the client's validation data; its metrics as floats."""
