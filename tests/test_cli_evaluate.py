@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Subset
 
 from lightning_fedmut.checkpoint import load_checkpoint
 from lightning_fedmut.cli import main
-from lightning_fedmut.data import partition_dirichlet, partition_iid
+from lightning_fedmut.data import partition_dirichlet, partition_iid, train_val_split
 from lightning_fedmut.datasets import labels_of, load_dataset
 from lightning_fedmut.models import default_model
 
@@ -148,6 +148,22 @@ def test_per_client_rows_and_summary_match_numpy(run_dir, tmp_path, capsys):
         f" {s['val_loss']['std']:.4f} (n={CLIENTS}), worst 10% (2 clients) {s['val_loss']['worst_10pct']:.4f};"
         f" val_acc mean {s['val_acc']['mean']:.4f} std {s['val_acc']['std']:.4f} (n={CLIENTS}), worst 10% (2"
         f" clients) {s['val_acc']['worst_10pct']:.4f}")
+
+
+def test_per_client_with_val_fraction_evaluates_each_clients_validation_part(run_dir, tmp_path, capsys):
+    train = load_dataset("synthetic").train
+    parts = partition_dirichlet(labels_of(train), CLIENTS, 0.1, min_size=2, seed=0)
+    held_out = [val for _, val in train_val_split(parts, 0.25, seed=0).values()]
+    model = digits_cnn(torch.load(run_dir / "last.ckpt", weights_only=True)["state_dict"])
+    rows = [floats(quiet_trainer().validate(model, DataLoader(Subset(train, v.tolist()), batch_size=4), verbose=False))
+            for v in held_out]
+
+    args = [*TINY, "--val_fraction=0.25", "--eval_batch_size=4", "--ckpt_path", str(run_dir / "last.ckpt"),
+            "--per_client"]
+    result, out = evaluate("validate", args, tmp_path, capsys)
+    assert [(r["part"], r["num_examples"]) for r in result["clients"]] == [("val", len(v)) for v in held_out]
+    assert [{"val_loss": r["val_loss"], "val_acc": r["val_acc"]} for r in result["clients"]] == rows
+    assert f"per client ({CLIENTS} clients, val part of each): " in out
 
 
 def test_test_runs_trainer_test_on_the_datamodules_test_split(tmp_path, capsys):

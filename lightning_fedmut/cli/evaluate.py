@@ -26,8 +26,7 @@ from torch.utils.data import DataLoader
 from lightning_fedmut import _checks as checks
 from lightning_fedmut.checkpoint import CorruptCheckpointError, list_checkpoints, load_checkpoint, load_resume_checkpoint
 from lightning_fedmut.cli._parser import CLIError, parse, plural
-from lightning_fedmut.cli.fit import _build, _data, _partitions, fit_parser
-from lightning_fedmut.data import make_clients
+from lightning_fedmut.cli.fit import _build, _clients, _data, _partitions, fit_parser
 from lightning_fedmut.execution._calls import interruptible, merged_scalars
 from lightning_fedmut.execution.evaluation import EVAL_TRAINER_DEFAULTS
 from lightning_fedmut.utilities.trainer import quiet_lightning
@@ -239,7 +238,7 @@ def evaluate_parser(stage: Stage, argv: Sequence[str] = ()) -> ArgumentParser:
                            " federated checkpoint (round-NNNNN.ckpt), a folder of checkpoints (its newest federated"
                            " one, else its last.ckpt), or last (the same in --loop.checkpoint_dir).")
     parser.add_argument("--per_client", type=bool, default=False, nargs="?", const=True,
-                        help="Also evaluate every client's data (its val part when the partition gives one, else its"
+                        help="Also evaluate every client's data (its validation part with --val_fraction, else its"
                              " training part), in batches of --eval_batch_size, and summarise each metric.")
     parser.add_argument("--output", type=str | None, default=None,
                         help="Write the metrics, the per-client rows and their summary to this JSON file.")
@@ -338,18 +337,10 @@ def _datamodule_loader(data: LightningDataModule, stage: Stage) -> DataLoader:
 
 
 def _client_loaders(cfg: Namespace, train: Any, collate_fn: Any) -> list[tuple[Any, str, DataLoader]]:
-    """``(client id, part, loader)`` per client, partitioned as ``fit`` partitions: each client's examples in
-    order, in batches of ``--eval_batch_size``."""
-    parts = _partitions(cfg.partition, train, cfg.seed)
-    extra = {"collate_fn": collate_fn} if collate_fn is not None else {}
-    val_fraction = getattr(cfg.partition, "val_fraction", None)
-    if val_fraction is not None:
-        extra["val_fraction"] = val_fraction
-        extra["seed"] = cfg.partition.seed if cfg.partition.seed is not None else cfg.seed
-    try:
-        clients = make_clients(train, parts, batch_size=cfg.batch_size, **extra)
-    except (ValueError, TypeError) as err:
-        raise CLIError(f"--partition: {err}") from None
+    """``(client id, part, loader)`` per client, built as ``fit`` builds them (``--partition``, ``--val_fraction``):
+    the client's validation examples when it holds some, else its training examples, in order, in batches of
+    ``--eval_batch_size``."""
+    clients = _clients(cfg, train, _partitions(cfg.partition, train, cfg.seed), collate_fn)
     out = []
     for client in clients:
         val = client.val_data if isinstance(client.val_data, DataLoader) else None
