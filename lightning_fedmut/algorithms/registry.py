@@ -86,7 +86,7 @@ def resolve_name(name: str) -> str:
         >>> resolve_name("FedMutt")
         Traceback (most recent call last):
         ...
-        ValueError: Expected `algorithm` to be a registered method name, got 'FedMutt' (did you mean FedMut?); known: FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, ClusteredSampling.
+        ValueError: Expected `algorithm` to be a registered method name, got 'FedMutt' (did you mean FedMut?); known: FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, ClusteredSampling, FedNova.
     """
     if isinstance(name, str):
         for registered in _REGISTRY:
@@ -141,6 +141,7 @@ def _register_presets() -> None:
     from lightning_fedmut.algorithms.fedexp import FedExP
     from lightning_fedmut.algorithms.fedmr import FedMR
     from lightning_fedmut.algorithms.fedmut import FedMut
+    from lightning_fedmut.algorithms.fednova import FedNova
     from lightning_fedmut.algorithms.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
     from lightning_fedmut.algorithms.fedprox import FedProx
     from lightning_fedmut.algorithms.scaffold import SCAFFOLD
@@ -148,6 +149,7 @@ def _register_presets() -> None:
     for cls in (FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR,
                 ClusteredSampling):
         register(cls.__name__, cls)
+    register("FedNova", FedNova)
 
 
 _register_presets()
