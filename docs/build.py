@@ -38,7 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATED = ROOT / "docs" / "assets" / "generated"
-CLI_COMMANDS = ("fit", "demo", "sweep", "benchmark")
+CLI_COMMANDS = ("fit", "validate", "test", "demo", "sweep", "benchmark")
 #: What the build imports (module: the package that ships it), all in the ``docs`` extra.
 DEPENDENCIES = {
     "mkdocs": "mkdocs",

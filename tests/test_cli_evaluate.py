@@ -11,14 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import TinyModule, make_synthetic
-from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from torch.utils.data import DataLoader, Subset
 
 from lightning_fedmut.checkpoint import load_checkpoint
 from lightning_fedmut.cli import main
 from lightning_fedmut.data import partition_dirichlet, partition_iid, train_val_split
 from lightning_fedmut.datasets import labels_of, load_dataset
-from lightning_fedmut.models import default_model
+from lightning_fedmut.models import DigitsCNN, default_model
 
 CLIENTS = 12  # the worst 10 % of 12 clients are 2 of them
 TINY = [
@@ -35,6 +35,12 @@ class EvalModule(TinyModule):
         logits = self(x)
         self.log("test_loss", F.cross_entropy(logits, y))
         self.log("test_acc", (logits.argmax(-1) == y).float().mean())
+
+
+class NoTestCNN(DigitsCNN):
+    """The built-in CNN without its test_step."""
+
+    test_step = LightningModule.test_step
 
 
 class EvalData(LightningDataModule):
@@ -260,9 +266,19 @@ def test_bad_checkpoints_are_refused_in_one_line_before_evaluating(run_dir, tmp_
 
 
 def test_a_module_without_the_stages_step_is_refused(run_dir, capsys, no_evaluation):
-    assert _error([*TINY, "--ckpt_path", str(run_dir / "last.ckpt")], capsys, "test") == (
-        "lightning-fedmut test: error: --model: expected a LightningModule with a test_step for test, got DigitsCNN,"
+    assert _error([*TINY, f"--model={__name__}.NoTestCNN", "--ckpt_path", str(run_dir / "last.ckpt")], capsys,
+                  "test") == (
+        "lightning-fedmut test: error: --model: expected a LightningModule with a test_step for test, got NoTestCNN,"
         " which has none (validate runs validation_step)\n")
+
+
+def test_the_built_in_models_test_equals_trainer_test(run_dir, tmp_path, capsys):
+    server = DataLoader(load_dataset("synthetic").test, batch_size=500)
+    model = digits_cnn(torch.load(run_dir / "last.ckpt", weights_only=True)["state_dict"])
+    expected = floats(quiet_trainer().test(model, server, verbose=False))
+    assert sorted(expected) == ["test_acc", "test_loss"]
+    result, _ = evaluate("test", [*TINY, "--ckpt_path", str(run_dir / "last.ckpt")], tmp_path, capsys)
+    assert result["metrics"] == expected
 
 
 def test_help_and_usage_name_the_commands(capsys):

@@ -223,11 +223,11 @@ def test_console_entry_point_exits_2_without_traceback(tmp_path):
 
 def test_top_level_usage_and_unknown_command(capsys):
     assert main([]) == 2
-    assert "usage: lightning-fedmut {fit,demo,sweep,benchmark}" in capsys.readouterr().err
+    assert "usage: lightning-fedmut {fit,validate,test,demo,sweep,benchmark}" in capsys.readouterr().err
     assert main(["--help"]) == 0
     assert "sweep" in capsys.readouterr().out
     assert main(["train"]) == 2
-    assert capsys.readouterr().err == ("lightning-fedmut: error: unknown command 'train': expected one of fit, demo,"
+    assert capsys.readouterr().err == ("lightning-fedmut: error: unknown command 'train': expected one of fit, validate, test, demo,"
                                        " sweep, benchmark\n")
     assert main(["fit", "--help"]) == 0
     help_text = capsys.readouterr().out

@@ -4,7 +4,7 @@
 like LightningCLI: ``--config run.yaml``, ``--print_config``, and every flag in the ``--key=value`` form
 that ``wandb agent`` passes. ``lightning-fedmut validate`` and ``test`` evaluate a saved global model (the same
 flags, plus ``--ckpt_path``) on the server's data and, with ``--per_client``, on every client's.
-``lightning-fedmut demo`` compares FedMut with FedAvg on the bundled digits in about a minute. ``lightning-fedmut sweep FILE`` runs a W&B sweep file's configurations locally, as
+``lightning-fedmut demo`` compares FedMut with FedAvg on the bundled digits in about 45 s on two CPU cores. ``lightning-fedmut sweep FILE`` runs a W&B sweep file's configurations locally, as
 offline W&B runs of one group. ``lightning-fedmut benchmark CONFIG`` runs a table of methods x partitions x
 seeds, resumably, and writes it in the FedMut paper's form. Argument errors print one line and exit with code 2.
 """

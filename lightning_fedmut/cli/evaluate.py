@@ -165,7 +165,7 @@ def load_weights(ckpt_path: str, checkpoint_dir: str | None) -> tuple[Path, dict
         federated = f.read(len(_FEDERATED_MAGIC)) == _FEDERATED_MAGIC
     if federated:
         try:
-            state = load_checkpoint(path)
+            state = load_checkpoint(path, history=False)  # the weights alone: a file copied away from its history
         except ValueError as err:  # corrupt, unsafe or of another version: the message says which
             raise CLIError(f"--ckpt_path: {' '.join(str(err).split())}") from None
         return path, _model_state(state, path), int(state["rounds_done"])

@@ -60,11 +60,17 @@ class Classifier(LightningModule):
             self.log("train_acc", self.train_acc.compute())
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
         x, y = batch
         logits = self(x)
-        self.val_acc(logits, y)
-        self.log("val_loss", F.cross_entropy(logits, y))
-        self.log("val_acc", self.val_acc)
+        self.val_acc(logits, y)  # one accuracy metric serves validation and test: they never run together
+        self.log(f"{stage}_loss", F.cross_entropy(logits, y))
+        self.log(f"{stage}_acc", self.val_acc)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hparams: Any = self.hparams  # an AttributeDict: the saved hyperparameters as attributes
