@@ -33,7 +33,6 @@ class ClientTask:
         start_state: the state the client starts from, keyed like the module's ``state_dict``.
         client_state: this client's own state, kept across rounds by the loop's client-state store (empty
             the first time). Replace entries rather than changing stored tensors in place.
-        payload: what the server sends this client (filled by callbacks in ``on_client_fit_start``).
         callbacks: extra Lightning callbacks for this client's ``Trainer`` (added by federated callbacks in
             ``on_client_fit_start``; they live for this task only).
 
@@ -43,8 +42,8 @@ class ClientTask:
         >>> from lightning_fedmut import Client
         >>> client = Client(id="a", data=DataLoader(TensorDataset(torch.zeros(4, 1))))
         >>> task = ClientTask(round=0, slot=1, client=client, seed=7, start_state={"w": torch.zeros(1)})
-        >>> task.round, task.slot, task.client.id, task.client_state, task.payload
-        (0, 1, 'a', {}, {})
+        >>> task.round, task.slot, task.client.id, task.client_state
+        (0, 1, 'a', {})
     """
 
     round: int
@@ -53,7 +52,6 @@ class ClientTask:
     seed: int
     start_state: MutableMapping[str, Tensor]
     client_state: dict[str, Any] = field(default_factory=dict)
-    payload: dict[str, Any] = field(default_factory=dict)
     callbacks: list[Callback] = field(default_factory=list)
 
 
@@ -70,7 +68,9 @@ class ClientResult:
         num_examples: the client's number of training examples (the FedAvg weight).
         state: the trained state, keyed like the module's ``state_dict``; ``None`` when the client failed.
         metrics: the client Trainer's scalar metrics (e.g. ``train_loss``).
-        payload: what the client sends the server besides its state (e.g. SCAFFOLD's control-variate change).
+        payload: what the client sends the aggregator besides its state: filled by a callback's
+            ``on_client_fit_end`` where the client trained, read by the aggregator's ``update`` in every process
+            (with workers it travels with the state).
         client_state: the client's state to keep for its next task; the loop stores it after the round's
             clients have trained. Starts as the task's ``client_state``.
         error: the exception that made the client fail, or ``None``.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 
@@ -55,7 +56,7 @@ class ManualEveryOther(TinyModule):
 def clients(synthetic):
     train, _ = synthetic
     starts = np.cumsum((0, *SIZES))
-    parts = [np.arange(a, b) for a, b in zip(starts[:-1], starts[1:])]
+    parts = [np.arange(a, b) for a, b in itertools.pairwise(starts)]
     return make_clients(train, parts, batch_size=BATCH)
 
 

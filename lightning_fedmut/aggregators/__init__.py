@@ -2,10 +2,11 @@
 
 from lightning_fedmut.aggregators.base import Aggregator
 from lightning_fedmut.aggregators.fedavg import FedAvg
-from lightning_fedmut.aggregators.fedexp import FedExP
+from lightning_fedmut.aggregators.fedexp import FedExP, FedExPReport
 from lightning_fedmut.aggregators.fednova import FedNova
 from lightning_fedmut.aggregators.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi, ServerOptimizer
 
 __all__ = [
-    "Aggregator", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedExP", "FedNova", "FedYogi", "ServerOptimizer",
+    "Aggregator", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedExP", "FedExPReport", "FedNova", "FedYogi",
+    "ServerOptimizer",
 ]

@@ -17,10 +17,10 @@ class Aggregator:
 
     The loop calls :meth:`reset` at the start of a round, :meth:`update` once per client that trained (in
     slot order) and :meth:`compute` once with the current global state; it then copies the returned tensors
-    into the global module in place. :meth:`merge` folds another accumulator of the same kind, fed with
-    other clients of the same round, into this one: parallel workers each accumulate their own clients
-    and are reduced this way. Subclasses override these verbs, and :meth:`state_dict` /
-    :meth:`load_state_dict` if they keep state across rounds (a server optimizer's moments, say).
+    into the global module in place. With parallel workers every process receives every client's result and
+    runs these same calls in the same slot order, so an aggregator needs no reduction of its own. Subclasses
+    override these verbs, and :meth:`state_dict` / :meth:`load_state_dict` if they keep state across rounds (a
+    server optimizer's moments, say).
 
     Examples:
         A coordinate-wise median (robust to a few bad clients); it keeps every client's state, so its
@@ -34,8 +34,6 @@ class Aggregator:
         ...     def update(self, result):
         ...         self.states.append({k: v.detach().clone() for k, v in result.state.items()
         ...                             if v.is_floating_point()})
-        ...     def merge(self, other):
-        ...         self.states.extend(other.states)
         ...     def compute(self, global_state):
         ...         return {k: torch.stack([s[k] for s in self.states]).median(dim=0).values for k in self.states[0]}
         >>> agg = Median()
@@ -57,13 +55,9 @@ class Aggregator:
         raise NotImplementedError
 
     def update(self, result: ClientResult) -> None:
-        """Add one client's :class:`~lightning_fedmut.tasks.ClientResult` (its ``state``, ``num_examples``
-        and ``payload``)."""
+        """Add one client's :class:`~lightning_fedmut.tasks.ClientResult` (its ``state``, ``num_examples``,
+        ``num_steps`` and ``payload``)."""
         raise NotImplementedError
-
-    def merge(self, other: Aggregator) -> None:
-        """Fold ``other`` (same kind and settings, fed with other clients of this round) into this accumulator."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement merge(), which parallel workers need.")
 
     def compute(self, global_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The new global state, keyed like the module's ``state_dict`` (may be a subset of its keys).

@@ -11,7 +11,7 @@ from torch.nn import Module
 
 from lightning_fedmut.aggregators.base import Aggregator
 from lightning_fedmut.functional.aggregation import accumulate_, finalize_mean_, integer_max_
-from lightning_fedmut.functional.state import copy_, frozen_keys, is_floating
+from lightning_fedmut.functional.state import frozen_keys, is_floating
 
 if TYPE_CHECKING:
     from lightning_fedmut.tasks import ClientResult
@@ -27,11 +27,6 @@ class FedAvg(Aggregator):
     (``requires_grad=False`` on the module given to :meth:`setup`) are left out: the global copy stands bit
     for bit, where an example-weighted mean of identical tensors would come back a rounding step away.
 
-    Partial accumulators :meth:`merge` by adding their sums and weights (and taking the maximum of the
-    integer state). Floating-point addition is not associative, so a merge is bit-for-bit equal to one
-    accumulator fed with every client exactly when it adds the same sums in the same order; otherwise the
-    two differ by rounding (a few units in the last place).
-
     Args:
         weighted: weight each client by its number of examples.
 
@@ -43,13 +38,6 @@ class FedAvg(Aggregator):
         >>> agg.reset(); agg.update(result(1.0, 2)); agg.update(result(4.0, 1))
         >>> agg.compute({"weight": torch.tensor([0.0])})["weight"]
         tensor([2.])
-
-        Two partial accumulators, merged:
-
-        >>> a, b = FedAvg(weighted=True), FedAvg(weighted=True)
-        >>> a.reset(); b.reset(); a.update(result(1.0, 2)); b.update(result(4.0, 1))
-        >>> a.merge(b); a.num_updates, a.compute({"weight": torch.tensor([0.0])})["weight"]
-        (2, tensor([2.]))
 
         A frozen parameter is not averaged (the loop keeps the global copy):
 
@@ -82,7 +70,7 @@ class FedAvg(Aggregator):
 
     @property
     def num_updates(self) -> int:
-        """Clients accumulated since the last :meth:`reset` (merged accumulators included)."""
+        """Clients accumulated since the last :meth:`reset`."""
         return self._count
 
     @property
@@ -119,32 +107,6 @@ class FedAvg(Aggregator):
         accumulate_(self._sums, floats, weight)
         self._total += weight
         self._count += 1
-
-    @torch.no_grad()
-    def merge(self, other: Aggregator) -> None:
-        if not isinstance(other, FedAvg) or other.weighted != self.weighted:
-            raise TypeError(
-                f"Expected to merge a FedAvg(weighted={self.weighted}), got {type(other).__name__}"
-                f"{'(weighted=' + str(other.weighted) + ')' if isinstance(other, FedAvg) else ''}."
-            )
-        if other._count == 0:
-            return
-        if self._count == 0:
-            if not self._keys or self._keys != other._keys:
-                self._keys, self._float_keys, self._int_keys = set(other._keys), list(other._float_keys), list(
-                    other._int_keys)
-                self._sums = [s.clone() for s in other._sums]
-                self._ints = [t.clone() for t in other._ints]
-            else:
-                copy_(self._sums, other._sums)
-                copy_(self._ints, other._ints)
-        else:
-            if other._float_keys != self._float_keys or other._int_keys != self._int_keys:
-                raise ValueError("Cannot merge FedAvg accumulators of models with other state keys.")
-            accumulate_(self._sums, other._sums, 1.0)
-            integer_max_(self._ints, other._ints)
-        self._total += other._total
-        self._count += other._count
 
     def compute(self, global_state: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
         if self._count == 0:

@@ -13,6 +13,7 @@ from torch.nn import Module
 from lightning_fedmut.aggregators.base import Aggregator
 from lightning_fedmut.aggregators.fedavg import FedAvg
 from lightning_fedmut.aggregators.fedopt import check_bool
+from lightning_fedmut.callbacks.base import FederatedCallback
 from lightning_fedmut.functional.server_optim import (
     apply_step_,
     extrapolated_lr,
@@ -20,12 +21,16 @@ from lightning_fedmut.functional.server_optim import (
     squared_distance,
     squared_norm,
 )
-from lightning_fedmut.functional.state import frozen_keys, is_floating
+from lightning_fedmut.functional.state import copy_, frozen_keys, is_floating
 from lightning_fedmut.utilities.validation import check_real
 
 if TYPE_CHECKING:
+    from lightning.pytorch import LightningModule
+
+    from lightning_fedmut.loop import FederatedLoop
     from lightning_fedmut.tasks import ClientResult
 
+__all__ = ["FedExP", "FedExPReport"]
 
 
 class FedExP(Aggregator):
@@ -48,9 +53,10 @@ class FedExP(Aggregator):
     (``fedexp/server_lr``).
 
     **The last two iterates.** FedExP's iterates oscillate, and the authors report (evaluate) the average of
-    the last two global models while training goes on from the last one. Add
-    :class:`~lightning_fedmut.callbacks.ServerReport` with ``average_last_two=True`` to evaluate that average;
-    the global model itself, the clients' start model and the checkpoints stay the FedExP iterate.
+    the last two global models while training goes on from the last one. The method
+    ``lightning_fedmut.algorithms.FedExP(average_last_two=True)`` does so: it bundles this aggregator with
+    :class:`FedExPReport`, FedExP's report (pass it in ``callbacks`` to use the aggregator on its own); the global
+    model itself, the clients' start model and the checkpoints stay the FedExP iterate.
 
     **Against the authors' code.** It adds ``|S| * epsilon`` rather than ``epsilon`` to ``|d|^2`` and decays
     ``epsilon`` (and the local learning rate) by 0.998 a round; this class implements the paper's formula with
@@ -130,13 +136,6 @@ class FedExP(Aggregator):
         distance = squared_distance([state[k] for k in self._keys], [reference[k] for k in self._keys])
         self._weighted_sq_norms += weight * distance
 
-    def merge(self, other: Aggregator) -> None:
-        if not isinstance(other, FedExP) or other.hparams != self.hparams:
-            raise TypeError(f"Expected to merge a FedExP with {self.hparams}, got {type(other).__name__}"
-                            f" with {getattr(other, 'hparams', {})}.")
-        self._mean.merge(other._mean)
-        self._weighted_sq_norms += other._weighted_sq_norms
-
     @torch.no_grad()
     def compute(self, global_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         total = self._mean.total_weight
@@ -156,3 +155,92 @@ class FedExP(Aggregator):
             "fedexp/client_update_norm": math.sqrt(self._weighted_sq_norms / total),
         }
         return new
+
+
+class FedExPReport(FederatedCallback):
+    r"""FedExP's report: evaluate the average of the last two global models, as FedExP's authors report it.
+
+    FedExP's iterates oscillate, so the authors evaluate ``(w_glb(t) + w_glb(t+1)) / 2`` while training goes on
+    from ``w_glb(t+1)``. The global module holds that average while it is evaluated (between
+    ``on_validation_start`` and ``on_validation_end``) and the last iterate again right after, so the clients,
+    the aggregator and the federated checkpoints see the iterate and the validation metrics are the average's.
+    The first aggregated round is evaluated as it is (there is no earlier iterate), as in the authors' code.
+    Only the module's floating parameters are averaged (buffers are the last iterate's). It works with any
+    aggregator; it holds one copy of the parameters, and a second one while the evaluation runs.
+    ``lightning_fedmut.algorithms.FedExP(average_last_two=True)`` adds it after the method's other components.
+
+    Place it after callbacks that evaluate or save the global model themselves in ``on_validation_end`` if they
+    must see the average, before them if they must see the iterate.
+
+    Examples:
+        >>> from lightning_fedmut import FederatedLoop
+        >>> loop = FederatedLoop(rounds=10, clients_per_round=5, aggregator=FedExP(), callbacks=[FedExPReport()])
+        >>> loop.hparams["callbacks"][0]["class_path"]
+        'lightning_fedmut.aggregators.fedexp.FedExPReport'
+    """
+
+    def __init__(self) -> None:
+        self._keys: list[str] = []
+        self._previous: list[Tensor] = []
+        self._previous_iterate = -1  # which iterate `_previous` holds (0: the initial model)
+        self._iterates = 0  # aggregations done: the global module holds iterate number `_iterates`
+        self._stash: list[Tensor] | None = None
+
+    def setup(self, loop: FederatedLoop, module: LightningModule, stage: str) -> None:
+        self._iterates, self._previous_iterate, self._stash = 0, -1, None
+        state = module.state_dict()
+        names = {name for name, _ in module.named_parameters()}
+        self._keys = [k for k, v in state.items() if k in names and is_floating(v)]
+        self._previous = [state[k].detach().clone() for k in self._keys]
+
+    def teardown(self, loop: FederatedLoop, module: LightningModule, stage: str) -> None:
+        self._restore(module)
+        self._previous = []
+
+    def on_before_aggregate(self, loop: FederatedLoop, module: LightningModule, aggregator: Aggregator) -> None:
+        state = module.state_dict()
+        copy_(self._previous, [state[k] for k in self._keys])
+        self._previous_iterate = self._iterates
+
+    def on_after_aggregate(self, loop: FederatedLoop, module: LightningModule) -> None:
+        self._iterates += 1
+
+    @torch.no_grad()
+    def on_validation_start(self, loop: FederatedLoop, module: LightningModule) -> None:
+        if self._previous_iterate < 1 or self._previous_iterate >= self._iterates:
+            return
+        state = module.state_dict()
+        current = [state[k] for k in self._keys]
+        self._stash = [t.detach().clone() for t in current]
+        for t, previous in zip(current, self._previous):
+            t.add_(previous.to(device=t.device, dtype=t.dtype)).mul_(0.5)
+
+    def on_validation_end(self, loop: FederatedLoop, module: LightningModule) -> None:
+        self._restore(module)
+
+    def on_exception(self, loop: FederatedLoop, module: LightningModule, exception: BaseException) -> None:
+        self._restore(module)
+
+    def _restore(self, module: LightningModule) -> None:
+        if self._stash is not None:
+            state = module.state_dict()
+            copy_([state[k] for k in self._keys], self._stash)
+            self._stash = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"keys": list(self._keys), "previous": [t.detach().cpu().clone() for t in self._previous],
+                "previous_iterate": self._previous_iterate, "iterates": self._iterates}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        if self._keys and list(state_dict["keys"]) != self._keys:
+            raise ValueError(f"Expected the FedExPReport state of parameters {self._keys[:5]}..., got one of"
+                             f" {list(state_dict['keys'])[:5]}...: the checkpoint is of another model.")
+        self._keys = list(state_dict["keys"])
+        if self._previous:
+            copy_(self._previous, state_dict["previous"])
+        else:
+            self._previous = [t.clone() for t in state_dict["previous"]]
+        self._previous_iterate = int(state_dict["previous_iterate"])
+        self._iterates = int(state_dict["iterates"])

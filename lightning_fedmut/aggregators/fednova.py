@@ -17,7 +17,7 @@ from lightning_fedmut.utilities.validation import check_real
 if TYPE_CHECKING:
     from lightning_fedmut.tasks import ClientResult
 
-__all__ = ["FedNova", "normalizing_factor"]
+__all__ = ["FedNova"]
 
 
 def normalizing_factor(num_steps: int, momentum: float = 0.0) -> float:
@@ -153,6 +153,8 @@ class FedNova(Aggregator):
         if weight <= 0:
             raise ValueError(f"Expected a client weight > 0, got {weight}.")
         state = result.state
+        if state is None:
+            raise ValueError("Expected a trained client's `state`, got None: a failed client is never aggregated.")
         if not self._keys or state.keys() != self._keys:
             self._allocate(state)
         if self._count == 0:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from lightning_fedmut.aggregators.fedexp import FedExP as FedExPAggregator
+from lightning_fedmut.aggregators.fedexp import FedExPReport
 from lightning_fedmut.algorithms.base import FederatedAlgorithm
-from lightning_fedmut.callbacks.server_report import ServerReport
 
 __all__ = ["FedExP"]
 
@@ -13,8 +13,8 @@ class FedExP(FederatedAlgorithm):
     r"""FedExP: the server extrapolates the mean update with a step from the POCS view.
 
     Components: the aggregator :class:`~lightning_fedmut.aggregators.FedExP` (``epsilon``, ``weighted``) and,
-    with ``average_last_two=True``, a :class:`~lightning_fedmut.callbacks.ServerReport` that evaluates the
-    average of the last two global models, as FedExP's authors report it.
+    with ``average_last_two=True``, FedExP's report :class:`~lightning_fedmut.aggregators.fedexp.FedExPReport`,
+    which evaluates the average of the last two global models, as FedExP's authors report it.
 
     Args:
         epsilon: the step's regulariser.
@@ -24,12 +24,12 @@ class FedExP(FederatedAlgorithm):
     Examples:
         >>> algo = FedExP(average_last_two=True)
         >>> algo.hparams, [type(cb).__name__ for cb in algo.callbacks]
-        ({'epsilon': 0.001, 'weighted': False, 'average_last_two': True}, ['ServerReport'])
+        ({'epsilon': 0.001, 'weighted': False, 'average_last_two': True}, ['FedExPReport'])
     """
 
     def __init__(self, epsilon: float = 1e-3, weighted: bool = False, average_last_two: bool = False) -> None:
         if not isinstance(average_last_two, bool):
             raise TypeError(f"Expected `average_last_two` to be a bool, got {average_last_two!r}.")
-        report = [ServerReport(average_last_two=True)] if average_last_two else []
+        report = [FedExPReport()] if average_last_two else []
         super().__init__(aggregator=FedExPAggregator(epsilon=epsilon, weighted=weighted), callbacks=report)
         self._save_init_args(epsilon=epsilon, weighted=weighted, average_last_two=average_last_two)

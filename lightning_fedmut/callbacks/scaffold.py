@@ -23,9 +23,6 @@ if TYPE_CHECKING:
 
 #: Key of a client's control variate ``c_i`` in its client state (a dict of tensors keyed by parameter name).
 CLIENT_CONTROL_KEY = "scaffold/control"
-#: Key of the change ``delta c_i`` in a client result's payload, and of ``c`` in a task's payload.
-DELTA_CONTROL_KEY = "scaffold/delta_control"
-SERVER_CONTROL_KEY = "scaffold/server_control"
 
 
 def step_size(group: dict[str, Any]) -> float:
@@ -129,15 +126,15 @@ class Scaffold(LocalCallback):
 
     Each client ``i`` keeps a control variate ``c_i`` in the loop's client-state store (zero until its first
     round) and the server keeps ``c`` (zero at first). Every client trains with its gradients corrected to
-    ``g - c_i + c`` (a :class:`ControlVariateCorrection` in its Trainer; ``c`` is also sent in the task's
-    payload), then updates
+    ``g - c_i + c`` (a :class:`ControlVariateCorrection` in its Trainer), then updates
 
     ``c_i+ = c_i - c + (x - y) / (K eta_l)``
 
     from its start ``x``, its trained weights ``y``, its ``K`` optimizer steps and the learning rate
     ``eta_l`` (read from the optimizer as it steps, so schedules count; SGD momentum is accounted for, see
-    :func:`step_size`). It stores ``c_i+`` and sends ``delta c_i = c_i+ - c_i`` as a payload; once every client
-    of the round has trained, the server updates ``c += (|S| / N) * mean_i(delta c_i)`` (``|S|`` clients that
+    :func:`step_size`). It stores ``c_i+`` and keeps ``delta c_i = c_i+ - c_i`` by slot (with workers, each
+    worker its own clients', gathered in slot order once the round's clients are done, so the sum is the one
+    process's to the bit); once every client of the round has trained, the server updates ``c += (|S| / N) * mean_i(delta c_i)`` (``|S|`` clients that
     trained, ``N`` in the federation). The global model is whatever the aggregator makes of the clients;
     the paper's ``x += eta_g mean_i(y_i - x)`` with ``eta_g = 1`` is ``FedAvg(weighted=False)``.
 
@@ -207,12 +204,10 @@ class Scaffold(LocalCallback):
         corrector = ControlVariateCorrection(self._names, self._control, task.client_state.get(CLIENT_CONTROL_KEY))
         self._clients[task.slot] = corrector
         task.callbacks.append(corrector)
-        task.payload[SERVER_CONTROL_KEY] = self.control
 
     def on_client_fit_end(self, loop: FederatedLoop, module: LightningModule, result: ClientResult) -> None:
         corrector = self._clients.pop(result.task.slot)
         result.client_state[CLIENT_CONTROL_KEY] = corrector.new_control
-        result.payload[DELTA_CONTROL_KEY] = corrector.delta_control
         delta = [corrector.delta_control[n] for n in self._names]
         if loop.executor.world_size == 1:  # clients end in slot order: add as they come
             accumulate_(self._delta_sum, delta, 1.0)

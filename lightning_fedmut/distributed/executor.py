@@ -56,7 +56,7 @@ class DistributedExecutor(ClientExecutor):
     Slot ``s`` is trained by rank ``s % workers`` (with the ``inner`` executor, one working copy per worker);
     FedMut's start models are built there from the global weights, delta and coefficient table that every
     rank holds identically, so no start model is sent. After its clients, each worker sends its results (the
-    trained states as CPU tensors, metrics, payloads, per-client states, errors) to every other, and every
+    trained states as CPU tensors, metrics, step counts, payloads, per-client states, errors) to every other, and every
     worker hands the round's results to the loop in slot order: the aggregator, the history and the
     client-state store then see exactly what one process sees, so results equal a one-process run bit for bit,
     whatever the number of workers. The global model is evaluated by rank 0 and the metrics are shared.

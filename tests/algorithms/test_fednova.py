@@ -7,6 +7,7 @@ states. Weights are O(1) and each entry goes through a handful of float32 operat
 
 from __future__ import annotations
 
+import itertools
 import sys
 
 import numpy as np
@@ -83,7 +84,7 @@ def expected(record: dict, parameters: set[str], weighted: bool, rho: float) -> 
 def clients(synthetic):
     train, _ = synthetic
     starts = np.cumsum((0, *SIZES))
-    return make_clients(train, [np.arange(a, b) for a, b in zip(starts[:-1], starts[1:])], batch_size=8)
+    return make_clients(train, [np.arange(a, b) for a, b in itertools.pairwise(starts)], batch_size=8)
 
 
 def run(synthetic, aggregator, workers=None, rounds=2, momentum=0.0, **loop_args):
