@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -21,7 +22,9 @@ TINY = ["--data=synthetic", "--partition.num_clients=4", "--loop.clients_per_rou
 
 
 def _run_id(folder: str) -> str:
-    return Path(folder).name.rsplit("-", 1)[-1]
+    """The run id in an offline run folder's name: offline-run-<time>-<id>, with -1 ... after a start in the same
+    second as an earlier one."""
+    return re.fullmatch(r"offline-run-\d{8}_\d{6}-([a-z0-9]+)(-\d+)?", Path(folder).name).group(1)
 
 
 def test_ctrl_c_then_ckpt_path_last_logs_to_the_same_wandb_run(tmp_path, capsys, monkeypatch):
