@@ -136,6 +136,7 @@ class FedNova(Aggregator):
         self._tau = 0.0
         self._count = 0
 
+    # --8<-- [start:streaming]
     @torch.no_grad()
     def update(self, result: ClientResult) -> None:
         if self._module is None:
@@ -190,6 +191,8 @@ class FedNova(Aggregator):
         out.update(zip(self._int_keys, self._ints))
         self._metrics = {"fednova/tau_eff": tau_eff}
         return out
+
+    # --8<-- [end:streaming]
 
     def _allocate(self, state: Mapping[str, Tensor]) -> None:
         self._keys = set(state)
