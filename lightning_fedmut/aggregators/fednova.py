@@ -44,7 +44,7 @@ class FedNova(Aggregator):
 
     With ``w`` the global model, client ``i``'s update ``Delta_i = w_i - w``, its weight ``p_i``
     (``n_i / sum_j n_j`` with ``weighted=True``, else ``1 / K``) and its normalizing factor ``a_i``
-    (:func:`normalizing_factor` of its real step count ``tau_i = result.num_steps``: ``tau_i`` for plain SGD),
+    (the module's ``normalizing_factor`` of its real step count ``tau_i = result.num_steps``: ``tau_i`` for plain SGD),
 
     ``d_i = Delta_i / a_i``,  ``tau_eff = sum_i p_i a_i``,  ``w <- w + tau_eff * sum_i p_i d_i``.
 
