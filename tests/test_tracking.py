@@ -2,6 +2,7 @@
 
 import csv
 import json
+import sys
 
 import pytest
 import torch
@@ -142,9 +143,10 @@ def test_csv_logger_has_every_round_metric(synthetic, tmp_path):
             assert float(row[key]) == pytest.approx(value, rel=1e-6), key
 
 
-def test_progress_bar_on_and_off(synthetic, capsys):
+def test_progress_bar_on_and_off(synthetic, capsys, monkeypatch):
     train, val = synthetic
     clients = make_clients(train, partition_iid(len(train), 8, seed=0), batch_size=16)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal gets the bar (elsewhere: a line per round)
     FederatedLoop(rounds=2, clients_per_round=2, local_steps=1, seed=0).fit(
         TinyModule(), clients, val_dataloaders=DataLoader(val, batch_size=60))
     err = capsys.readouterr().err

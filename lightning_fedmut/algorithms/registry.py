@@ -9,7 +9,7 @@ from typing import Any
 
 from lightning_fedmut.algorithms.base import FederatedAlgorithm
 
-__all__ = ["algorithm_class", "build_algorithm", "name_key", "names", "register", "resolve_name", "unregister"]
+__all__ = ["algorithm_class", "build_algorithm", "names", "register", "resolve_name", "unregister"]
 
 #: The registered methods, by their name as registered (built-in presets first, in the documentation's order).
 _REGISTRY: dict[str, type[FederatedAlgorithm]] = {}

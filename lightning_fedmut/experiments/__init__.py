@@ -16,12 +16,20 @@ Examples:
     (None, 4.0)
 """
 
-from lightning_fedmut.experiments.config import METHODS, Benchmark, Cell, load_benchmark, partition_options
-from lightning_fedmut.experiments.report import format_table, run_value, summarize, write_report
+from lightning_fedmut.experiments.config import (
+    METHOD_SETTINGS,
+    METHODS,
+    Benchmark,
+    Cell,
+    load_benchmark,
+    partition_options,
+)
+from lightning_fedmut.experiments.report import format_table, run_settings, run_value, summarize, write_report
 from lightning_fedmut.experiments.runner import BenchmarkResult, run_benchmark, run_cell
 
 __all__ = [
     "METHODS",
+    "METHOD_SETTINGS",
     "Benchmark",
     "BenchmarkResult",
     "Cell",
@@ -30,6 +38,7 @@ __all__ = [
     "partition_options",
     "run_benchmark",
     "run_cell",
+    "run_settings",
     "run_value",
     "summarize",
     "write_report",
