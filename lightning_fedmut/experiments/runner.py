@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from lightning_fedmut import _tracking as tracking
 from lightning_fedmut.experiments.config import (
     Benchmark,
     Cell,
@@ -425,8 +426,8 @@ def _fit_cell(args: Mapping[str, Any], folder: Path, meta: Mapping[str, Any], lo
     state["logger"] = logger
     config = cell_config(cfg)
     config.pop("ckpt_path", None)
-    if logger is not None:
-        logger.log_hyperparams({
+    if logger is not None:  # logged when fit starts the run: a resumed cell goes on in its checkpoint's W&B run
+        tracking.defer_hyperparams(logger, {
             "benchmark.name": meta.get("benchmark"), "benchmark.method": meta["method"],
             "benchmark.partition": meta["partition"], "benchmark.seed": meta["seed"], **flatten_config(config)})
     loop = FederatedLoop(**loop_args, aggregator=aggregator, callbacks=callbacks, logger=logger, seed=cfg.seed,
