@@ -38,7 +38,7 @@ def test_fit_help_names_each_group_and_shows_defaults_as_optional(capsys, monkey
     assert "[--loop.rounds ROUNDS]" in usage and "[--loop.clients_per_round CLIENTS_PER_ROUND]" in usage
     rounds = text[text.index("  --loop.rounds ROUNDS"):].split("\n  --")[0]
     assert "required" not in rounds and "default: 30" in rounds
-    assert "UniformSampler" in text and "(type: Aggregator," in " ".join(text.split())
+    assert "UniformSampler" in text and "(type: Aggregator | null," in " ".join(text.split())
 
 
 @pytest.mark.parametrize(("flag", "message"), [

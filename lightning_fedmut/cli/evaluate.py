@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from lightning_fedmut import _checks as checks
 from lightning_fedmut.checkpoint import CorruptCheckpointError, list_checkpoints, load_checkpoint, load_resume_checkpoint
 from lightning_fedmut.cli._parser import CLIError, parse, plural
-from lightning_fedmut.cli.fit import _build, _clients, _data, _partitions, fit_parser
+from lightning_fedmut.cli.fit import _build, _clients, _data, _partitions, algorithm_argv, fit_parser
 from lightning_fedmut.execution._calls import interruptible, merged_scalars
 from lightning_fedmut.execution.evaluation import EVAL_TRAINER_DEFAULTS
 from lightning_fedmut.utilities.trainer import quiet_lightning
@@ -250,7 +250,8 @@ def evaluate_main(argv: Sequence[str], stage: Stage = "validate") -> int:
     if stage not in STAGES:
         raise ValueError(f"Expected `stage` to be one of {', '.join(STAGES)}, got {stage!r}.")
     argv = list(argv)
-    cfg = parse(evaluate_parser(stage, argv), argv, none_flags={"--mutation", "--model_checkpoint"})
+    argv = algorithm_argv(argv)  # the fit's command line may name its method
+    cfg = parse(evaluate_parser(stage, argv), argv, none_flags={"--mutation", "--model_checkpoint", "--algorithm"})
     run_evaluate(cfg, stage)
     return 0
 

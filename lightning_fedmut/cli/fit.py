@@ -45,7 +45,7 @@ DatasetName = Literal["digits", "mnist1d", "synthetic", "mnist", "fashion_mnist"
 assert DatasetName.__args__ == DATASETS  # type: ignore[attr-defined]
 
 #: FederatedLoop arguments that get their own flags (or are built from them) instead of ``--loop.*``.
-_LOOP_SKIP = {"aggregator", "callbacks", "logger", "seed"}
+_LOOP_SKIP = {"aggregator", "callbacks", "logger", "seed", "algorithm", "enable_model_checkpoint"}
 #: ``--loop.*`` options that take a class (``--loop.sampler lightning_fedmut.sampling.ClusteredSampler``).
 _LOOP_PLUGINS: dict[str, Any] = {}
 #: Defaults of the run that differ from the classes' own: the FedMut paper's setting on the digits.
@@ -172,13 +172,26 @@ def fit_parser(argv: Sequence[str] = ()) -> ArgumentParser:
     parser.add_class_arguments(FederatedLoop, "loop", skip=_LOOP_SKIP)
     parser.set_defaults(_LOOP_DEFAULTS)
     not_required_with_default(parser)  # --loop.rounds has a default here, though FederatedLoop requires it
+    from lightning_fedmut.algorithms import FederatedAlgorithm
+
+    parser.add_argument(
+        "--algorithm", type=FederatedAlgorithm | None, default=None,
+        help="A federated method by name (FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi,"
+             " FedExP, FedMR, ClusteredSampling, FedNova, or one registered with lightning_fedmut.algorithms.register;"
+             " case, spaces, - and _ aside) with its settings as --algorithm.NAME (e.g. --algorithm.mu 0.01). It"
+             " brings its own aggregator and start model: do not pass --mutation or --aggregator with it.",
+    )
+    method_given = _scan(argv, "algorithm", None) is not None
     parser.add_argument(
         "--mutation", type=MutationCallback | None,
-        default=lazy_instance(MutationCallback, radius=4.0, acceleration=0.3),
-        help="FedMut's MutationCallback (--mutation.radius, --mutation.acceleration, ...), or null for FedAvg.",
+        default=None if method_given else lazy_instance(MutationCallback, radius=4.0, acceleration=0.3),
+        help="FedMut's MutationCallback (--mutation.radius, --mutation.acceleration, ...), or null for FedAvg"
+             " (without --algorithm).",
     )
-    parser.add_argument("--aggregator", type=Aggregator, default=lazy_instance(FedAvg, weighted=False),
-                        help="How client models are combined; FedAvg(weighted=False) is FedMut's uniform mean.")
+    parser.add_argument("--aggregator", type=Aggregator | None,
+                        default=None if method_given else lazy_instance(FedAvg, weighted=False),
+                        help="How client models are combined; FedAvg(weighted=False) is FedMut's uniform mean"
+                             " (without --algorithm).")
     parser.add_argument(
         "--model_checkpoint", type=GlobalModelCheckpoint | None, default=lazy_instance(GlobalModelCheckpoint),
         help="Lightning checkpoints of the global model (last.ckpt, and the best rounds by"
@@ -209,11 +222,72 @@ def fit_parser(argv: Sequence[str] = ()) -> ArgumentParser:
     return parser
 
 
+def algorithm_argv(argv: Sequence[str]) -> list[str]:
+    """``argv`` with the method name of ``--algorithm NAME`` replaced by its registered class's path.
+
+    Names are looked up in :mod:`lightning_fedmut.algorithms`' registry (case, spaces, ``-`` and ``_`` aside); a
+    class path or a ``{class_path: ...}`` value is left as it is. An unknown name is a one-line error.
+
+    Examples:
+        >>> algorithm_argv(["--algorithm", "scaffold", "--algorithm.init_args.weighted=false"])[:2]
+        ['--algorithm', 'lightning_fedmut.algorithms.scaffold.SCAFFOLD']
+        >>> algorithm_argv(["--algorithm=FedMutt"])
+        Traceback (most recent call last):
+        ...
+        lightning_fedmut.cli._parser.CLIError: --algorithm: expected a registered method name, got 'FedMutt' (did you mean FedMut?); known: FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, ClusteredSampling, FedNova
+    """
+    out = list(argv)
+    for i, arg in enumerate(out):
+        name, eq, value = arg.partition("=")
+        if name != "--algorithm":
+            continue
+        if not eq:
+            if i + 1 >= len(out):
+                continue
+            value = out[i + 1]
+        if "." in value or value.strip().startswith("{") or value in ("null", "None", ""):
+            continue
+        from lightning_fedmut.algorithms.registry import algorithm_class
+
+        try:
+            cls = algorithm_class(value)
+        except ValueError as err:
+            message = str(err).removeprefix("Expected `algorithm` to be").removesuffix(".").strip()
+            raise CLIError(f"--algorithm: expected {message}") from None
+        path = f"{cls.__module__}.{cls.__qualname__}"
+        if eq:
+            out[i] = f"--algorithm={path}"
+        else:
+            out[i + 1] = path
+    return out
+
+
+def _method(cfg: Namespace) -> tuple[Any, MutationCallback | None, Aggregator | None]:
+    """``(algorithm, mutation, aggregator)`` of ``cfg``: a method given by ``--algorithm`` brings its own parts."""
+    from lightning_fedmut.algorithms import FederatedAlgorithm
+
+    algorithm = _build("algorithm", FederatedAlgorithm | None, cfg.algorithm)
+    mutation = _build("mutation", MutationCallback | None, cfg.mutation)
+    aggregator = _build("aggregator", Aggregator | None, cfg.aggregator)
+    if algorithm is not None:
+        given = [flag for flag, value in (("--mutation", mutation), ("--aggregator", aggregator)) if value is not None]
+        if given:
+            raise CLIError(f"--algorithm {algorithm.name} brings its own aggregator and start model: remove"
+                           f" {' and '.join(given)}, or give its settings as --algorithm.NAME")
+    elif aggregator is None:
+        raise CLIError("--aggregator: expected an Aggregator (e.g. lightning_fedmut.aggregators.FedAvg), got null")
+    return algorithm, mutation, aggregator
+
+
+def _loop_method_args(algorithm: Any, aggregator: Aggregator | None) -> dict[str, Any]:
+    return {"algorithm": algorithm} if algorithm is not None else {"aggregator": aggregator}
+
+
 def fit_main(argv: Sequence[str]) -> int:
     """Parse ``argv`` and run the federation; returns the exit code (130 after Ctrl+C, with how to resume)."""
-    argv = list(argv)
+    argv = algorithm_argv(argv)
     parser = fit_parser(argv)
-    cfg = parse(parser, argv, none_flags={"--mutation", "--model_checkpoint"})
+    cfg = parse(parser, argv, none_flags={"--mutation", "--model_checkpoint", "--algorithm"})
     try:
         run_fit(cfg)
     except KeyboardInterrupt:
@@ -486,13 +560,12 @@ def check_fit_args(argv: Sequence[str]) -> None:
         ...
         lightning_fedmut.cli._parser.CLIError: --loop: Expected `min_clients_per_round` to be an integer <= 10, got 20.
     """
-    argv = list(argv)
-    cfg = parse(fit_parser(argv), argv, none_flags={"--mutation", "--model_checkpoint"})
+    argv = algorithm_argv(argv)
+    cfg = parse(fit_parser(argv), argv, none_flags={"--mutation", "--model_checkpoint", "--algorithm"})
     check_val_fraction(cfg.val_fraction)
     _check_logger(cfg.logger)
-    mutation = _build("mutation", MutationCallback | None, cfg.mutation)
+    algorithm, mutation, aggregator = _method(cfg)
     _build("model_checkpoint", GlobalModelCheckpoint | None, cfg.model_checkpoint)
-    aggregator = _build("aggregator", Aggregator, cfg.aggregator)
     loop_args = plain(cfg.loop.as_dict())
     for key, type_ in _LOOP_PLUGINS.items():
         if isinstance(loop_args.get(key), dict):
@@ -500,7 +573,8 @@ def check_fit_args(argv: Sequence[str]) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the run itself warns
-            FederatedLoop(**loop_args, aggregator=aggregator, callbacks=[mutation] if mutation else [], seed=cfg.seed)
+            FederatedLoop(**loop_args, **_loop_method_args(algorithm, aggregator),
+                          callbacks=[mutation] if mutation else [], seed=cfg.seed)
     except (ValueError, TypeError) as err:
         raise CLIError(f"--loop: {err}") from None
 
@@ -514,9 +588,8 @@ def run_fit(cfg: Namespace) -> FederatedResult:
     ckpt_path = resume_checkpoint(cfg.ckpt_path, cfg.loop.checkpoint_dir)
     torch.manual_seed(cfg.seed)
     model = _build("model", LightningModule, cfg.model)
-    mutation = _build("mutation", MutationCallback | None, cfg.mutation)
+    algorithm, mutation, aggregator = _method(cfg)
     model_checkpoint = _build("model_checkpoint", GlobalModelCheckpoint | None, cfg.model_checkpoint)
-    aggregator = _build("aggregator", Aggregator, cfg.aggregator)
     data = _build("data", LightningDataModule, cfg.data)
     train, val, collate_fn = _data(cfg, data)
     parts = _partitions(cfg.partition, train, cfg.seed)
@@ -536,18 +609,20 @@ def run_fit(cfg: Namespace) -> FederatedResult:
     if model_checkpoint is not None and (model_checkpoint.dirpath is not None or loop_args["checkpoint_dir"]):
         callbacks.append(model_checkpoint)
     try:
-        loop = FederatedLoop(**loop_args, aggregator=aggregator, callbacks=callbacks, logger=logger, seed=cfg.seed)
+        # --model_checkpoint decides the Lightning checkpoints of the global model: the loop writes none of its own
+        loop = FederatedLoop(**loop_args, **_loop_method_args(algorithm, aggregator), callbacks=callbacks,
+                             logger=logger, seed=cfg.seed, enable_model_checkpoint=False)
     except (ValueError, TypeError) as err:
         finish_logger(logger)
         raise CLIError(f"--loop: {err}") from None
     config = config_dict(cfg)
     for key, obj in (("model", model), ("mutation", mutation), ("aggregator", aggregator), ("data", data),
-                     ("model_checkpoint", model_checkpoint)):
+                     ("model_checkpoint", model_checkpoint), ("algorithm", algorithm)):
         if isinstance(config.get(key), dict):  # the class path as the loop logs it (module.Class)
             config[key]["class_path"] = class_path(obj)
     # logged when fit starts the run: after a resumed run's id is read from the checkpoint, so W&B continues it
     tracking.defer_hyperparams(logger, flatten_config(config))
-    method = "FedMut" if mutation is not None else "FedAvg"
+    method = algorithm.name if algorithm is not None else "FedMut" if mutation is not None else "FedAvg"
     print(f"{method}: {type(model).__name__} on {cfg.data if isinstance(cfg.data, str) else type(data).__name__},"
           f" {len(clients)} clients, {loop.clients_per_round} per round, {plural(loop.rounds, 'round')}"
           + (f"; resuming from {ckpt_path}" if ckpt_path is not None else ""), flush=True)
