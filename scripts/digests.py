@@ -97,8 +97,8 @@ def main() -> None:
 
 
 def _methods() -> dict:
-    from lightning_fedmut.aggregators import FedAdagrad, FedAdam, FedAvgM, FedExP, FedYogi
-    from lightning_fedmut.callbacks import FedMR, FedProx, Scaffold, ServerReport
+    from lightning_fedmut.aggregators import FedAdagrad, FedAdam, FedAvgM, FedExP, FedExPReport, FedYogi
+    from lightning_fedmut.callbacks import FedMR, FedProx, Scaffold
     from lightning_fedmut.sampling import ClusteredSampler
 
     return {
@@ -111,8 +111,8 @@ def _methods() -> dict:
         "FedMut+FedAdam": lambda: {"aggregator": FedAdam(server_lr=0.05),
                                    "callbacks": [MutationCallback(radius=2.0)]},
         "FedYogi": lambda: {"aggregator": FedYogi(server_lr=0.05)},
-        "FedExP": lambda: {"aggregator": FedExP(), "callbacks": [ServerReport(average_last_two=True)]},
-        "ClusteredSampling": lambda: {"sampler": ClusteredSampler(), "callbacks": [ServerReport()]},
+        "FedExP": lambda: {"aggregator": FedExP(), "callbacks": [FedExPReport()]},
+        "ClusteredSampling": lambda: {"sampler": ClusteredSampler()},
         "FedMR": lambda: {"callbacks": [FedMR(first_stage_bound=1)]},
         "FedMut": lambda: {"callbacks": [MutationCallback(radius=2.0)]},
         "FedAvg": lambda: {},

@@ -8,8 +8,8 @@ from helpers import TinyModule, state_of
 from torch.utils.data import DataLoader
 
 from lightning_fedmut import FedAvg, FederatedCallback, FederatedLoop, MutationCallback, make_clients
-from lightning_fedmut.aggregators import FedAdagrad, FedAdam, FedAvgM, FedExP, FedYogi
-from lightning_fedmut.callbacks import FedMR, FedProx, Scaffold, ServerReport
+from lightning_fedmut.aggregators import FedAdagrad, FedAdam, FedAvgM, FedExP, FedExPReport, FedYogi
+from lightning_fedmut.callbacks import FedMR, FedProx, Scaffold
 from lightning_fedmut.data import partition_dirichlet
 from lightning_fedmut.sampling import ClusteredSampler
 
@@ -22,8 +22,8 @@ METHODS = {
     "FedAdam": lambda: {"aggregator": FedAdam(server_lr=0.05)},
     "FedMut+FedAdam": lambda: {"aggregator": FedAdam(server_lr=0.05), "callbacks": [MutationCallback(radius=2.0)]},
     "FedYogi": lambda: {"aggregator": FedYogi(server_lr=0.05)},
-    "FedExP": lambda: {"aggregator": FedExP(), "callbacks": [ServerReport(average_last_two=True)]},
-    "ClusteredSampling": lambda: {"sampler": ClusteredSampler(), "callbacks": [ServerReport()]},
+    "FedExP": lambda: {"aggregator": FedExP(), "callbacks": [FedExPReport()]},
+    "ClusteredSampling": lambda: {"sampler": ClusteredSampler()},
     "FedMR": lambda: {"callbacks": [FedMR(first_stage_bound=1)]},
 }
 

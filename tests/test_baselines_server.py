@@ -151,21 +151,6 @@ def test_server_optimizer_state_is_checkpointed_and_restored():
     assert second.steps == 3 and second.metrics["fedyogi/step_norm"] > 0
 
 
-def test_partial_server_optimizers_merge_into_one():
-    states = [{"w": torch.tensor([float(i), 2.0 * i])} for i in range(4)]
-    one, first, other = FedAdam(), FedAdam(), FedAdam()
-    for agg in (one, first, other):
-        agg.reset()
-    for i, s in enumerate(states):
-        one.update(make_result(s))
-        (first if i < 2 else other).update(make_result(s))
-    first.merge(other)
-    glb = {"w": torch.zeros(2)}
-    torch.testing.assert_close(first.compute(glb)["w"], one.compute(glb)["w"])
-    with pytest.raises(TypeError, match="Expected to merge a FedAdam"):
-        first.merge(FedAdam(server_lr=0.5))
-
-
 @pytest.mark.parametrize(("make", "message"), [
     (lambda: FedAdam(tau=0.0), r"Expected `tau` to be a float > 0, got 0.0."),
     (lambda: FedAvgM(server_lr=-1), r"Expected `server_lr` to be a float > 0, got -1.0."),

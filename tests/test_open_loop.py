@@ -103,68 +103,6 @@ def _states(n, seed=0):
              "count": torch.tensor(3 * i + 1)} for i in range(n)]
 
 
-@pytest.mark.parametrize("weighted", [True, False])
-@pytest.mark.parametrize("split", [0, 1, 3, 5, 6])
-def test_two_partial_fedavg_accumulators_merged_equal_one(weighted, split):
-    states, weights = _states(6), [5, 1, 12, 3, 8, 2]
-    results = [make_result(s, n, slot=i) for i, (s, n) in enumerate(zip(states, weights))]
-    one, first, second = FedAvg(weighted=weighted), FedAvg(weighted=weighted), FedAvg(weighted=weighted)
-    for agg in (one, first, second):
-        agg.reset()
-    for r in results:
-        one.update(r)
-    for r in results[:split]:
-        first.update(r)
-    for r in results[split:]:
-        second.update(r)
-    first.merge(second)
-    assert first.num_updates == 6 and first.total_weight == one.total_weight
-    merged, single = first.compute({}), one.compute({})
-    ws = [float(n) if weighted else 1.0 for n in weights]
-    eps = torch.finfo(torch.float32).eps
-    for key in ("w", "b"):
-        scale = max(float(s[key].abs().max()) for s in states)
-        reference = sum(w * s[key].double() for s, w in zip(states, ws)) / sum(ws)
-        torch.testing.assert_close(merged[key].double(), reference, rtol=0, atol=8 * eps * scale)
-        # the sums differ only by the order of float32 additions: a few units in the last place of the largest
-        torch.testing.assert_close(merged[key], single[key], rtol=0, atol=8 * eps * scale)
-    assert merged["count"].dtype == torch.int64 and int(merged["count"]) == 16
-
-
-@pytest.mark.parametrize("weighted", [True, False])
-def test_fedavg_merge_is_bitwise_in_the_loops_order(weighted):
-    """The loop streams results in slot order; partials of one client each, merged in that order, are exact
-    for the uniform mean (FedMut's). With integer-valued states every sum is exact, so any split is bitwise."""
-    states = _states(6, seed=3)
-    weights = [5, 1, 12, 3, 8, 2]
-    one, merged = FedAvg(weighted=weighted), FedAvg(weighted=weighted)
-    one.reset(), merged.reset()
-    for i, (s, n) in enumerate(zip(states, weights)):
-        one.update(make_result(s, n, slot=i))
-        part = FedAvg(weighted=weighted)
-        part.reset()
-        part.update(make_result(s, n, slot=i))
-        merged.merge(part)
-    a, b = one.compute({}), merged.compute({})
-    if not weighted:
-        assert all(torch.equal(a[k], b[k]) for k in a)
-    ints = [{k: (v * 8).round() if v.is_floating_point() else v for k, v in s.items()} for s in states]
-    one, first, second = FedAvg(weighted=weighted), FedAvg(weighted=weighted), FedAvg(weighted=weighted)
-    for agg in (one, first, second):
-        agg.reset()
-    for i, (s, n) in enumerate(zip(ints, weights)):
-        one.update(make_result(s, n, slot=i))
-        (first if i < 4 else second).update(make_result(s, n, slot=i))
-    first.merge(second)
-    a, b = one.compute({}), first.compute({})
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_fedavg_merge_refuses_another_kind():
-    with pytest.raises(TypeError, match=r"merge a FedAvg\(weighted=True\), got FedAvg\(weighted=False\)"):
-        FedAvg(weighted=True).merge(FedAvg(weighted=False))
-
-
 # ---------------------------------------------------------- per-task callbacks
 class Probe(Callback):
     """A Lightning callback built for one task: records the task it was made for and what its Trainer saw."""

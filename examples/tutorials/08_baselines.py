@@ -24,8 +24,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from lightning_fedmut import FedAvg, FederatedLoop, MutationCallback, make_clients
-from lightning_fedmut.aggregators import FedAdagrad, FedAdam, FedAvgM, FedExP, FedYogi
-from lightning_fedmut.callbacks import FedMR, FedProx, Scaffold, ServerReport
+from lightning_fedmut.aggregators import FedAdagrad, FedAdam, FedAvgM, FedExP, FedExPReport, FedYogi
+from lightning_fedmut.callbacks import FedMR, FedProx, Scaffold
 from lightning_fedmut.data import partition_dirichlet
 from lightning_fedmut.datasets import labels_of, load_digits_split
 from lightning_fedmut.models import DigitsCNN
@@ -55,7 +55,7 @@ METHODS = {
     "FedAdagrad": lambda: {"aggregator": FedAdagrad(server_lr=0.1)},
     "FedAdam": lambda: {"aggregator": FedAdam(server_lr=0.03)},
     "FedYogi": lambda: {"aggregator": FedYogi(server_lr=0.03)},
-    "FedExP": lambda: {"aggregator": FedExP(epsilon=1e-3), "callbacks": [ServerReport(average_last_two=True)]},
+    "FedExP": lambda: {"aggregator": FedExP(epsilon=1e-3), "callbacks": [FedExPReport()]},
     "Clustered sampling": lambda: {"sampler": ClusteredSampler()},
     "FedMR": lambda: {"callbacks": [FedMR()]},
     "FedMut + FedProx": lambda: {"callbacks": [fedmut(), FedProx(mu=0.01)]},

@@ -121,14 +121,6 @@ class ServerOptimizer(Aggregator):
     def update(self, result: ClientResult) -> None:
         self._mean.update(result)
 
-    def merge(self, other: Aggregator) -> None:
-        if type(other) is not type(self) or other.hparams != self.hparams:
-            raise TypeError(
-                f"Expected to merge a {type(self).__name__} with {self.hparams}, got {type(other).__name__}"
-                f" with {getattr(other, 'hparams', {})}."
-            )
-        self._mean.merge(other._mean)  # type: ignore[attr-defined]
-
     @torch.no_grad()
     def compute(self, global_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         new = self._mean.compute(global_state)

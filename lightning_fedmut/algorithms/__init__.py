@@ -11,6 +11,7 @@ from lightning_fedmut.algorithms.fedavg import FedAvg
 from lightning_fedmut.algorithms.fedexp import FedExP
 from lightning_fedmut.algorithms.fedmr import FedMR
 from lightning_fedmut.algorithms.fedmut import FedMut
+from lightning_fedmut.algorithms.fednova import FedNova
 from lightning_fedmut.algorithms.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from lightning_fedmut.algorithms.fedprox import FedProx
 from lightning_fedmut.algorithms.registry import (
@@ -34,6 +35,7 @@ __all__ = [
     "FedExP",
     "FedMR",
     "FedMut",
+    "FedNova",
     "FedProx",
     "FedYogi",
     "FederatedAlgorithm",

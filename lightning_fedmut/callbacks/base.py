@@ -81,7 +81,7 @@ class FederatedCallback:
 
         ``task.start_state`` holds the client model's own tensors, loaded with the global weights: change
         them in place to give the client another start model. Append Lightning callbacks to
-        ``task.callbacks`` to add them to this client's Trainer, and server data to ``task.payload``.
+        ``task.callbacks`` to add them to this client's Trainer.
         """
 
     def on_client_fit_end(self, loop: FederatedLoop, module: LightningModule, result: ClientResult) -> None:

@@ -46,7 +46,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "FedAdam": {"aggregator": _plugin("lightning_fedmut.aggregators.FedAdam", server_lr=0.03)},
     "FedYogi": {"aggregator": _plugin("lightning_fedmut.aggregators.FedYogi", server_lr=0.03)},
     "FedExP": {"aggregator": _plugin("lightning_fedmut.aggregators.FedExP", epsilon=1e-3),
-               "callbacks": [_plugin("lightning_fedmut.callbacks.ServerReport", average_last_two=True)]},
+               "callbacks": [_plugin("lightning_fedmut.aggregators.FedExPReport")]},
     "FedMR": {"callbacks": [_plugin("lightning_fedmut.callbacks.FedMR")]},
     "Clustered sampling": {"loop": {"sampler": _plugin("lightning_fedmut.sampling.ClusteredSampler")}},
 }

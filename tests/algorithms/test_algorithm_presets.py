@@ -9,8 +9,8 @@ from torch.utils.data import DataLoader
 
 from lightning_fedmut import FedAvg, FederatedLoop, MutationCallback, make_clients
 from lightning_fedmut import algorithms as algos
-from lightning_fedmut.aggregators import FedAdagrad, FedAdam, FedAvgM, FedExP, FedYogi
-from lightning_fedmut.callbacks import FedMR, FedProx, GlobalModelCheckpoint, Scaffold, ServerReport
+from lightning_fedmut.aggregators import FedAdagrad, FedAdam, FedAvgM, FedExP, FedExPReport, FedYogi
+from lightning_fedmut.callbacks import FedMR, FedProx, GlobalModelCheckpoint, Scaffold
 from lightning_fedmut.data import partition_dirichlet
 from lightning_fedmut.sampling import ClusteredSampler
 
@@ -27,7 +27,7 @@ CASES = {
     "FedAdam": (lambda: algos.FedAdam(server_lr=0.05), lambda: {"aggregator": FedAdam(server_lr=0.05)}),
     "FedYogi": (lambda: algos.FedYogi(server_lr=0.05), lambda: {"aggregator": FedYogi(server_lr=0.05)}),
     "FedExP": (lambda: algos.FedExP(average_last_two=True),
-               lambda: {"aggregator": FedExP(), "callbacks": [ServerReport(average_last_two=True)]}),
+               lambda: {"aggregator": FedExP(), "callbacks": [FedExPReport()]}),
     "FedMR": (lambda: algos.FedMR(first_stage_bound=1),
               lambda: {"aggregator": FedAvg(), "callbacks": [FedMR(first_stage_bound=1)]}),
     "ClusteredSampling": (lambda: algos.ClusteredSampling(),
@@ -76,7 +76,7 @@ def test_extra_callbacks_come_after_the_algorithms(tmp_path):
     checkpoint = GlobalModelCheckpoint(dirpath=str(tmp_path))
     loop = FederatedLoop(rounds=2, clients_per_round=2, algorithm=algos.FedExP(average_last_two=True),
                          callbacks=[checkpoint])
-    assert [type(cb).__name__ for cb in loop.callbacks] == ["ServerReport", "GlobalModelCheckpoint"]
+    assert [type(cb).__name__ for cb in loop.callbacks] == ["FedExPReport", "GlobalModelCheckpoint"]
     assert type(loop.aggregator).__name__ == "FedExP" and loop.callbacks[1] is checkpoint
 
 
