@@ -110,10 +110,6 @@ class CoordinateMedian(Aggregator):
         # result.state may be the one working module's tensors, reused for the next client: copy them
         self.states.append({k: v.detach().clone() for k, v in result.state.items()})
 
-    def merge(self, other: CoordinateMedian) -> None:
-        # a partial median cannot be summarised: merging keeps the other worker's client states too
-        self.states.extend(other.states)
-
     @torch.no_grad()
     def compute(self, global_state) -> dict[str, Tensor]:
         out = {}

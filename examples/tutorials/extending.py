@@ -1,12 +1,16 @@
-"""Extending the loop: a sampler, an aggregator that merges and reads a payload, and a callback that adds a
-Lightning callback to every client's Trainer.
+"""Extending the loop: a sampler, an aggregator that reads a payload, and a callback that adds a Lightning
+callback to every client's Trainer.
 
 - ``RoundRobinSampler`` trains the clients in turn; its cursor is state, saved in federated checkpoints.
 - ``CountSteps`` is a Lightning callback that counts a client's optimizer steps. ``ReportSteps``, a federated
   callback, hands a fresh one to each client's Trainer (``task.callbacks``) and sends the count to the server
   in the result's ``payload``.
 - ``StepWeightedMean`` averages the client models weighted by that payload (a client that took more steps
-  counts more). It is an accumulator with ``merge``, so partial sums made by parallel workers reduce into one.
+  counts more). It is a streaming accumulator: with parallel workers every process makes the same calls in
+  slot order, so it needs no reduction of its own.
+
+The loop also sends each client's optimizer step count itself (``result.num_steps``); the program checks that
+the payload's count is that number for every client it trained.
 
 Run:  python examples/tutorials/extending.py
       FEDMUT_EXAMPLE_SMALL=1 python examples/tutorials/extending.py   (as CI runs it)
@@ -87,8 +91,8 @@ class ReportSteps(FederatedCallback):
 class StepWeightedMean(Aggregator):
     """Mean of the client models weighted by the steps each took (``result.payload["steps"]``).
 
-    A streaming accumulator: one model of sums whatever the number of clients; ``merge`` adds another
-    accumulator's sums, which is how partial results from parallel workers are reduced.
+    A streaming accumulator: one model of sums whatever the number of clients. (The same count is also in
+    ``result.num_steps``, which the executor sets; a payload carries what the result does not already hold.)
     """
 
     def reset(self) -> None:
@@ -104,17 +108,20 @@ class StepWeightedMean(Aggregator):
         accumulate_(list(self.sums.values()), list(floats.values()), steps)
         self.total += steps
 
-    @torch.no_grad()
-    def merge(self, other: StepWeightedMean) -> None:
-        if not self.sums:
-            self.sums = {k: torch.zeros_like(v) for k, v in other.sums.items()}
-        accumulate_(list(self.sums.values()), list(other.sums.values()), 1.0)
-        self.total += other.total
-
     def compute(self, global_state):
         finalize_mean_(list(self.sums.values()), self.total)
         return dict(self.sums)
 # --8<-- [end:aggregator]
+
+
+class RecordSteps(FederatedCallback):
+    """Listed after ReportSteps: keeps each trained client's payload count beside the loop's ``num_steps``."""
+
+    def __init__(self) -> None:
+        self.steps: dict[int, list[tuple[int, int | None]]] = {}
+
+    def on_client_fit_end(self, loop, module, result):
+        self.steps.setdefault(result.task.round, []).append((result.payload["steps"], result.num_steps))
 
 
 def main() -> None:
@@ -124,31 +131,22 @@ def main() -> None:
     clients = make_clients(train, parts, batch_size=50)
     torch.manual_seed(0)
     model = DigitsCNN(lr=0.05, momentum=0.5)
+    record = RecordSteps()
     loop = FederatedLoop(rounds=ROUNDS, clients_per_round=4, local_epochs=2, sampler=RoundRobinSampler(),
-                         aggregator=StepWeightedMean(), callbacks=[ReportSteps()], enable_progress_bar=False,
-                         seed=0)
+                         aggregator=StepWeightedMean(), callbacks=[ReportSteps(), record],
+                         enable_progress_bar=False, seed=0)
     result = loop.fit(model, clients, val_dataloaders=DataLoader(test, batch_size=500))
 
-    lines = ["round  clients trained        val_acc"]
+    lines = ["round  clients trained     steps (payload)       val_acc"]
     for row in result.history:
         ids = [c["client_id"] for c in result.client_history if c["round"] == row["round"]]
-        lines.append(f"{row['round']:>5}  {str(ids):<20} {row['val_acc']:>8.3f}")
+        steps = [counted for counted, _ in record.steps[row["round"]]]
+        lines.append(f"{row['round']:>5}  {ids!s:<19} {steps!s:<20} {row['val_acc']:>8.3f}")
 
-    # two partial accumulators, merged, equal one accumulator over the same results (up to float rounding)
-    from types import SimpleNamespace
-
-    states = [{"w": torch.full((3,), float(i))} for i in range(4)]
-    results = [SimpleNamespace(state=s, payload={"steps": i + 1}) for i, s in enumerate(states)]
-    one, first, second = StepWeightedMean(), StepWeightedMean(), StepWeightedMean()
-    for agg in (one, first, second):
-        agg.reset()
-    for i, r in enumerate(results):
-        one.update(r)
-        (first if i < 2 else second).update(r)
-    first.merge(second)
-    merged, single = first.compute({})["w"], one.compute({})["w"]
-    lines.append(f"merged partials {merged.tolist()} == one accumulator {single.tolist()}: "
-                 f"{torch.allclose(merged, single)}")
+    # the count the payload carries is the one the loop puts in every result as num_steps
+    pairs = [pair for round_pairs in record.steps.values() for pair in round_pairs]
+    lines.append(f"payload steps == result.num_steps for all {len(pairs)} clients trained: "
+                 f"{all(counted == num_steps for counted, num_steps in pairs)}")
     text = "\n".join(lines)
     print(text)
     OUTPUT.mkdir(parents=True, exist_ok=True)
