@@ -167,7 +167,7 @@ class CheckpointConnector:
     def save(
         self, loop: FederatedLoop, module: LightningModule, rounds_done: int, sampler_state: dict[str, Any] | None = None
     ) -> None:
-        if not self.enabled:
+        if self.dirpath is None:  # not enabled
             return
         if not loop.is_global_zero:  # with workers, rank 0 alone writes; every rank keeps the same progress
             loop.progress.last_saved = rounds_done
@@ -181,7 +181,7 @@ class CheckpointConnector:
         try:  # the rows first, synced: a checkpoint never covers rows that are not on disk
             history_log = self._history.write(rows, rounds_done)
         except OSError as exc:
-            raise ckpt._write_error(self.dirpath / ckpt.HISTORY_FILE, rounds_done, exc) from exc  # type: ignore[operator]
+            raise ckpt._write_error(self.dirpath / ckpt.HISTORY_FILE, rounds_done, exc) from exc
         state = {
             "format": "lightning_fedmut",
             "version": ckpt.CHECKPOINT_VERSION,
@@ -202,7 +202,7 @@ class CheckpointConnector:
         if self.write_last and rounds_done > 0:
             from lightning_fedmut.callbacks.model_checkpoint import LAST_NAME, write_lightning_checkpoint
 
-            write_lightning_checkpoint(module, self.dirpath / f"{LAST_NAME}.ckpt", rounds_done - 1,  # type: ignore[operator]
+            write_lightning_checkpoint(module, self.dirpath / f"{LAST_NAME}.ckpt", rounds_done - 1,
                                        hparams=self._last_hparams)
         loop.progress.last_saved = rounds_done
 

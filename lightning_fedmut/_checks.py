@@ -282,8 +282,8 @@ def _module_monitors(model: LightningModule) -> list[tuple[str, str]]:
                 except Exception:  # noqa: BLE001
                     extra = []
                 extra = [extra] if isinstance(extra, Callback) else list(extra or [])
-                found += [(f"{type(cb).__name__} from `configure_callbacks` of {type(model).__name__}", cb.monitor)
-                          for cb in extra if isinstance(getattr(cb, "monitor", None), str)]
+                found += [(f"{type(cb).__name__} from `configure_callbacks` of {type(model).__name__}", monitor)
+                          for cb in extra if isinstance(monitor := getattr(cb, "monitor", None), str)]
         finally:
             random.setstate(states[0])
             np.random.set_state(states[1])
@@ -298,9 +298,9 @@ def check_client_validation(model: LightningModule, clients: list[Client], train
     if not missing:
         return
     user = (trainer_kwargs or {}).get("callbacks") or []
-    monitors = [(f"{type(cb).__name__} in `trainer_kwargs['callbacks']`", cb.monitor)
+    monitors = [(f"{type(cb).__name__} in `trainer_kwargs['callbacks']`", monitor)
                 for cb in ([user] if isinstance(user, Callback) else user)
-                if isinstance(getattr(cb, "monitor", None), str)]
+                if isinstance(monitor := getattr(cb, "monitor", None), str)]
     monitors += _module_monitors(model)
     for where, metric in monitors:
         if is_validation_metric(metric):

@@ -145,6 +145,7 @@ def log_client_table(logger: Logger | None, rows: list[dict[str, Any]], round_in
         columns.extend(dict.fromkeys(new))
         table = _new_table(wandb, columns, previous=table)
         _TABLES[run] = table
+    assert table is not None  # a first call's columns are all new: every client row holds `round` and `client_id`
     for row in rows:
         table.add_data(*(_cell(row.get(c)) for c in columns))
     run.log({CLIENT_TABLE_KEY: table, "round": round_index})

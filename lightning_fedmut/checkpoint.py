@@ -51,7 +51,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import torch
 
@@ -218,7 +218,7 @@ def save_checkpoint(
             f.write(_MAGIC + _frame_line(b"0" * 64, 0))  # filled in once the body is written
             body = _HashingWriter(f)
             body.write(b"version %d\n" % CHECKPOINT_VERSION)
-            torch.save(state, body)  # streamed to disk: no second copy of the state in memory
+            torch.save(state, cast(IO[bytes], body))  # streamed to disk: no second copy of the state in memory
             f.seek(len(_MAGIC))
             f.write(_frame_line(body.sha256.hexdigest().encode(), body.size))
             f.flush()
@@ -437,7 +437,7 @@ class HistoryLog:
     def write(self, rows: dict[str, list[dict[str, Any]]], rounds_done: int) -> dict[str, Any]:
         """Bring the file to the rows of rounds ``0 .. rounds_done - 1`` of ``rows``; the checkpoint's record."""
         fresh = self._rounds is None or rounds_done < self._rounds or not self.path.is_file()
-        start = 0 if fresh else self._rounds
+        start = 0 if fresh or self._rounds is None else self._rounds
         data, counts = _history_lines(rows, start, rounds_done)
         if fresh:
             self.reset()
@@ -679,13 +679,20 @@ def _rounds(n: int) -> str:
     return f"{n} completed round{'' if n == 1 else 's'}"
 
 
+def _rounds_in_name(path: Path) -> int:
+    """The completed rounds in the name of a checkpoint that :func:`list_checkpoints` found."""
+    match = _NAME.match(path.name)
+    assert match is not None  # list_checkpoints keeps only the names that _NAME matches
+    return int(match.group(1))
+
+
 def _write_error(path: Path, rounds_done: int, exc: OSError) -> CheckpointWriteError:
     """Name the file, the round and what is safe on disk; say how to go on."""
     reason = exc.strerror or str(exc) or type(exc).__name__
     name = errno.errorcode.get(exc.errno, "") if exc.errno is not None else ""
-    earlier = [p for p in list_checkpoints(path.parent) if int(_NAME.match(p.name).group(1)) < rounds_done]
+    earlier = [p for p in list_checkpoints(path.parent) if _rounds_in_name(p) < rounds_done]
     if earlier:
-        safe_rounds = int(_NAME.match(earlier[-1].name).group(1))
+        safe_rounds = _rounds_in_name(earlier[-1])
         safe = (f"The checkpoint of the first {_rounds(safe_rounds)}, {str(earlier[-1])!r}, is safe; a resume"
                 " trains the rounds after it again.")
     else:

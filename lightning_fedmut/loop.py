@@ -385,6 +385,7 @@ class FederatedLoop:
         failed: list[dict[str, Any]] = []  # failures rows
         new_states, results = [], []
         first_round = self.round == self._first_round  # a failure that repeats among its first clients stops the fit
+        assert self._bar is not None  # fit opens the bar before its rounds
         self._bar.set_description(f"round {self.round}")  # 0-based, as in the history
         self._in_client_phase = True
         for result in self.executor.run(tasks, LoopTaskHooks(self, model, global_state)):

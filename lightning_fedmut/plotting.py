@@ -438,7 +438,7 @@ def plot_landscape_2d(
     ax: Any = None,
     *,
     metric: str = "loss",
-    levels: int | Sequence[float] = 20,
+    levels: int | Sequence[float] | np.ndarray = 20,
     log: bool = False,
 ) -> Any:
     """Draw a loss surface (:func:`~lightning_fedmut.analysis.loss_landscape_2d`) as a contour plot.

@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command in ("validate", "test"):
             from lightning_fedmut.cli.evaluate import evaluate_main
 
-            return evaluate_main(rest, stage=command)
+            return evaluate_main(rest, stage="validate" if command == "validate" else "test")
         if command == "demo":
             from lightning_fedmut.cli.demo import demo_main
 

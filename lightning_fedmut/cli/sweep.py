@@ -169,7 +169,8 @@ def _draw(spec: Mapping[str, Any], rng: np.random.Generator) -> Any:
         values = list(spec["values"])
         return values[int(rng.choice(len(values), p=spec.get("probabilities")))]
     dist = spec.get("distribution", _infer_distribution(spec))
-    lo, hi = spec.get("min"), spec.get("max")
+    lo: Any = spec.get("min")  # present for the distributions that use it: the spec was checked
+    hi: Any = spec.get("max")
     q = spec.get("q", 1)
     if dist == "int_uniform":
         return int(rng.integers(int(lo), int(hi) + 1))

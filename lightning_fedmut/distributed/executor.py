@@ -5,7 +5,7 @@ from __future__ import annotations
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from lightning.pytorch import LightningModule
@@ -172,7 +172,9 @@ class DistributedExecutor(ClientExecutor):
 
     def evaluate(self, evaluator: Evaluator, module: LightningModule, dataloaders: Any) -> dict[str, float]:
         metrics = evaluator.evaluate(module, dataloaders) if self.is_global_zero else None
-        return metrics if self._group is None else self._group.broadcast_object(metrics, src=0)
+        if self._group is None:  # a single process, rank 0: the metrics it computed
+            return cast("dict[str, float]", metrics)
+        return self._group.broadcast_object(metrics, src=0)
 
     # ----------------------------------------------------------- collectives
     def all_reduce_(self, tensors: list[Tensor]) -> None:

@@ -105,6 +105,7 @@ class SequentialExecutor(ClientExecutor):
 
     def _train(self, task: ClientTask) -> ClientResult:
         client = task.client
+        assert client.num_examples is not None  # Client.__post_init__ infers it or refuses the client
         try:
             with time_limit(self._training.client_timeout, f"client {client.id!r} in round {task.round}"):
                 return self._train_within(task)
@@ -113,6 +114,8 @@ class SequentialExecutor(ClientExecutor):
 
     def _train_within(self, task: ClientTask) -> ClientResult:
         client = task.client
+        assert client.num_examples is not None  # Client.__post_init__ infers it or refuses the client
+        assert self._working is not None  # run() refuses to train before setup()
         validate = client.val_data is not None
         try:
             seed_process(task.seed)

@@ -576,7 +576,9 @@ def _check_algorithm_parts(args: Mapping[str, Any], where: str) -> None:
     """A cell of a registered method takes its aggregator, start model and sampler from the algorithm."""
     if args.get("algorithm") is None:
         return
-    loop = args.get("loop") if isinstance(args.get("loop"), Mapping) else {}
+    loop = args.get("loop")
+    if not isinstance(loop, Mapping):
+        loop = {}
     values = {"mutation": args.get("mutation"), "aggregator": args.get("aggregator"), "loop.sampler": loop.get("sampler")}
     given = [key for key in _ALGORITHM_PARTS if values[key] is not None]
     if given:

@@ -153,8 +153,8 @@ def run_benchmark(
         _check_data(bench.cells[0].config)
         check_metric(bench)
         for cell in todo:
-            if problems.get(cell.folder):
-                _set_aside(out / cell.folder / HISTORY, cell, problems[cell.folder], say)
+            if problem := problems.get(cell.folder):
+                _set_aside(out / cell.folder / HISTORY, cell, problem, say)
         out.mkdir(parents=True, exist_ok=True)
         (out / "benchmark.yaml").write_text(yaml.safe_dump(_resolved(bench), sort_keys=False), encoding="utf-8")
         logging = {"kind": bench.logger, "project": bench.project, "group": group or bench.name, "save_dir": str(out)}

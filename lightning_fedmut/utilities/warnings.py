@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import warnings
 from pathlib import Path
+from types import FrameType
 
 _PACKAGE = str(Path(__file__).resolve().parent.parent)
 
@@ -21,7 +22,8 @@ def warn_user(message: str, category: type[Warning] = RuntimeWarning) -> None:
         >>> str(caught[0].message), caught[0].filename.startswith(_PACKAGE)
         ('look here', False)
     """
-    level, frame = 1, sys._getframe(1)
+    level = 1
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level + 1)
