@@ -23,12 +23,12 @@ from lightning_fedmut._round_log import RoundLog
 from lightning_fedmut._signals import SignalGuard
 from lightning_fedmut._task_hooks import LoopTaskHooks
 from lightning_fedmut.aggregators.base import Aggregator
-from lightning_fedmut.algorithms.base import FederatedAlgorithm
 from lightning_fedmut.aggregators.fedavg import FedAvg
+from lightning_fedmut.algorithms.base import FederatedAlgorithm
 from lightning_fedmut.callbacks.base import FederatedCallback
 from lightning_fedmut.client_state import ClientStateStore, InMemoryClientStateStore
 from lightning_fedmut.data.client import Client
-from lightning_fedmut.distributed import executor_for
+from lightning_fedmut.distributed import executor_for, reduce_round_state
 from lightning_fedmut.divergence import DivergenceMonitor
 from lightning_fedmut.execution import ClientExecutor, ClientTraining, Evaluator, SequentialExecutor
 from lightning_fedmut.functional.state import copy_, frozen_keys
@@ -350,14 +350,16 @@ class FederatedLoop:
         start = time.perf_counter()
         self.progress.start_round(round_index)
         self.round_metrics = {}
+        for component in self._components():  # declared round state back to its defaults
+            component.reset_state("round")
         self.checkpoint_connector.on_round_start(self)
         self._call("on_round_start", model)
         picked = list(self.sampler.sample(round_index, self._clients, self.clients_per_round))
-        self.round_metrics.update(getattr(self.sampler, "metrics", None) or {})
         self.sampled_clients = checks.check_sampled(self.sampler, picked, self.clients_per_round, self._client_index,
                                              round_index)
         self.aggregator.reset()
         trained, failed = self._train_clients(model)
+        reduce_round_state(self._components(), self.executor)  # the workers' declared round state, once
         skipped = len(trained) < self.min_clients_per_round
         if skipped:
             fault.round_failed(self, trained, failed)
@@ -366,6 +368,7 @@ class FederatedLoop:
         evaluated = self._val is not None and (
             (round_index + 1) % self.evaluate_every == 0 or round_index + 1 == self.rounds)
         keep = partial(self._round_log.log, trained, failed, skipped, start)
+        keep = partial(self._collect_metrics, keep)  # the components' figures, once, before the round is logged
         val_metrics = self._evaluate(model, keep) if evaluated else {}
         keep(val_metrics)
         self._check_logged_metrics(trained, val_metrics if evaluated else None)
@@ -416,7 +419,6 @@ class FederatedLoop:
         new_state = self.aggregator.compute(state)
         keys = [k for k in new_state if k not in self._frozen]  # the global copy of a frozen parameter stands
         copy_([state[k] for k in keys], [new_state[k] for k in keys])
-        self.round_metrics.update(getattr(self.aggregator, "metrics", None) or {})  # its figures (FedExP's step)
         fault.check_global_finite(self, state)
         self._call("on_after_aggregate", model)
 
@@ -459,6 +461,20 @@ class FederatedLoop:
                       " module logs with `self.log`: without these it has no loss and no accuracy.")
 
     # --------------------------------------------------------------- helpers
+    def _components(self) -> list[Any]:
+        """The sampler, the aggregator and the callbacks: the components that declare state and return figures."""
+        return [self.sampler, self.aggregator, *self.callbacks]
+
+    def _collect_metrics(self, keep: Any, val_metrics: dict[str, float]) -> None:
+        """Add each component's ``metrics()`` to ``round_metrics`` (a ``metrics`` dict attribute too), then ``keep``."""
+        for component in self._components():
+            figures = getattr(component, "metrics", None)  # a callback may keep its own `metrics` attribute
+            if callable(figures):
+                self.round_metrics.update(figures() or {})
+            elif isinstance(figures, dict) and component not in self.callbacks:  # a sampler's or aggregator's dict
+                self.round_metrics.update(figures)
+        keep(val_metrics)
+
     def _call(self, hook: str, *args: Any) -> None:
         for cb in self.callbacks:
             getattr(cb, hook)(self, *args)

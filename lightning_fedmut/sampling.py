@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -16,6 +16,7 @@ from lightning_fedmut.functional.clustering import (
     weight_clusters,
 )
 from lightning_fedmut.functional.state import is_floating
+from lightning_fedmut.state import DeclaredState, Figures
 from lightning_fedmut.utilities.seed import CLUSTERED_SAMPLING_STREAM, SAMPLING_STREAM, derive_seed
 from lightning_fedmut.utilities.validation import check_int
 
@@ -27,11 +28,12 @@ if TYPE_CHECKING:
 __all__ = ["ClientSampler", "ClusteredSampler", "UniformSampler"]
 
 
-class ClientSampler:
+class ClientSampler(DeclaredState):
     """Chooses the clients of each round; owns its randomness and checkpoints it.
 
-    Subclasses override :meth:`sample`, and :meth:`state_dict` / :meth:`load_state_dict` when they keep
-    state (a resumed run must draw the same clients). :meth:`setup` is called once per ``fit`` with the
+    Subclasses override :meth:`sample` and declare the state they keep with :meth:`add_state` (a generator
+    is saved as its ``get_state()``: a resumed run draws the same clients); a draw's figures are what
+    :meth:`metrics` returns. :meth:`setup` is called once per ``fit`` with the
     run's seed and the loop's client-state store, before any round and before a checkpoint is restored. A
     sampler that learns from the clients' updates (clustered sampling) reads each successful result in
     :meth:`observe` and keeps what it learns per client in the client-state store (``result.client_state``),
@@ -62,19 +64,6 @@ class ClientSampler:
         the client into ``result.client_state``; the loop stores it after the round.
         """
 
-    @property
-    def hparams(self) -> dict[str, Any]:
-        """The constructor arguments, for run configs."""
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        """State to save in a federated checkpoint."""
-        return {}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the state returned by :meth:`state_dict`."""
-
-
 class UniformSampler(ClientSampler):
     """``k`` clients uniformly at random without replacement, from a generator the sampler owns.
 
@@ -91,11 +80,8 @@ class UniformSampler(ClientSampler):
 
     def __init__(self, seed: int | None = None) -> None:
         self.seed = None if seed is None else check_int("seed", seed, low=0)
-        self.generator = torch.Generator()
-
-    @property
-    def hparams(self) -> dict[str, Any]:
-        return {"seed": self.seed}
+        self.generator: torch.Generator
+        self.add_state("generator", torch.Generator())
 
     def setup(self, seed: int, client_states: ClientStateStore | None = None) -> None:
         self.generator.manual_seed(self.seed if self.seed is not None else derive_seed(seed, SAMPLING_STREAM))
@@ -103,12 +89,6 @@ class UniformSampler(ClientSampler):
     def sample(self, round: int, clients: Sequence[Client], k: int) -> list[Client]:
         order = torch.randperm(len(clients), generator=self.generator)[:k]
         return [clients[i] for i in order.tolist()]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.generator.set_state(state_dict["generator"])
 
 
 #: Keys of a client's last update (a flat float32 tensor) and of the round it was made in, in its client state.
@@ -162,16 +142,16 @@ class ClusteredSampler(ClientSampler):
             raise ValueError(f"Expected `similarity` in {SIMILARITIES}, got {similarity!r}.")
         self.similarity = similarity
         self.seed = None if seed is None else check_int("seed", seed, low=0)
-        self.generator = torch.Generator()
         self._store: ClientStateStore | None = None
-        self._matrix: Tensor | None = None
-        self._stamps: Tensor | None = None
         self._distributions: Tensor | None = None
-        self._metrics: dict[str, float] = {}
-
-    @property
-    def hparams(self) -> dict[str, Any]:
-        return {"similarity": self.similarity, "seed": self.seed}
+        self.generator: torch.Generator
+        self.add_state("generator", torch.Generator())
+        self._matrix: Tensor | None
+        self._stamps: Tensor | None
+        self._figures: dict[str, float]
+        self.add_state("_matrix", None)
+        self.add_state("_stamps", None)
+        self.add_state("_figures", {}, scope="round")
 
     @property
     def similarity_matrix(self) -> Tensor | None:
@@ -184,14 +164,14 @@ class ClusteredSampler(ClientSampler):
         return self._distributions
 
     @property
-    def metrics(self) -> dict[str, float]:
-        """The last draw's ``clustered_sampling/clusters`` (clusters of the cut tree)."""
-        return dict(self._metrics)
+    def metrics(self) -> Figures:  # type: ignore[override]  # also subscriptable, as the attribute it was
+        """This round's draw's ``clustered_sampling/clusters`` (clusters of the cut tree)."""
+        return Figures(self._figures)
 
     def setup(self, seed: int, client_states: ClientStateStore | None = None) -> None:
         self.generator.manual_seed(self.seed if self.seed is not None else derive_seed(seed, CLUSTERED_SAMPLING_STREAM))
         self._store = client_states
-        self._matrix, self._stamps, self._distributions, self._metrics = None, None, None, {}
+        self._matrix, self._stamps, self._distributions, self._figures = None, None, None, {}
 
     def sample(self, round: int, clients: Sequence[Client], k: int) -> list[Client]:
         n = len(clients)
@@ -213,7 +193,7 @@ class ClusteredSampler(ClientSampler):
         weights = [c.num_examples for c in clients]
         linkage = ward_linkage(self._matrix.numpy())
         self._distributions = clustered_distributions(linkage, weights, k, generator=self.generator)
-        self._metrics = {"clustered_sampling/clusters": float(weight_clusters(linkage, weights, k).max() + 1)}
+        self._figures = {"clustered_sampling/clusters": float(weight_clusters(linkage, weights, k).max() + 1)}
         drawn: list[int] = []
         for row in self._distributions:
             p = row.clone()
@@ -231,14 +211,3 @@ class ClusteredSampler(ClientSampler):
         result.client_state[UPDATE_KEY] = torch.cat(parts) if parts else torch.zeros(0)
         result.client_state[UPDATE_ROUND_KEY] = int(result.task.round)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "generator": self.generator.get_state(),
-            "matrix": None if self._matrix is None else self._matrix.clone(),
-            "stamps": None if self._stamps is None else self._stamps.clone(),
-        }
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.generator.set_state(state_dict["generator"])
-        self._matrix = state_dict["matrix"]
-        self._stamps = state_dict["stamps"]

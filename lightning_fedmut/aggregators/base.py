@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 from torch.nn import Module
+
+from lightning_fedmut.state import DeclaredState
 
 if TYPE_CHECKING:
     from lightning_fedmut.tasks import ClientResult
 
 
-class Aggregator:
+class Aggregator(DeclaredState):
     """Accumulates client results one at a time and computes the new global state.
 
     The loop calls :meth:`reset` at the start of a round, :meth:`update` once per client that trained (in
     slot order) and :meth:`compute` once with the current global state; it then copies the returned tensors
     into the global module in place. With parallel workers every process receives every client's result and
     runs these same calls in the same slot order, so an aggregator needs no reduction of its own. Subclasses
-    override these verbs, and :meth:`state_dict` / :meth:`load_state_dict` if they keep state across rounds (a
-    server optimizer's moments, say).
+    override these verbs and declare what they keep across rounds (a server optimizer's moments, say) with
+    :meth:`add_state`, which saves it in the federated checkpoints; the round's figures are what
+    :meth:`metrics` returns.
 
     Examples:
         A coordinate-wise median (robust to a few bad clients); it keeps every client's state, so its
@@ -66,14 +69,3 @@ class Aggregator:
         """
         raise NotImplementedError
 
-    @property
-    def hparams(self) -> dict[str, Any]:
-        """The constructor arguments, for run configs."""
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        """State to keep across rounds (none by default: an accumulator is reset every round)."""
-        return {}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the state returned by :meth:`state_dict`."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -61,12 +61,10 @@ class FedAvg(Aggregator):
         self._int_keys: list[str] = []
         self._sums: list[Tensor] = []
         self._ints: list[Tensor] = []
-        self._total = 0.0
-        self._count = 0
-
-    @property
-    def hparams(self) -> dict[str, Any]:
-        return {"weighted": self.weighted}
+        self._total: float
+        self._count: int
+        self.add_state("_total", 0.0, scope="round")
+        self.add_state("_count", 0, scope="round")
 
     @property
     def num_updates(self) -> int:
@@ -84,8 +82,7 @@ class FedAvg(Aggregator):
         self._keys = set()  # allocated again at the first update, without the frozen keys
 
     def reset(self) -> None:
-        self._total = 0.0
-        self._count = 0
+        self.reset_state("round")
 
     @torch.no_grad()
     def update(self, result: ClientResult) -> None:

@@ -22,6 +22,7 @@ from lightning_fedmut.functional.server_optim import (
     squared_norm,
 )
 from lightning_fedmut.functional.state import copy_, frozen_keys, is_floating
+from lightning_fedmut.state import Figures
 from lightning_fedmut.utilities.validation import check_real
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class FedExP(Aggregator):
 
     The squared distances ``|d_i|^2`` are accumulated client by client against the global module, which
     ``setup`` receives from the loop (it holds the previous global model until the round is aggregated);
-    the memory is FedAvg's one model of sums. The round's ``eta_g`` is in :attr:`metrics`
+    the memory is FedAvg's one model of sums. The round's ``eta_g`` is in :meth:`metrics`
     (``fedexp/server_lr``).
 
     **The last two iterates.** FedExP's iterates oscillate, and the authors report (evaluate) the average of
@@ -80,7 +81,7 @@ class FedExP(Aggregator):
         >>> agg.reset()
         >>> for w in (1.5, -0.5):
         ...     agg.update(SimpleNamespace(state={"w": torch.tensor([w])}, num_examples=1))
-        >>> agg.compute({"w": torch.tensor([0.0])})["w"].item(), agg.metrics["fedexp/server_lr"]
+        >>> agg.compute({"w": torch.tensor([0.0])})["w"].item(), agg.metrics()["fedexp/server_lr"]
         (1.25, 2.5)
 
         ``eta_g = ((1.5^2 + 0.5^2) / 2) / (2 * 0.5^2) = 2.5``: the mean step 0.5, taken 2.5 times.
@@ -94,16 +95,13 @@ class FedExP(Aggregator):
         self._parameter_names: set[str] | None = None
         self._keys: list[str] | None = None
         self._weighted_sq_norms = 0.0
-        self._metrics: dict[str, float] = {}
+        self._figures: dict[str, float]
+        self.add_state("_figures", {}, scope="round")
 
     @property
-    def hparams(self) -> dict[str, Any]:
-        return {"epsilon": self.epsilon, "weighted": self.weighted}
-
-    @property
-    def metrics(self) -> dict[str, float]:
-        """The last round's ``fedexp/server_lr`` (``eta_g``) and the mean update's norm."""
-        return dict(self._metrics)
+    def metrics(self) -> Figures:  # type: ignore[override]  # also subscriptable, as the attribute it was
+        """The round's ``fedexp/server_lr`` (``eta_g``) and the mean update's norm (none before :meth:`compute`)."""
+        return Figures(self._figures)
 
     @property
     def num_updates(self) -> int:
@@ -149,7 +147,7 @@ class FedExP(Aggregator):
         if server_lr != 1.0:
             torch._foreach_mul_(delta, server_lr)
         apply_step_(delta, current)
-        self._metrics = {
+        self._figures = {
             "fedexp/server_lr": server_lr,
             "fedexp/pseudo_gradient_norm": math.sqrt(mean_sq_norm),
             "fedexp/client_update_norm": math.sqrt(self._weighted_sq_norms / total),
@@ -180,11 +178,15 @@ class FedExPReport(FederatedCallback):
     """
 
     def __init__(self) -> None:
-        self._keys: list[str] = []
-        self._previous: list[Tensor] = []
-        self._previous_iterate = -1  # which iterate `_previous` holds (0: the initial model)
-        self._iterates = 0  # aggregations done: the global module holds iterate number `_iterates`
         self._stash: list[Tensor] | None = None
+        self._keys: list[str]
+        self._previous: list[Tensor]
+        self._previous_iterate: int
+        self._iterates: int
+        self.add_state("_keys", [])
+        self.add_state("_previous", [])
+        self.add_state("_previous_iterate", -1)  # which iterate `_previous` holds (0: the initial model)
+        self.add_state("_iterates", 0)  # aggregations done: the global module holds iterate number `_iterates`
 
     def setup(self, loop: FederatedLoop, module: LightningModule, stage: str) -> None:
         self._iterates, self._previous_iterate, self._stash = 0, -1, None
@@ -227,20 +229,12 @@ class FedExPReport(FederatedCallback):
             copy_([state[k] for k in self._keys], self._stash)
             self._stash = None
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"keys": list(self._keys), "previous": [t.detach().cpu().clone() for t in self._previous],
-                "previous_iterate": self._previous_iterate, "iterates": self._iterates}
-
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:
             return
         if self._keys and list(state_dict["keys"]) != self._keys:
             raise ValueError(f"Expected the FedExPReport state of parameters {self._keys[:5]}..., got one of"
                              f" {list(state_dict['keys'])[:5]}...: the checkpoint is of another model.")
-        self._keys = list(state_dict["keys"])
-        if self._previous:
-            copy_(self._previous, state_dict["previous"])
-        else:
-            self._previous = [t.clone() for t in state_dict["previous"]]
-        self._previous_iterate = int(state_dict["previous_iterate"])
-        self._iterates = int(state_dict["iterates"])
+        super().load_state_dict(state_dict)  # the previous iterate is loaded in place, where it lives
+        self._keys = list(self._keys)
+        self._previous_iterate, self._iterates = int(self._previous_iterate), int(self._iterates)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -12,6 +12,7 @@ from torch.nn import Module
 from lightning_fedmut.aggregators.base import Aggregator
 from lightning_fedmut.functional.aggregation import accumulate_, finalize_mean_, integer_max_
 from lightning_fedmut.functional.state import frozen_keys, is_floating
+from lightning_fedmut.state import Figures
 from lightning_fedmut.utilities.validation import check_real
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ class FedNova(Aggregator):
     Streaming, in memory of two models whatever the number of clients: the sum of ``p_i d_i`` over the
     parameters (each client's update is taken against the global module ``setup`` received, which holds the
     previous global model until the round is aggregated) and the sum of ``p_i w_i`` over the buffers. The
-    round's ``tau_eff`` is in :attr:`metrics` (``fednova/tau_eff``).
+    round's ``tau_eff`` is in :meth:`metrics` (``fednova/tau_eff``).
 
     Args:
         momentum: the clients' local SGD momentum ``rho`` in ``[0, 1)`` (``0``: plain SGD).
@@ -83,7 +84,7 @@ class FedNova(Aggregator):
         >>> agg.reset()
         >>> for w, steps in ((1.0, 1), (4.0, 4)):
         ...     agg.update(SimpleNamespace(state={"w": torch.tensor([w])}, num_examples=1, num_steps=steps))
-        >>> agg.compute({"w": torch.tensor([0.0])})["w"].item(), agg.metrics["fednova/tau_eff"]
+        >>> agg.compute({"w": torch.tensor([0.0])})["w"].item(), agg.metrics()["fednova/tau_eff"]
         (2.5, 2.5)
 
         ``d = (1/1 + 4/4) / 2 = 1`` a step, taken ``tau_eff = (1 + 4) / 2 = 2.5`` times; FedAvg would also give
@@ -105,19 +106,19 @@ class FedNova(Aggregator):
         self._updates: list[Tensor] = []  # sum_i p_i d_i over the parameters (unnormalised p_i)
         self._buffers: list[Tensor] = []  # sum_i p_i w_i over the floating buffers
         self._ints: list[Tensor] = []
-        self._total = 0.0  # sum_i p_i
-        self._tau = 0.0  # sum_i p_i a_i
-        self._count = 0
-        self._metrics: dict[str, float] = {}
+        self._total: float
+        self._tau: float
+        self._count: int
+        self._figures: dict[str, float]
+        self.add_state("_total", 0.0, scope="round")  # sum_i p_i
+        self.add_state("_tau", 0.0, scope="round")  # sum_i p_i a_i
+        self.add_state("_count", 0, scope="round")
+        self.add_state("_figures", {}, scope="round")
 
     @property
-    def hparams(self) -> dict[str, Any]:
-        return {"momentum": self.momentum, "weighted": self.weighted}
-
-    @property
-    def metrics(self) -> dict[str, float]:
-        """The last round's ``fednova/tau_eff`` (``sum_i p_i a_i``, with normalised ``p_i``)."""
-        return dict(self._metrics)
+    def metrics(self) -> Figures:  # type: ignore[override]  # also subscriptable, as the attribute it was
+        """The round's ``fednova/tau_eff`` (``sum_i p_i a_i``, with normalised ``p_i``; none before :meth:`compute`)."""
+        return Figures(self._figures)
 
     @property
     def num_updates(self) -> int:
@@ -132,9 +133,7 @@ class FedNova(Aggregator):
         self._keys = set()
 
     def reset(self) -> None:
-        self._total = 0.0
-        self._tau = 0.0
-        self._count = 0
+        self.reset_state("round")
 
     # --8<-- [start:streaming]
     @torch.no_grad()
@@ -189,7 +188,7 @@ class FedNova(Aggregator):
         finalize_mean_(self._buffers, self._total)
         out.update(zip(self._buffer_keys, self._buffers))
         out.update(zip(self._int_keys, self._ints))
-        self._metrics = {"fednova/tau_eff": tau_eff}
+        self._figures = {"fednova/tau_eff": tau_eff}
         return out
 
     # --8<-- [end:streaming]

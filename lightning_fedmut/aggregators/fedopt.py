@@ -19,7 +19,8 @@ from lightning_fedmut.functional.server_optim import (
     pseudo_gradient_,
     squared_norm,
 )
-from lightning_fedmut.functional.state import copy_, frozen_keys, is_floating
+from lightning_fedmut.functional.state import frozen_keys, is_floating
+from lightning_fedmut.state import Figures
 from lightning_fedmut.utilities.validation import check_real
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class ServerOptimizer(Aggregator):
 
     The server state (moments, step count) is created at the first ``compute``, kept in :meth:`state_dict`
     and restored by :meth:`load_state_dict`, so a resumed run steps exactly as the uninterrupted one. Its
-    figures of the last round are in :attr:`metrics`, under the lowercase class name.
+    figures of the round are what :meth:`metrics` returns, under the lowercase class name.
     """
 
     def __init__(self, server_lr: float, weighted: bool = False) -> None:
@@ -66,10 +67,14 @@ class ServerOptimizer(Aggregator):
         self.weighted = check_bool("weighted", weighted)
         self._mean = FedAvg(weighted=self.weighted)
         self._parameter_names: set[str] | None = None
-        self._keys: list[str] = []
-        self._buffers: dict[str, list[Tensor]] = {}
-        self._steps = 0
-        self._metrics: dict[str, float] = {}
+        self._keys: list[str]
+        self._steps: int
+        self._buffers: dict[str, list[Tensor]]
+        self._figures: dict[str, float]
+        self.add_state("_keys", [])
+        self.add_state("_steps", 0)
+        self.add_state("_buffers", {})  # loaded in place, where the buffers live
+        self.add_state("_figures", {}, scope="round")
 
     # ------------------------------------------------------------ the one override
     def init_state(self, like: list[Tensor]) -> dict[str, list[Tensor]]:
@@ -87,13 +92,9 @@ class ServerOptimizer(Aggregator):
         return type(self).__name__.lower()
 
     @property
-    def hparams(self) -> dict[str, Any]:
-        return {"server_lr": self.server_lr, "weighted": self.weighted}
-
-    @property
-    def metrics(self) -> dict[str, float]:
-        """The last round's figures: the pseudo-gradient's and the step's norms, and the step count."""
-        return dict(self._metrics)
+    def metrics(self) -> Figures:  # type: ignore[override]  # also subscriptable, as the attribute it was
+        """The round's figures: the pseudo-gradient's and the step's norms (none before :meth:`compute`)."""
+        return Figures(self._figures)
 
     @property
     def steps(self) -> int:
@@ -142,25 +143,8 @@ class ServerOptimizer(Aggregator):
         self.server_step_(delta)
         step_norm = math.sqrt(squared_norm(delta))
         apply_step_(delta, current)
-        self._metrics = {f"{self.prefix}/pseudo_gradient_norm": pseudo_norm, f"{self.prefix}/step_norm": step_norm}
+        self._figures = {f"{self.prefix}/pseudo_gradient_norm": pseudo_norm, f"{self.prefix}/step_norm": step_norm}
         return new
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "keys": list(self._keys),
-            "steps": self._steps,
-            "buffers": {name: [t.detach().cpu().clone() for t in tensors] for name, tensors in self._buffers.items()},
-        }
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._keys = list(state_dict["keys"])
-        self._steps = int(state_dict["steps"])
-        saved = state_dict["buffers"]
-        if self._buffers and set(self._buffers) == set(saved):
-            for name, tensors in self._buffers.items():
-                copy_(tensors, saved[name])
-        else:
-            self._buffers = {name: [t.clone() for t in tensors] for name, tensors in saved.items()}
 
 
 class FedAvgM(ServerOptimizer):
@@ -190,10 +174,6 @@ class FedAvgM(ServerOptimizer):
         super().__init__(server_lr, weighted)
         self.momentum = check_real("momentum", momentum, low=0.0, high=1.0, high_open=True)
 
-    @property
-    def hparams(self) -> dict[str, Any]:
-        return {"server_lr": self.server_lr, "momentum": self.momentum, "weighted": self.weighted}
-
     def init_state(self, like: list[Tensor]) -> dict[str, list[Tensor]]:
         return {"momentum_buffer": [torch.zeros_like(t) for t in like]}
 
@@ -215,12 +195,6 @@ class _Adaptive(ServerOptimizer):
         self.bias_correction = check_bool("bias_correction", bias_correction)
         self.initial_accumulator = (
             None if initial_accumulator is None else check_real("initial_accumulator", initial_accumulator, low=0.0))
-
-    @property
-    def hparams(self) -> dict[str, Any]:
-        return {"server_lr": self.server_lr, "beta1": self.beta1, "beta2": self.beta2, "tau": self.tau,
-                "bias_correction": self.bias_correction, "initial_accumulator": self.initial_accumulator,
-                "weighted": self.weighted}
 
     def init_state(self, like: list[Tensor]) -> dict[str, list[Tensor]]:
         v0 = self.tau**2 if self.initial_accumulator is None else self.initial_accumulator
@@ -256,12 +230,6 @@ class FedAdagrad(_Adaptive):
     def __init__(self, server_lr: float = 0.1, beta1: float = 0.9, tau: float = 1e-3, bias_correction: bool = False,
                  initial_accumulator: float | None = None, weighted: bool = False) -> None:
         super().__init__(server_lr, beta1, 0.0, tau, bias_correction, initial_accumulator, weighted)
-
-    @property
-    def hparams(self) -> dict[str, Any]:
-        hparams = super().hparams
-        del hparams["beta2"]
-        return hparams
 
 
 class FedAdam(_Adaptive):

@@ -36,8 +36,8 @@ class FlatnessCallback(FederatedCallback):
 
     The figures are measured in ``on_after_aggregate``, on the global module that now holds the round's
     new weights, of rounds ``r`` with ``(r + 1) % every_n_rounds == 0`` (a round skipped for too few
-    clients has no aggregate and no figures). They go into ``loop.round_metrics``, so they are in that
-    round's row of the history and logged to the run's logger with the validation metrics, at
+    clients has no aggregate and no figures). :meth:`metrics` returns them and the loop adds them to
+    ``loop.round_metrics``, so they are in that round's row of the history and logged to the run's logger with the validation metrics, at
     ``step=round``. The figures:
 
     - ``hessian_top``: the Hessian's top eigenvalue (:func:`~lightning_fedmut.analysis.hessian_eigenvalues`);
@@ -110,7 +110,9 @@ class FlatnessCallback(FederatedCallback):
                 )
         if len(set(metrics)) != len(metrics):
             raise ValueError(f"Expected `metrics` to name each figure once, got {list(metrics)!r}.")
-        self.metrics = list(metrics)
+        self.measures = list(metrics)  # the names of the figures (``metrics()`` returns the round's values)
+        self._figures: dict[str, float]
+        self.add_state("_figures", {}, scope="round")
         self.loss_fn = check_loss_fn(loss_fn)
         self.seed = check_seed(seed)
         if isinstance(rho, bool) or not isinstance(rho, numbers.Real) or not (0.0 < float(rho) < math.inf):
@@ -128,7 +130,7 @@ class FlatnessCallback(FederatedCallback):
     @property
     def hparams(self) -> dict[str, Any]:
         """The callback's arguments (but the data and the loss function), for run configs."""
-        return {"every_n_rounds": self.every_n_rounds, "metrics": list(self.metrics), "seed": self.seed,
+        return {"every_n_rounds": self.every_n_rounds, "metrics": list(self.measures), "seed": self.seed,
                 "rho": self.rho, "sharpness_method": self.sharpness_method, "max_iter": self.max_iter,
                 "tol": self.tol, "max_batches": self.max_batches}
 
@@ -143,13 +145,17 @@ class FlatnessCallback(FederatedCallback):
     def on_after_aggregate(self, loop: FederatedLoop, module: LightningModule) -> None:
         """Measure the new global model on the rounds :meth:`should_measure` picks."""
         if self.should_measure(loop.round):
-            loop.round_metrics.update({f"flatness/{name}": value for name, value in self.measure(module).items()})
+            self._figures = {f"flatness/{name}": value for name, value in self.measure(module).items()}
+
+    def metrics(self) -> dict[str, float]:
+        """The round's ``flatness/<name>`` figures (none on the rounds not measured)."""
+        return dict(self._figures)
 
     def measure(self, module: LightningModule) -> dict[str, float]:
         """The figures of ``module`` now, by name (without the ``flatness/`` prefix)."""
         common: dict[str, Any] = {"loss_fn": self.loss_fn, "max_batches": self.max_batches}
         out: dict[str, float] = {}
-        for name in self.metrics:
+        for name in self.measures:
             if name == "hessian_top":
                 top = hessian_eigenvalues(module, self.data, k=1, max_iter=self.max_iter, tol=self.tol,
                                           seed=self.seed, **common)

@@ -3,7 +3,7 @@ callbacks play (start-model and local components)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule
@@ -12,8 +12,10 @@ if TYPE_CHECKING:
     from lightning_fedmut.loop import FederatedLoop
     from lightning_fedmut.tasks import ClientResult, ClientTask
 
+from lightning_fedmut.state import DeclaredState
 
-class FederatedCallback:
+
+class FederatedCallback(DeclaredState):
     r"""Base class of federated callbacks: override the hooks you need; every hook returns nothing.
 
     Hooks receive the :class:`~lightning_fedmut.FederatedLoop` and the *global* module first, as
@@ -39,18 +41,24 @@ class FederatedCallback:
         on_fit_end
         teardown                              also after an exception, which first calls on_exception
 
+    State is declared once with :meth:`add_state` (see :mod:`lightning_fedmut.state`): server state is saved in
+    the federated checkpoints, round state is reset every round and combined across workers before
+    ``on_before_aggregate``. A callback's figures for the round are what :meth:`metrics` returns; the loop adds
+    them to ``loop.round_metrics`` and the history after the evaluation. ``hparams`` are the ``__init__``
+    arguments, read from the attributes of the same name.
+
     Examples:
         >>> class CountRounds(FederatedCallback):
-        ...     def __init__(self):
-        ...         self.rounds = 0
+        ...     def __init__(self, every: int = 1):
+        ...         self.every = every
+        ...         self.add_state("rounds", 0)
         ...     def on_round_end(self, loop, module):
         ...         self.rounds += 1
-        ...     def state_dict(self):
-        ...         return {"rounds": self.rounds}
-        ...     def load_state_dict(self, state_dict):
-        ...         self.rounds = state_dict["rounds"]
-        >>> CountRounds().state_key
-        'CountRounds'
+        ...     def metrics(self):
+        ...         return {"count/rounds": float(self.rounds)}
+        >>> counter = CountRounds(every=2)
+        >>> counter.state_key, counter.hparams, counter.state_dict()
+        ('CountRounds', {'every': 2}, {'rounds': 0})
     """
 
     @property
@@ -114,14 +122,6 @@ class FederatedCallback:
     def divergence_hint(self, loop: FederatedLoop) -> str | None:
         """A likely cause of divergence this callback knows of, for the loop's error messages (or ``None``)."""
         return None
-
-    def state_dict(self) -> dict[str, Any]:
-        """The callback's state to save in a federated checkpoint."""
-        return {}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the state returned by :meth:`state_dict`."""
-
 
 class StartModelCallback(FederatedCallback):
     r"""A federated callback that gives the clients start models other than the global one.

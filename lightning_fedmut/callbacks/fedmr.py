@@ -60,17 +60,20 @@ class FedMR(StartModelCallback):
     def __init__(self, first_stage_bound: int = 0, seed: int | None = None) -> None:
         self.first_stage_bound = check_int("first_stage_bound", first_stage_bound, low=0)
         self.seed = None if seed is None else check_int("seed", seed, low=0)
-        self.generator = torch.Generator()
-        self._keys: list[str] = []
         self._frozen: frozenset[str] = frozenset()
-        self._models: list[list[Tensor]] = []
         self._trained: Tensor = torch.zeros(0)
-        self._table: Tensor | None = None
-        self._start_round: int | None = None  # the round whose clients start from self._models
-
-    @property
-    def hparams(self) -> dict[str, Any]:
-        return {"first_stage_bound": self.first_stage_bound, "seed": self.seed}
+        self.generator: torch.Generator
+        self._keys: list[str]
+        self._start_round: int | None  # the round whose clients start from self._models
+        self._table: Tensor | None
+        self._models: list[list[Tensor]]
+        self._figures: dict[str, float]
+        self.add_state("generator", torch.Generator())
+        self.add_state("_keys", [])
+        self.add_state("_start_round", None)
+        self.add_state("_table", None)
+        self.add_state("_models", [])  # the K start models: saved only while they are pending (see state_dict)
+        self.add_state("_figures", {}, scope="round")
 
     @property
     def permutations(self) -> Tensor | None:
@@ -139,19 +142,18 @@ class FedMR(StartModelCallback):
         floats = [i for i, k in enumerate(self._keys) if is_floating(state[k])]
         distances = [math.sqrt(squared_distance([m[i] for i in floats], [glb[i] for i in floats]))
                      for m in self._models] if recombined else [0.0]
-        loop.round_metrics["fedmr/recombined"] = float(recombined)
-        loop.round_metrics["fedmr/start_model_distance"] = sum(distances) / len(distances)
+        self._figures = {"fedmr/recombined": float(recombined),
+                         "fedmr/start_model_distance": sum(distances) / len(distances)}
+
+    def metrics(self) -> dict[str, float]:
+        """The round's ``fedmr/recombined`` and ``fedmr/start_model_distance``."""
+        return dict(self._figures)
 
     def state_dict(self) -> dict[str, Any]:
-        active = self._start_round is not None
-        return {
-            "generator": self.generator.get_state(),
-            "keys": list(self._keys),
-            "start_round": self._start_round,
-            "table": None if self._table is None else self._table.clone(),
-            # the K start models, only while they are pending
-            "models": [[t.detach().cpu().clone() for t in model] for model in self._models] if active else None,
-        }
+        state = super().state_dict()
+        if self._start_round is None:  # the K start models, only while they are pending
+            state["models"] = None
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if self._keys and list(state_dict["keys"]) != self._keys:
@@ -159,13 +161,7 @@ class FedMR(StartModelCallback):
                 "FedMR state does not match the model: the checkpoint recombines keys"
                 f" {state_dict['keys'][:5]}..., this model {self._keys[:5]}...{frozen_hint(state_dict['keys'], self._frozen)}"
             )
-        self.generator.set_state(state_dict["generator"])
-        self._keys = list(state_dict["keys"])
-        self._start_round = state_dict["start_round"]
-        self._table = state_dict["table"]
-        if state_dict["models"] is not None:
-            if len(self._models) == len(state_dict["models"]):
-                for model, saved in zip(self._models, state_dict["models"]):
-                    copy_(model, saved)
-            else:
-                self._models = [[t.clone() for t in model] for model in state_dict["models"]]
+        models = self._models
+        super().load_state_dict(state_dict)  # the start models are loaded in place, where they live
+        if state_dict["models"] is None:
+            self._models = models

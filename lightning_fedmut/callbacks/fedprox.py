@@ -97,15 +97,13 @@ class FedProx(LocalCallback):
 
     def __init__(self, mu: float = 0.01) -> None:
         self.mu = check_real("mu", mu, low=0.0)
-        self._terms: dict[int, ProximalTerm] = {}
-        self._drifts: dict[int, float] = {}  # by slot, of the clients this process trained
-
-    @property
-    def hparams(self) -> dict[str, Any]:
-        return {"mu": self.mu}
-
-    def on_round_start(self, loop: FederatedLoop, module: LightningModule) -> None:
-        self._terms, self._drifts = {}, {}
+        self._terms: dict[int, ProximalTerm]
+        self._drifts: dict[int, float]
+        self._figures: dict[str, float]
+        self.add_state("_terms", {}, scope="round")
+        # by slot: the clients this process trained, then (reduced by the loop) the round's, in slot order
+        self.add_state("_drifts", {}, reduce="cat", scope="round")
+        self.add_state("_figures", {}, scope="round")
 
     def on_client_fit_start(self, loop: FederatedLoop, module: LightningModule, task: ClientTask) -> None:
         term = ProximalTerm(self.mu)
@@ -121,8 +119,12 @@ class FedProx(LocalCallback):
         self._terms.pop(result.task.slot, None)
 
     def on_before_aggregate(self, loop: FederatedLoop, module: LightningModule, aggregator: Aggregator) -> None:
-        # the clients other workers trained too, summed in slot order whatever the number of workers
-        drifts = {slot: d for part in loop.executor.all_gather_object(self._drifts) for slot, d in part.items()}
-        loop.round_metrics["fedprox/mu"] = self.mu
+        # every worker's clients are in `_drifts` now: summed in slot order whatever the number of workers
+        drifts = self._drifts
+        self._figures = {"fedprox/mu": self.mu}
         if drifts:
-            loop.round_metrics["fedprox/client_drift"] = sum(drifts[s] for s in sorted(drifts)) / len(drifts)
+            self._figures["fedprox/client_drift"] = sum(drifts[s] for s in sorted(drifts)) / len(drifts)
+
+    def metrics(self) -> dict[str, float]:
+        """The round's ``fedprox/mu`` and ``fedprox/client_drift`` (none for a round skipped for too few clients)."""
+        return dict(self._figures)

@@ -64,22 +64,17 @@ class MutationCallback(StartModelCallback):
             raise TypeError(f"Expected `mutate_buffers` to be a bool, got {mutate_buffers!r}.")
         self.mutate_buffers = mutate_buffers
         self.seed = None if seed is None else check_int("seed", seed, low=0)
-        self.generator = torch.Generator()
-        self._keys: list[str] = []
         self._frozen: frozenset[str] = frozenset()
-        self._delta: list[Tensor] = []
-        self._coefficients: Tensor | None = None
-
-    @property
-    def hparams(self) -> dict[str, Any]:
-        """The constructor arguments, for run configs."""
-        return {
-            "radius": self.radius,
-            "acceleration": self.acceleration,
-            "acceleration_rounds": self.acceleration_rounds,
-            "mutate_buffers": self.mutate_buffers,
-            "seed": self.seed,
-        }
+        self.generator: torch.Generator
+        self._keys: list[str]
+        self._delta: list[Tensor]
+        self._coefficients: Tensor | None
+        self._figures: dict[str, float]
+        self.add_state("generator", torch.Generator())
+        self.add_state("_keys", [])
+        self.add_state("_delta", [])
+        self.add_state("_coefficients", None)
+        self.add_state("_figures", {}, scope="round")
 
     @property
     def coefficients(self) -> Tensor | None:
@@ -131,27 +126,21 @@ class MutationCallback(StartModelCallback):
         squared = torch.tensor([float(d.double().pow(2).sum()) for d in self._delta], dtype=torch.float64)
         # distance of each slot's start model from the global one: radius * sqrt(sum_j c_ji^2 |g_j|^2)
         distances = self.radius * (self._coefficients.pow(2) * squared[:, None]).sum(dim=0).sqrt()
-        loop.round_metrics.update(
-            {
-                "fedmut/beta": beta,
-                "fedmut/radius": self.radius,
-                "fedmut/delta_norm": math.sqrt(float(squared.sum())),
-                "fedmut/start_model_distance": float(distances.mean()),
-            }
-        )
+        self._figures = {
+            "fedmut/beta": beta,
+            "fedmut/radius": self.radius,
+            "fedmut/delta_norm": math.sqrt(float(squared.sum())),
+            "fedmut/start_model_distance": float(distances.mean()),
+        }
+
+    def metrics(self) -> dict[str, float]:
+        """The round's ``fedmut/beta``, ``fedmut/radius``, ``fedmut/delta_norm`` and ``fedmut/start_model_distance``."""
+        return dict(self._figures)
 
     def divergence_hint(self, loop: FederatedLoop) -> str | None:
         return (
             f"a mutation radius too large for this learning rate (radius={self.radius:g}; try a smaller `radius`)"
         )
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "generator": self.generator.get_state(),
-            "keys": list(self._keys),
-            "delta": [d.detach().cpu().clone() for d in self._delta],
-            "coefficients": None if self._coefficients is None else self._coefficients.clone(),
-        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if self._keys and list(state_dict["keys"]) != self._keys:
@@ -159,10 +148,5 @@ class MutationCallback(StartModelCallback):
                 "MutationCallback state does not match the model: checkpoint mutates keys"
                 f" {state_dict['keys'][:5]}..., this model {self._keys[:5]}...{frozen_hint(state_dict['keys'], self._frozen)}"
             )
-        self.generator.set_state(state_dict["generator"])
-        self._keys = list(state_dict["keys"])
-        if self._delta:
-            copy_(self._delta, state_dict["delta"])
-        else:
-            self._delta = [d.clone() for d in state_dict["delta"]]
-        self._coefficients = state_dict["coefficients"]
+        super().load_state_dict(state_dict)  # the buffer is loaded in place, where it lives
+        self._keys = list(self._keys)

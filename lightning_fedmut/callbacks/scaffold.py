@@ -163,17 +163,21 @@ class Scaffold(LocalCallback):
 
     def __init__(self, num_clients: int | None = None) -> None:
         self.num_clients = None if num_clients is None else check_int("num_clients", num_clients, low=1)
-        self._names: list[str] = []
-        self._control: list[Tensor] = []
         self._delta_sum: list[Tensor] = []
-        self._count = 0
         self._federation = 0
-        self._clients: dict[int, ControlVariateCorrection] = {}
-        self._owned: dict[int, list[Tensor]] = {}  # with workers: this worker's clients' changes, by slot
-
-    @property
-    def hparams(self) -> dict[str, Any]:
-        return {"num_clients": self.num_clients}
+        self._names: list[str]
+        self._control: list[Tensor]
+        self._count: int
+        self._clients: dict[int, ControlVariateCorrection]
+        self._owned: dict[int, list[Tensor]]
+        self._figures: dict[str, float]
+        self.add_state("_names", [])
+        self.add_state("_control", [])
+        self.add_state("_count", 0, scope="round")
+        self.add_state("_clients", {}, scope="round")
+        # with workers: this worker's clients' changes by slot, then (reduced by the loop) every worker's
+        self.add_state("_owned", {}, reduce="cat", scope="round")
+        self.add_state("_figures", {}, scope="round")
 
     @property
     def control(self) -> dict[str, Tensor]:
@@ -197,8 +201,6 @@ class Scaffold(LocalCallback):
     def on_round_start(self, loop: FederatedLoop, module: LightningModule) -> None:
         for s in self._delta_sum:
             s.zero_()
-        self._count = 0
-        self._clients, self._owned = {}, {}
 
     def on_client_fit_start(self, loop: FederatedLoop, module: LightningModule, task: ClientTask) -> None:
         corrector = ControlVariateCorrection(self._names, self._control, task.client_state.get(CLIENT_CONTROL_KEY))
@@ -220,22 +222,21 @@ class Scaffold(LocalCallback):
 
     @torch.no_grad()
     def on_before_aggregate(self, loop: FederatedLoop, module: LightningModule, aggregator: Aggregator) -> None:
-        executor = loop.executor
-        if executor.world_size > 1:
-            # every worker sums the round's changes in slot order, as one process does: the same bits
-            gathered = {slot: delta for part in executor.all_gather_object(self._owned) for slot, delta in part.items()}
-            for slot in sorted(gathered):
-                accumulate_(self._delta_sum, gathered[slot], 1.0)
-            self._count = len(gathered)
+        if loop.executor.world_size > 1:
+            # every worker's changes are in `_owned` now, by slot: summed in slot order, as one process does
+            for slot in sorted(self._owned):
+                accumulate_(self._delta_sum, self._owned[slot], 1.0)
+            self._count = len(self._owned)
             self._owned = {}
         if self._count:
             # c += |S|/N * mean(delta c_i) = sum(delta c_i) / N
             accumulate_(self._control, self._delta_sum, 1.0 / self._federation)
-        loop.round_metrics["scaffold/control_norm"] = math.sqrt(squared_norm(self._control))
-        loop.round_metrics["scaffold/delta_control_norm"] = math.sqrt(squared_norm(self._delta_sum)) / self._federation
+        self._figures = {"scaffold/control_norm": math.sqrt(squared_norm(self._control)),
+                         "scaffold/delta_control_norm": math.sqrt(squared_norm(self._delta_sum)) / self._federation}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"names": list(self._names), "control": [c.detach().cpu().clone() for c in self._control]}
+    def metrics(self) -> dict[str, float]:
+        """The round's ``scaffold/control_norm`` and ``scaffold/delta_control_norm``."""
+        return dict(self._figures)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if self._names and list(state_dict["names"]) != self._names:
@@ -243,8 +244,8 @@ class Scaffold(LocalCallback):
                 "Scaffold state does not match the model: the checkpoint controls parameters"
                 f" {state_dict['names'][:5]}..., this model {self._names[:5]}..."
             )
-        self._names = list(state_dict["names"])
-        self._control = [c.clone() for c in state_dict["control"]]
+        super().load_state_dict(state_dict)
+        self._names = list(self._names)
         self._delta_sum = [torch.zeros_like(c) for c in self._control]
 
 

@@ -82,6 +82,9 @@ class ServerReport(FederatedCallback):
         if self._report is not None:
             self._report.on_exception(loop, module, exception)
 
+    def metrics(self) -> dict[str, float]:
+        return {} if self._report is None else self._report.metrics()
+
     def state_dict(self) -> dict[str, Any]:
         return {} if self._report is None else self._report.state_dict()
 

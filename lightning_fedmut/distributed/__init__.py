@@ -9,6 +9,7 @@ from __future__ import annotations
 from lightning_fedmut.distributed.environment import WorkerEnvironment, detect_environment
 from lightning_fedmut.distributed.executor import DistributedExecutor, RemoteClientError, slot_owner
 from lightning_fedmut.distributed.launcher import WorkerError
+from lightning_fedmut.distributed.reduce import reduce_round_state
 from lightning_fedmut.execution.base import ClientExecutor
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "WorkerError",
     "detect_environment",
     "executor_for",
+    "reduce_round_state",
     "slot_owner",
 ]
 
