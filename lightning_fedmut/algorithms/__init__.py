@@ -14,6 +14,7 @@ from lightning_fedmut.algorithms.fedmut import FedMut
 from lightning_fedmut.algorithms.fednova import FedNova
 from lightning_fedmut.algorithms.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from lightning_fedmut.algorithms.fedprox import FedProx
+from lightning_fedmut.algorithms.fedsam import FedASAM, FedSAM
 from lightning_fedmut.algorithms.registry import (
     algorithm_class,
     build_algorithm,
@@ -28,6 +29,7 @@ from lightning_fedmut.callbacks.base import LocalCallback, StartModelCallback
 __all__ = [
     "SCAFFOLD",
     "ClusteredSampling",
+    "FedASAM",
     "FedAdagrad",
     "FedAdam",
     "FedAvg",
@@ -37,6 +39,7 @@ __all__ = [
     "FedMut",
     "FedNova",
     "FedProx",
+    "FedSAM",
     "FedYogi",
     "FederatedAlgorithm",
     "LocalCallback",

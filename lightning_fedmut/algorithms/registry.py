@@ -86,7 +86,7 @@ def resolve_name(name: str) -> str:
         >>> resolve_name("FedMutt")
         Traceback (most recent call last):
         ...
-        ValueError: Expected `algorithm` to be a registered method name, got 'FedMutt' (did you mean FedMut?); known: FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, ClusteredSampling, FedNova.
+        ValueError: Expected `algorithm` to be a registered method name, got 'FedMutt' (did you mean FedMut?); known: FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, ClusteredSampling, FedNova, FedSAM, FedASAM.
     """
     if isinstance(name, str):
         for registered in _REGISTRY:
@@ -144,12 +144,15 @@ def _register_presets() -> None:
     from lightning_fedmut.algorithms.fednova import FedNova
     from lightning_fedmut.algorithms.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
     from lightning_fedmut.algorithms.fedprox import FedProx
+    from lightning_fedmut.algorithms.fedsam import FedASAM, FedSAM
     from lightning_fedmut.algorithms.scaffold import SCAFFOLD
 
     for cls in (FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR,
                 ClusteredSampling):
         register(cls.__name__, cls)
     register("FedNova", FedNova)
+    register("FedSAM", FedSAM)
+    register("FedASAM", FedASAM)
 
 
 _register_presets()

@@ -6,6 +6,7 @@ from lightning_fedmut.callbacks.fedmr import FedMR
 from lightning_fedmut.callbacks.fedprox import FedProx
 from lightning_fedmut.callbacks.model_checkpoint import GlobalModelCheckpoint
 from lightning_fedmut.callbacks.mutation import MutationCallback
+from lightning_fedmut.callbacks.sam import SAM
 from lightning_fedmut.callbacks.scaffold import Scaffold
 from lightning_fedmut.callbacks.server_report import ServerReport
 
@@ -15,6 +16,7 @@ __all__ = [
     "FederatedCallback",
     "GlobalModelCheckpoint",
     "MutationCallback",
+    "SAM",
     "Scaffold",
     "ServerReport",
 ]
