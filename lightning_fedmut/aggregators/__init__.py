@@ -2,11 +2,12 @@
 
 from lightning_fedmut.aggregators.base import Aggregator
 from lightning_fedmut.aggregators.fedavg import FedAvg
+from lightning_fedmut.aggregators.feddyn import FedDyn
 from lightning_fedmut.aggregators.fedexp import FedExP, FedExPReport
 from lightning_fedmut.aggregators.fednova import FedNova
 from lightning_fedmut.aggregators.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi, ServerOptimizer
 
 __all__ = [
-    "Aggregator", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedExP", "FedExPReport", "FedNova", "FedYogi",
+    "Aggregator", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedDyn", "FedExP", "FedExPReport", "FedNova", "FedYogi",
     "ServerOptimizer",
 ]

@@ -8,6 +8,7 @@ method, ``lightning_fedmut.aggregators.FedAvg`` (and ``lightning_fedmut.FedAvg``
 from lightning_fedmut.algorithms.base import FederatedAlgorithm
 from lightning_fedmut.algorithms.clustered import ClusteredSampling
 from lightning_fedmut.algorithms.fedavg import FedAvg
+from lightning_fedmut.algorithms.feddyn import FedDyn
 from lightning_fedmut.algorithms.fedexp import FedExP
 from lightning_fedmut.algorithms.fedmr import FedMR
 from lightning_fedmut.algorithms.fedmut import FedMut
@@ -34,6 +35,7 @@ __all__ = [
     "FedAdam",
     "FedAvg",
     "FedAvgM",
+    "FedDyn",
     "FedExP",
     "FedMR",
     "FedMut",

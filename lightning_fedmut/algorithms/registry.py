@@ -86,7 +86,7 @@ def resolve_name(name: str) -> str:
         >>> resolve_name("FedMutt")
         Traceback (most recent call last):
         ...
-        ValueError: Expected `algorithm` to be a registered method name, got 'FedMutt' (did you mean FedMut?); known: FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, ClusteredSampling, FedNova, FedSAM, FedASAM.
+        ValueError: Expected `algorithm` to be a registered method name, got 'FedMutt' (did you mean FedMut?); known: FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, ClusteredSampling, FedNova, FedSAM, FedASAM, FedDyn.
     """
     if isinstance(name, str):
         for registered in _REGISTRY:
@@ -138,6 +138,7 @@ def build_algorithm(name: str, init_args: Mapping[str, Any] | None = None) -> Fe
 def _register_presets() -> None:
     from lightning_fedmut.algorithms.clustered import ClusteredSampling
     from lightning_fedmut.algorithms.fedavg import FedAvg
+    from lightning_fedmut.algorithms.feddyn import FedDyn
     from lightning_fedmut.algorithms.fedexp import FedExP
     from lightning_fedmut.algorithms.fedmr import FedMR
     from lightning_fedmut.algorithms.fedmut import FedMut
@@ -153,6 +154,7 @@ def _register_presets() -> None:
     register("FedNova", FedNova)
     register("FedSAM", FedSAM)
     register("FedASAM", FedASAM)
+    register("FedDyn", FedDyn)
 
 
 _register_presets()

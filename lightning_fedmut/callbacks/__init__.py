@@ -2,6 +2,7 @@
 checkpoints of the global model."""
 
 from lightning_fedmut.callbacks.base import FederatedCallback
+from lightning_fedmut.callbacks.feddyn import FedDyn
 from lightning_fedmut.callbacks.fedmr import FedMR
 from lightning_fedmut.callbacks.fedprox import FedProx
 from lightning_fedmut.callbacks.model_checkpoint import GlobalModelCheckpoint
@@ -11,12 +12,13 @@ from lightning_fedmut.callbacks.scaffold import Scaffold
 from lightning_fedmut.callbacks.server_report import ServerReport
 
 __all__ = [
+    "SAM",
+    "FedDyn",
     "FedMR",
     "FedProx",
     "FederatedCallback",
     "GlobalModelCheckpoint",
     "MutationCallback",
-    "SAM",
     "Scaffold",
     "ServerReport",
 ]

@@ -134,7 +134,7 @@ class SharpnessAwareStep(Callback):
         for optimizer in trainer.optimizers:
             own = optimizer.__dict__.get("step")  # an LR scheduler may have wrapped it already
             base = optimizer.step
-            optimizer.step = functools.partial(self._sam_step, optimizer, base)
+            setattr(optimizer, "step", functools.partial(self._sam_step, optimizer, base))  # noqa: B010
             self._wrapped.append((optimizer, own))
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -151,7 +151,7 @@ class SharpnessAwareStep(Callback):
             if own is None:
                 optimizer.__dict__.pop("step", None)
             else:
-                optimizer.step = own
+                setattr(optimizer, "step", own)  # noqa: B010
         self._wrapped, self._module = [], None
 
     def _sam_step(self, optimizer: Any, base_step: Callable[..., Any], closure: Callable[[], Any] | None = None,
@@ -221,7 +221,7 @@ def check_sam_trainer(automatic_optimization: bool, accumulate_grad_batches: int
 @contextlib.contextmanager
 def _quiet_logging(module: LightningModule) -> Iterator[None]:
     """``module.log`` and ``module.log_dict`` do nothing inside."""
-    saved = {name: module.__dict__[name] for name in ("log", "log_dict") if name in module.__dict__}
+    saved: dict[str, Any] = {name: module.__dict__[name] for name in ("log", "log_dict") if name in module.__dict__}
     module.__dict__["log"] = module.__dict__["log_dict"] = _no_log
     try:
         yield
@@ -248,7 +248,7 @@ def _frozen_running_stats(module: LightningModule) -> Iterator[None]:
     finally:
         for m, (momentum, tracked) in zip(layers, saved):
             m.momentum = momentum
-            if tracked is not None:
+            if tracked is not None and m.num_batches_tracked is not None:
                 m.num_batches_tracked.copy_(tracked)
 
 
@@ -291,6 +291,7 @@ class SAM(LocalCallback):
 
     @property
     def hparams(self) -> dict[str, Any]:
+        """The constructor arguments, for run configs (it declares no state, so they are not derived)."""
         return {"rho": self.rho, "adaptive": self.adaptive, "eta": self.eta}
 
     def setup(self, loop: FederatedLoop, module: LightningModule, stage: str) -> None:

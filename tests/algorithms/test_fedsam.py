@@ -13,7 +13,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_fedmut import Client, FederatedCallback, FederatedLoop, make_clients
 from lightning_fedmut import algorithms as algos
-from lightning_fedmut.aggregators import FedAvg
 from lightning_fedmut.callbacks import SAM
 from lightning_fedmut.callbacks.sam import SharpnessAwareStep
 from lightning_fedmut.data import partition_dirichlet
