@@ -17,8 +17,6 @@ if TYPE_CHECKING:
     from lightning_fedmut.loop import FederatedLoop
     from lightning_fedmut.tasks import ClientResult, ClientTask
 
-__all__ = ["CLIENT_GRADIENT_KEY", "DynamicRegularizer", "FedDyn"]
-
 #: Key of a client's linear term ``g_i`` in its client state (a dict of tensors keyed by parameter name).
 CLIENT_GRADIENT_KEY = "feddyn/gradient"
 

@@ -28,8 +28,6 @@ if TYPE_CHECKING:
     from lightning_fedmut.loop import FederatedLoop
     from lightning_fedmut.tasks import ClientTask
 
-__all__ = ["SAM", "SharpnessAwareStep", "asam_scales", "sam_perturbation"]
-
 #: Added to the gradient norm so that a zero gradient gives a zero perturbation (as the SAM and ASAM codes do).
 NORM_EPS = 1e-12
 
