@@ -50,42 +50,42 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import copy  # noqa: E402
-import cProfile  # noqa: E402
-import difflib  # noqa: E402
-import functools  # noqa: E402
-import gc  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import platform  # noqa: E402
-import pstats  # noqa: E402
-import random  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from collections import defaultdict  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from importlib.metadata import distributions, entry_points  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import contextlib
+import copy
+import cProfile
+import difflib
+import functools
+import gc
+import io
+import json
+import logging
+import platform
+import pstats
+import random
+import statistics
+import sys
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import distributions, entry_points
+from typing import Any
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from lightning.pytorch import LightningModule, Trainer  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule, Trainer
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
-import lightning_fedmut  # noqa: E402
-from lightning_fedmut import FederatedLoop  # noqa: E402
-from lightning_fedmut.aggregators import FedAvg  # noqa: E402
-from lightning_fedmut.data import Client, make_clients, partition_iid  # noqa: E402
-from lightning_fedmut.utilities.seed import CLIENT_STREAM, SAMPLING_STREAM, derive_seed  # noqa: E402
-from lightning_fedmut.utilities.trainer import quiet_lightning  # noqa: E402
+import lightning_fedmut
+from lightning_fedmut import FederatedLoop
+from lightning_fedmut.aggregators import FedAvg
+from lightning_fedmut.data import Client, make_clients, partition_iid
+from lightning_fedmut.utilities.seed import CLIENT_STREAM, SAMPLING_STREAM, derive_seed
+from lightning_fedmut.utilities.trainer import quiet_lightning
 
 torch.set_num_threads(1)
 

@@ -28,12 +28,12 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import torch  # noqa: E402
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import overhead  # noqa: E402
+import overhead
 
-from lightning_fedmut import FedAvg, FederatedLoop  # noqa: E402
+from lightning_fedmut import FedAvg, FederatedLoop
 
 
 def run_workers(wl: overhead.Workload, workers: int | None) -> dict[str, float]:

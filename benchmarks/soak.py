@@ -22,14 +22,14 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import torch  # noqa: E402
-from lightning.pytorch.loggers import CSVLogger  # noqa: E402
+import torch
+from lightning.pytorch.loggers import CSVLogger
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers import TinyModule, make_synthetic  # noqa: E402
+from helpers import TinyModule, make_synthetic
 
-from lightning_fedmut import FedAvg, FederatedCallback, FederatedLoop, MutationCallback, make_clients  # noqa: E402
-from lightning_fedmut.data import partition_iid  # noqa: E402
+from lightning_fedmut import FedAvg, FederatedCallback, FederatedLoop, MutationCallback, make_clients
+from lightning_fedmut.data import partition_iid
 
 
 def rss_mb() -> float:

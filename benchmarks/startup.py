@@ -65,7 +65,7 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in todo}
     workdir = tempfile.mkdtemp(prefix="fedmut-startup-")
     try:
-        for name, argv in todo.items():  # one untimed run each: bytecode caches and the disk cache warm
+        for argv in todo.values():  # one untimed run each: bytecode caches and the disk cache warm
             subprocess.run(argv, cwd=workdir, env=env, capture_output=True, check=True, timeout=600)
         for _ in range(args.repeats):
             for name, argv in todo.items():

@@ -60,9 +60,9 @@ from lightning_fedmut.utilities.warnings import warn_user
 
 __all__ = [
     "CHECKPOINT_VERSION",
+    "HISTORY_FILE",
     "CheckpointWriteError",
     "CorruptCheckpointError",
-    "HISTORY_FILE",
     "HistoryLog",
     "UnsafeCheckpointError",
     "check_resume_rounds",

@@ -570,7 +570,7 @@ def load_mnist_split(
         if labels.ndim != 1 or len(labels) != len(images):
             raise DatasetIntegrityError(f"{label_file!r} does not hold one label per image of {image_file!r}:"
                                         f" expected shape ({len(images)},), got {labels.shape}. {hint}")
-        if labels.size and not (0 <= int(labels.min()) and int(labels.max()) < classes):
+        if labels.size and not (int(labels.min()) >= 0 and int(labels.max()) < classes):
             raise DatasetIntegrityError(f"{label_file!r} holds labels outside [0, {classes}): from {int(labels.min())}"
                                         f" to {int(labels.max())}. {hint}")
         out.append(ImageDataset(images[:, None], labels.astype(np.int64), spec["mean"], spec["std"]))

@@ -22,11 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from helpers import TinyModule, make_synthetic  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
+from helpers import TinyModule, make_synthetic
+from torch.utils.data import DataLoader
 
-from lightning_fedmut import FedAvg, FederatedLoop, MutationCallback, make_clients  # noqa: E402
-from lightning_fedmut.data import partition_dirichlet  # noqa: E402
+from lightning_fedmut import FedAvg, FederatedLoop, MutationCallback, make_clients
+from lightning_fedmut.data import partition_dirichlet
 
 RUNS = {
     "fedavg_weighted": dict(aggregator="weighted", k=3, mutation=None),
@@ -115,7 +115,7 @@ def _methods() -> dict:
         "ClusteredSampling": lambda: {"sampler": ClusteredSampler()},
         "FedMR": lambda: {"callbacks": [FedMR(first_stage_bound=1)]},
         "FedMut": lambda: {"callbacks": [MutationCallback(radius=2.0)]},
-        "FedAvg": lambda: {},
+        "FedAvg": dict,
     }
 
 

@@ -7,6 +7,7 @@ Run on a machine with a CUDA GPU:  python scripts/gpu_check.py --out gpu_check.j
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
@@ -91,10 +92,8 @@ def main() -> None:
         report["det_repeat"], d2 = run(acc, deterministic=True)
         report["det_same_seed_bitwise_equal"] = all(torch.equal(d1[k], d2[k]) for k in d1)
         with tempfile.TemporaryDirectory() as d:
-            try:
+            with contextlib.suppress(RuntimeError):  # the crash the resume starts from
                 run(acc, ckpt_dir=Path(d), crash_at=3, deterministic=True)
-            except RuntimeError:
-                pass
             report["det_resumed"], d3 = run(acc, ckpt_dir=Path(d), resume=True, deterministic=True)
         report["det_resume_bitwise_equal"] = all(torch.equal(d1[k], d3[k]) for k in d1)
         text = json.dumps(report, indent=1)
@@ -109,14 +108,12 @@ def main() -> None:
     for precision in ("16-mixed", "bf16-mixed"):
         try:
             report[precision], _ = run(acc, precision=precision)
-        except Exception as exc:  # report, do not stop the other checks
+        except Exception as exc:  # noqa: BLE001 - report, do not stop the other checks
             report[precision] = f"{type(exc).__name__}: {exc}"
 
     with tempfile.TemporaryDirectory() as d:
-        try:
+        with contextlib.suppress(RuntimeError):  # the crash the resume starts from
             run(acc, ckpt_dir=Path(d), crash_at=3)
-        except RuntimeError:
-            pass
         report["resumed"], s3 = run(acc, ckpt_dir=Path(d), resume=True)
     report["resume_max_abs_diff"] = max_diff(s1, s3)
     report["resume_bitwise_equal"] = all(torch.equal(s1[k], s3[k]) for k in s1)

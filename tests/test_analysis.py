@@ -410,7 +410,9 @@ def test_same_seed_same_numbers_and_seeds_matter():
 def test_runs_on_the_module_device():
     module, loader = bn_mlp_and_loader()
     module = module.double()  # the batches are float32: loss_fn casts, and the analysis runs in float64
-    cast = lambda m, batch: F.cross_entropy(m(batch[0].to(m.net[0].weight.dtype)), batch[1])
+    def cast(m, batch):
+        return F.cross_entropy(m(batch[0].to(m.net[0].weight.dtype)), batch[1])
+
     hv = hessian_vector_product(module, loader, random_direction(module, seed=0), loss_fn=cast)
     assert all(t.dtype == torch.float64 for t in hv.values())
 

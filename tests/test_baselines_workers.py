@@ -14,7 +14,8 @@ from lightning_fedmut import FedAvg, FederatedLoop, make_clients
 from lightning_fedmut.data import partition_dirichlet
 
 distributed = pytest.importorskip("lightning_fedmut.distributed")
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="workers are forked; tested on Linux")
+pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="workers are forked; tested on Linux"),
+              pytest.mark.slow]
 
 
 def run(method, synthetic, workers):

@@ -121,7 +121,7 @@ def test_save_refuses_what_weights_only_would_refuse_before_writing(tmp_path, en
 def test_save_arguments(tmp_path):
     with pytest.raises(ValueError, match=r"Expected `keep_last` to be an integer >= 1, got 0\."):
         save_checkpoint({"rounds_done": 1}, tmp_path, keep_last=0)
-    with pytest.raises(ValueError, match="Expected `state` to be a dict holding `rounds_done`, got {'round': 1}"):
+    with pytest.raises(ValueError, match=r"Expected `state` to be a dict holding `rounds_done`, got {'round': 1}"):
         save_checkpoint({"round": 1}, tmp_path, keep_last=1)
     with pytest.raises(TypeError, match=r"Cannot checkpoint `state\['rounds_done'\]`: it is a numpy.int64"):
         save_checkpoint({"rounds_done": np.int64(4)}, tmp_path, keep_last=1)
@@ -165,7 +165,7 @@ def test_pickled_payload_is_refused_without_running_it(tmp_path):
         assert "could run code" in message and not any(w in message for w in TORCH_WORDS)
         assert isinstance(info.value, ValueError)
     # resuming "last" refuses it too, rather than falling back past it
-    with pytest.raises(UnsafeCheckpointError, match="round-00002.ckpt"):
+    with pytest.raises(UnsafeCheckpointError, match=r"round-00002.ckpt"):
         load_resume_checkpoint("last", tmp_path)
     assert not marker.exists()
 

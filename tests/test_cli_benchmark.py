@@ -217,6 +217,7 @@ def test_a_changed_config_is_refused_before_anything_runs(tiny_run, capsys):
 
 
 # ------------------------------------------------------------------------------------------ kill, resume
+@pytest.mark.slow
 def test_a_killed_benchmark_resumes_to_the_uninterrupted_numbers_in_parallel(tiny_run, tmp_path):
     """SIGKILL in round 1 of the first cell; the rerun (two cells at a time) resumes it from its checkpoint of
     round 0 and runs the others: every history equals the uninterrupted sequential run's."""
@@ -345,6 +346,7 @@ def test_a_missing_config_file_and_missing_data_are_one_line(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------- the Python API
+@pytest.mark.slow
 def test_the_config_layers_and_the_paper_partition_files(tmp_path):
     parts = tmp_path / "paper_dir0.1.json"
     parts.write_text(json.dumps({str(c): list(range(c * 100, c * 100 + 100)) for c in range(6)}), encoding="utf-8")
@@ -415,6 +417,7 @@ PAPER = {"cifar10_cnn": ("LeNetCNN", 0.3, "Dir(0.1)", 47.93, 51.25),
          "cifar10_vgg16": ("VGG16", 0.3, "IID", 80.20, 81.70)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(PAPER))
 def test_the_paper_configs_run_when_the_data_is_present(tmp_path, monkeypatch, name):
     model, acceleration, column, fedavg, fedmut = PAPER[name]
@@ -444,6 +447,7 @@ def test_the_paper_configs_run_when_the_data_is_present(tmp_path, monkeypatch, n
             "| --- | ---: |\n| FedAvg | 47.93 |\n| FedMut | 51.25 |\n") in markdown
 
 
+@pytest.mark.slow
 def test_a_sampler_method_is_the_python_run_it_names(tmp_path):
     """Clustered sampling (a class-typed loop argument) against the same federation built by hand."""
     import torch

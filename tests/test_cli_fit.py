@@ -17,7 +17,7 @@ from lightning_fedmut.data import save_partition_json
 
 FIXTURES = Path(__file__).parent / "fixtures_cli"
 sys.path.insert(0, str(FIXTURES))
-from wandb_offline_run import offline_runs, read_run
+from wandb_offline_run import offline_runs, read_run  # noqa: E402 - from FIXTURES, put on the path above
 
 # a federation that runs in about a second: 4 synthetic clients, 2 per round, 2 rounds of 1 local step
 TINY = [
@@ -212,6 +212,7 @@ def test_bad_input_is_one_line_and_exit_code_2(args, message, capsys, monkeypatc
     assert "Traceback" not in err + out
 
 
+@pytest.mark.slow
 def test_console_entry_point_exits_2_without_traceback(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "lightning_fedmut.cli", "fit", "--loop.rounds=abc"],

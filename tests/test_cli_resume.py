@@ -138,7 +138,7 @@ def test_the_rerun_rule(tmp_path):
     with pytest.raises(CLIError, match=r"holds no federated checkpoint \(round-NNNNN.ckpt\) to resume, only last.ckpt"):
         resume_checkpoint("last", str(only_model))
 
-    with pytest.raises(CLIError, match="--ckpt_path last: expected --loop.checkpoint_dir"):
+    with pytest.raises(CLIError, match=r"--ckpt_path last: expected --loop.checkpoint_dir"):
         resume_checkpoint("last", None)
     with pytest.raises(CLIError, match=r"--ckpt_path: expected last or a checkpoint file, got 'nope.ckpt'"):
         resume_checkpoint("nope.ckpt", None)

@@ -14,6 +14,8 @@ import pytest
 
 import lightning_fedmut
 
+pytestmark = pytest.mark.slow  # each test starts the command in a new Python process
+
 PACKAGE = Path(lightning_fedmut.__file__).parent
 # the package root replaced by an empty module, so that only what the command itself imports is loaded
 PROBE = """

@@ -30,7 +30,7 @@ from lightning_fedmut.cli.sweep import (
 FIXTURES = Path(__file__).parent / "fixtures_cli"
 EXAMPLES = Path(__file__).parent.parent / "examples" / "sweeps"
 sys.path.insert(0, str(FIXTURES))
-from wandb_offline_run import offline_runs, read_run
+from wandb_offline_run import offline_runs, read_run  # noqa: E402 - from FIXTURES, put on the path above
 
 SMALL = FIXTURES / "sweep_small.yaml"
 
@@ -108,6 +108,7 @@ def _console_path(tmp_path: Path) -> str:
     return f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
+@pytest.mark.slow
 def test_cli_runs_as_wandb_agent_calls_it(tmp_path):
     config = load_sweep(SMALL)
     examples = {tuple(yaml.safe_load(p.read_text())["command"]) for p in EXAMPLES.glob("*.yaml")}
@@ -141,6 +142,7 @@ def test_cli_runs_as_wandb_agent_calls_it(tmp_path):
     assert all(h["fedmut/radius"] == 2.0 for h in rounds)
 
 
+@pytest.mark.slow  # the sweep starts `lightning-fedmut fit` in a subprocess per configuration
 def test_local_sweep_runs_the_grid_offline_in_one_group(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

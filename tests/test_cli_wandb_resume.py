@@ -6,6 +6,7 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from lightning_fedmut.checkpoint import load_checkpoint
@@ -14,7 +15,7 @@ from lightning_fedmut.models import DigitsCNN
 
 FIXTURES = Path(__file__).parent / "fixtures_cli"
 sys.path.insert(0, str(FIXTURES))
-from wandb_offline_run import offline_runs, read_run
+from wandb_offline_run import offline_runs, read_run  # noqa: E402 - from FIXTURES, put on the path above
 
 # 4 synthetic clients, 2 per round, 2 local steps: 4 training steps per round
 TINY = ["--data=synthetic", "--partition.num_clients=4", "--loop.clients_per_round=2", "--loop.local_steps=2",
@@ -58,6 +59,7 @@ def test_ctrl_c_then_ckpt_path_last_logs_to_the_same_wandb_run(tmp_path, capsys,
     assert [h["round"] for h in read_run(first)["history"] if "val_acc" in h] == [0]
 
 
+@pytest.mark.slow  # the sweep starts `lightning-fedmut fit` in a subprocess per configuration
 def test_a_sweep_rerun_with_ckpt_path_last_goes_on_in_the_checkpoints_run(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.delenv("WANDB_MODE")  # the sweep runs its configurations offline by itself

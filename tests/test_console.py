@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import TinyModule, make_synthetic
 from lightning.pytorch.loggers import WandbLogger
@@ -90,6 +91,7 @@ def test_the_progress_is_a_bar_on_a_terminal_and_lines_elsewhere():
 SCRIPT = """
 import sys, warnings
 sys.path.insert(0, {tests!r})
+import pytest
 import torch
 from helpers import TinyModule, make_synthetic
 from lightning_fedmut import FederatedLoop
@@ -109,6 +111,7 @@ print("done")
 """
 
 
+@pytest.mark.slow
 def test_with_two_workers_a_warning_is_printed_once(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent(SCRIPT.format(tests=str(Path(__file__).parent))))

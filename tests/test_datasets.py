@@ -199,7 +199,7 @@ def test_missing_files_without_torchvision_give_the_install_hint(tmp_path, monke
         f"FashionMNIST is not in '{tmp_path}' and downloading it needs torchvision: pip install"
         f" 'lightning_fedmut[vision]' (or copy the files to '{tmp_path / 'FashionMNIST'}', or use --data digits,"
         " mnist1d or synthetic).")
-    with pytest.raises(DatasetDownloadError, match="files not found in .* and download=False"):
+    with pytest.raises(DatasetDownloadError, match=r"files not found in .* and download=False"):
         load_dataset("cifar100", root=tmp_path, download=False)
 
 

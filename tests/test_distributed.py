@@ -20,7 +20,8 @@ from lightning_fedmut.data import partition_dirichlet
 from lightning_fedmut.distributed import DistributedExecutor, WorkerError, executor_for, slot_owner
 from lightning_fedmut.execution import SequentialExecutor
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="workers are forked; tested on Linux")
+pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="workers are forked; tested on Linux"),
+              pytest.mark.slow]
 TIMEOUT = 60.0  # seconds a worker waits at an exchange: a dead rank never hangs a test
 
 

@@ -230,6 +230,7 @@ def test_code_on_the_pages_runs(page, line, code):
 
 
 # ------------------------------------------------------------------------------------ rendered reference
+@pytest.mark.slow
 def test_rendered_api_reference_shows_every_public_name(tmp_path):
     """Build the API pages alone (seconds) and look for every public name's anchor in the HTML."""
     pytest.importorskip("mkdocs")
@@ -332,6 +333,7 @@ def _build_pages(tmp_path: Path, pages: list[str]) -> Path:
     return tmp_path / "site"
 
 
+@pytest.mark.slow
 def test_built_fedmut_page_has_mathml_and_no_tex(tmp_path):
     site = _build_pages(tmp_path, ["index.md", "concepts/fedmut.md"])
     page = (site / "concepts" / "fedmut.html").read_text(encoding="utf-8")
@@ -345,6 +347,7 @@ def test_built_fedmut_page_has_mathml_and_no_tex(tmp_path):
     assert 'href="../index.html"' in page  # a file link, not a folder URL
 
 
+@pytest.mark.slow
 def test_fedmut_page_renders_its_maths_in_a_headless_browser(tmp_path):
     """Opens the page from its file in headless Chromium (skipped without it: `apt-get install chromium`).
 
@@ -363,7 +366,8 @@ def test_fedmut_page_renders_its_maths_in_a_headless_browser(tmp_path):
 
 # ------------------------------------------------------------------------------------ numbers that agree
 _NUMBERS = {word: n for n, word in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen".split())}
+    ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+     "thirteen", "fourteen", "fifteen"])}
 
 
 def _tutorials_in_nav() -> list[str]:

@@ -86,6 +86,7 @@ def test_the_registry_error_on_the_algorithms_page_is_the_real_one():
     assert shown == str(raised.value)
 
 
+@pytest.mark.slow
 def test_the_extending_example_counts_what_num_steps_holds(tmp_path):
     """The example's payload count (a Lightning callback's batches) is each client's ``num_steps``."""
     env = {**os.environ, "FEDMUT_EXAMPLE_SMALL": "1", "FEDMUT_OUTPUT_DIR": str(tmp_path), "OMP_NUM_THREADS": "1",

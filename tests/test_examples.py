@@ -84,6 +84,7 @@ def small_runs(request, tmp_path_factory):
         return {stem: (future.result(), base / stem) for stem, future in futures.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_runs_small_and_writes_its_files(path, small_runs):
     proc, out = small_runs[path.stem]

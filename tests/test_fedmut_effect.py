@@ -10,6 +10,8 @@ from lightning_fedmut.data import partition_dirichlet
 from lightning_fedmut.datasets import labels_of, load_digits_split
 from lightning_fedmut.models import DigitsCNN
 
+pytestmark = pytest.mark.slow  # end to end: trains FedMut and FedAvg over 5 seeds to measure the effect
+
 SEEDS = (0, 1, 2, 3, 4)
 
 

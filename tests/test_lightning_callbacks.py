@@ -263,6 +263,7 @@ def test_a_real_logger_in_trainer_kwargs_is_refused_with_the_reason(tmp_path):
     assert _fit_without.trainer_kwargs["logger"] is False  # no logger at all stays allowed
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="workers are forked; tested on Linux")
 def test_callbacks_and_client_validation_with_two_workers_equal_one_process(synthetic):
     """Each client's EarlyStopping starts afresh, so which worker trained the previous client does not matter."""

@@ -74,7 +74,7 @@ def batches(n):
     return math.ceil(n / BATCH)
 
 
-WORKERS = [None, pytest.param(2, marks=linux_only)]
+WORKERS = [None, pytest.param(2, marks=[linux_only, pytest.mark.slow])]
 
 
 @pytest.mark.parametrize("workers", WORKERS)

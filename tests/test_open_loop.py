@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import Crash, Recorder, TinyModule, make_result, state_of
+from helpers import Crash, Recorder, TinyModule, state_of
 from lightning.pytorch import Callback
 from torch.utils.data import DataLoader
 

@@ -45,6 +45,7 @@ def wheel(tmp_path_factory) -> zipfile.ZipFile:
     return zipfile.ZipFile(path)
 
 
+@pytest.mark.slow
 def test_wheel_ships_the_license_pyproject_declares(wheel):
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
@@ -59,6 +60,7 @@ def test_wheel_ships_the_license_pyproject_declares(wheel):
     assert "END OF TERMS AND CONDITIONS" in text
 
 
+@pytest.mark.slow
 def test_wheel_is_typed_and_runs_as_a_module(wheel):
     names = set(wheel.namelist())
     assert {"lightning_fedmut/py.typed", "lightning_fedmut/__main__.py", "lightning_fedmut/cli/__main__.py"} <= names

@@ -102,7 +102,7 @@ def test_make_clients_batches_and_bad_batch_size():
     ds = TensorDataset(torch.arange(10.0), torch.zeros(10, dtype=torch.long))
     clients = make_clients(ds, [[0, 1, 2, 3, 4], [5, 6]], batch_size=2)
     assert [len(c.data) for c in clients] == [3, 1]
-    with pytest.raises(ValueError, match="`batch_size`.*got 0"):
+    with pytest.raises(ValueError, match=r"`batch_size`.*got 0"):
         make_clients(ds, [[0]], batch_size=0)
 
 

@@ -9,11 +9,11 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.figure import Figure
 
-from lightning_fedmut import FederatedResult  # noqa: E402
-from lightning_fedmut.data import load_partition_json, partition_dirichlet, save_partition_json  # noqa: E402
-from lightning_fedmut.plotting import label_distribution, plot_label_distribution, plot_metric  # noqa: E402
+from lightning_fedmut import FederatedResult
+from lightning_fedmut.data import load_partition_json, partition_dirichlet, save_partition_json
+from lightning_fedmut.plotting import label_distribution, plot_label_distribution, plot_metric
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -100,6 +100,7 @@ def test_keyboard_interrupt_checkpoints_then_resumes(synthetic, tmp_path, refere
     _assert_same(model, result, reference[method])
 
 
+@pytest.mark.slow
 def test_killed_process_then_resume(synthetic, tmp_path, reference):
     """SIGKILL a run after round 2 (no cleanup at all), resume here from what is on disk."""
     script = tmp_path / "run.py"
@@ -169,7 +170,7 @@ def test_resume_with_other_settings_fails_naming_the_mismatch(synthetic, tmp_pat
 
 def test_missing_checkpoint_errors_and_last_on_a_first_launch_starts_fresh(synthetic, tmp_path, caplog):
     model, clients, val, loop = _setup(synthetic, "fedavg", tmp_path)
-    with pytest.raises(FileNotFoundError, match="`ckpt_path` to be a checkpoint file or 'last', got '.*nope.ckpt'"):
+    with pytest.raises(FileNotFoundError, match=r"`ckpt_path` to be a checkpoint file or 'last', got '.*nope.ckpt'"):
         loop.fit(model, clients, ckpt_path=tmp_path / "nope.ckpt")
     fresh_model, clients, val, loop = _setup(synthetic, "fedavg", tmp_path)
     with caplog.at_level("INFO", logger="lightning_fedmut"):

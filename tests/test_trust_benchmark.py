@@ -97,6 +97,7 @@ def _semaphores(pids: set[int]) -> set[str]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_the_cells_exit_once_saved_when_the_parent_is_killed(tmp_path):
     pids_dir = tmp_path / "pids"
@@ -188,6 +189,7 @@ def finished(tmp_path_factory):
     return out, _table_numbers(result.summary), (out / "results.md").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", list(CORRUPT))
 def test_a_broken_history_file_reruns_its_cell(finished, tmp_path, damage):
     import shutil
@@ -269,6 +271,7 @@ def test_a_misspelled_metric_is_one_line_before_any_cell(tmp_path, monkeypatch, 
         " val_acc, val_loss ")
 
 
+@pytest.mark.slow
 def test_a_misspelled_metric_leaves_a_finished_benchmark_as_it_is(finished, tmp_path):
     import shutil
 
@@ -281,6 +284,7 @@ def test_a_misspelled_metric_leaves_a_finished_benchmark_as_it_is(finished, tmp_
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
 
 
+@pytest.mark.slow
 def test_the_metric_of_a_model_without_validation_is_refused(tmp_path):
     config = {**TINY, "model": {"class_path": "helpers.NoValidationModule", "init_args": {"features": 64, "classes": 10}}}
     with pytest.raises(ValueError, match=r"^metric: expected one of the names the cells' history holds, got 'val_acc':"

@@ -180,6 +180,7 @@ def test_frozen_keys_names_parameters_only():
                                                              "1.running_var", "2.weight"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="workers are forked; tested on Linux")
 def test_with_two_workers_a_frozen_layer_stands_and_the_run_equals_one_process(synthetic):
     from lightning_fedmut.distributed import DistributedExecutor

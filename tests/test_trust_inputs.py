@@ -205,6 +205,7 @@ def test_workers_that_is_not_a_number_is_one_line_naming_the_flag(capsys):
     assert _one_error_line(capsys) == "lightning-fedmut fit: error: --loop.workers: expected an integer or null, got 'abc'"
 
 
+@pytest.mark.slow
 def test_more_workers_than_clients_per_round_warns_and_starts_no_more_than_slots():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -82,6 +82,7 @@ class ListenCheck(FederatedCallback):
             self.found = (len(pids), _listening(set().union(*(_socket_inodes(p) for p in pids))))
 
 
+@pytest.mark.slow
 def test_forked_workers_listen_on_the_loopback_interface_only():
     check = ListenCheck()
     loop = FederatedLoop(rounds=2, clients_per_round=2, local_steps=1, workers=2, callbacks=[check],
@@ -122,6 +123,7 @@ class StopSelf(FederatedCallback):
             os.kill(os.getpid(), self.signum)
 
 
+@pytest.mark.slow
 def test_a_worker_that_stops_answering_is_named_and_the_rounds_before_are_saved(tmp_path):
     executor = DistributedExecutor(workers=2, timeout=60.0, answer_timeout=2.0)
     loop = FederatedLoop(rounds=5, clients_per_round=2, local_steps=1, executor=executor, checkpoint_dir=tmp_path,
@@ -135,6 +137,7 @@ def test_a_worker_that_stops_answering_is_named_and_the_rounds_before_are_saved(
     assert set(_children(os.getpid())) - before == set()  # the stopped worker was ended by its PID
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_worker_stops_the_run_as_preempted_naming_it(tmp_path):
     loop = FederatedLoop(rounds=5, clients_per_round=2, local_steps=1, workers=2, checkpoint_dir=tmp_path,
                          callbacks=[StopSelf(2, rank=1, signum=signal.SIGTERM)], enable_progress_bar=False)
@@ -175,6 +178,7 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.mark.parametrize(("signum", "code", "name"), [(signal.SIGINT, 130, "SIGINT (Ctrl+C)"),
                                                       (signal.SIGTERM, 143, "SIGTERM")], ids=["sigint", "sigterm"])
+@pytest.mark.slow
 def test_a_signal_stops_a_run_whose_worker_is_stopped_within_seconds(tmp_path, signum, code, name):
     script = tmp_path / "stuck_worker.py"
     script.write_text(SCRIPT.format(tests=TESTS, ckpt=str(tmp_path / "ckpt")))
@@ -233,6 +237,7 @@ AGGREGATE_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_ctrl_c_outside_the_clients_stops_a_wait_for_a_stopped_worker(tmp_path):
     script = tmp_path / "stuck_reduce.py"
     script.write_text(AGGREGATE_SCRIPT.format(tests=TESTS, ckpt=str(tmp_path / "ckpt")))
@@ -272,6 +277,7 @@ class HangInRound1(FederatedCallback):
             task.callbacks.append(Hang())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [None, 2], ids=["one-process", "two-workers"])
 def test_client_timeout_fails_a_stuck_client_naming_it(workers):
     loop = FederatedLoop(rounds=3, clients_per_round=2, local_steps=1, client_timeout=2, callbacks=[HangInRound1()],

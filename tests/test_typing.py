@@ -19,6 +19,7 @@ COMPAT = "--config-settings editable_mode=compat"
 COMPAT_ENV = "PIP_CONFIG_SETTINGS=editable_mode=compat "  # the same setting, from pip's environment
 
 
+@pytest.mark.slow
 def test_a_type_checker_finds_the_installed_package(tmp_path):
     """mypy, run outside the repository (so only the installed package can be found), resolves the package and
     its modules. Skipped only when mypy is not installed (it is in the ``dev`` extra)."""

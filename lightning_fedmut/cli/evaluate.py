@@ -24,7 +24,12 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader
 
 from lightning_fedmut import _checks as checks
-from lightning_fedmut.checkpoint import CorruptCheckpointError, list_checkpoints, load_checkpoint, load_resume_checkpoint
+from lightning_fedmut.checkpoint import (
+    CorruptCheckpointError,
+    list_checkpoints,
+    load_checkpoint,
+    load_resume_checkpoint,
+)
 from lightning_fedmut.cli._parser import CLIError, parse, plural
 from lightning_fedmut.cli.fit import _build, _clients, _data, _partitions, algorithm_argv, fit_parser
 from lightning_fedmut.execution._calls import interruptible, merged_scalars
@@ -171,7 +176,7 @@ def load_weights(ckpt_path: str, checkpoint_dir: str | None) -> tuple[Path, dict
         return path, _model_state(state, path), int(state["rounds_done"])
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # not a torch file, or one holding objects besides data: never unpickled
+    except Exception as err:  # noqa: BLE001 - not a torch file, or one holding objects besides data: never unpickled
         raise CLIError(f"--ckpt_path: {str(path)!r} is neither a federated nor a Lightning checkpoint that loads"
                        f" as data: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     weights = state.get("state_dict") if isinstance(state, dict) else None

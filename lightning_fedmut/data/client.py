@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from lightning.pytorch import LightningDataModule
@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_fedmut.utilities.validation import check_int, check_real
 
-ClientData = Union[DataLoader, LightningDataModule]
+ClientData = DataLoader | LightningDataModule
 
 
 @dataclass(eq=False)
@@ -118,7 +118,7 @@ class Client:
             )
 
 
-Partitions = Union[Sequence[Sequence[int]], Sequence[np.ndarray], Mapping[Any, Sequence[int]], Mapping[Any, np.ndarray]]
+Partitions = Sequence[Sequence[int]] | Sequence[np.ndarray] | Mapping[Any, Sequence[int]] | Mapping[Any, np.ndarray]
 
 
 def check_partitions(partitions: Partitions, num_examples: int | None = None) -> dict[Any, np.ndarray]:

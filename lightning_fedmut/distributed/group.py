@@ -19,6 +19,7 @@ of the forked workers' heartbeats) names a worker that stopped answering, long b
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
@@ -140,10 +141,8 @@ class WorkerGroup:
         """Leave the group (after the last exchange, or after one that was given up)."""
         shutdown = getattr(self._pg, "shutdown", None)
         if shutdown is not None:
-            try:
+            with contextlib.suppress(RuntimeError):
                 shutdown()
-            except RuntimeError:
-                pass
         if self._waiting:  # freeing it now would wait for the silent worker
             _abandoned.append(self._pg)
         self._pg = None

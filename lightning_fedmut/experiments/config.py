@@ -336,12 +336,11 @@ def _mutation_class(args: Mapping[str, Any]) -> dict[str, Any]:
 def check_plugins(cfg: Any, where: str) -> None:
     """Build the method's plugins once (cheap), so that their constructors' checks run before any cell."""
     from lightning_fedmut.aggregators import Aggregator
+    from lightning_fedmut.algorithms import FederatedAlgorithm
     from lightning_fedmut.callbacks import FederatedCallback, MutationCallback
     from lightning_fedmut.cli._parser import CLIError
     from lightning_fedmut.cli.fit import _build
     from lightning_fedmut.sampling import ClientSampler
-
-    from lightning_fedmut.algorithms import FederatedAlgorithm
 
     try:
         _build("algorithm", FederatedAlgorithm | None, cfg.algorithm)

@@ -236,15 +236,13 @@ def _all_on(values: Any, device: torch.device) -> bool:
 
     for value in values:
         if isinstance(value, torch.Tensor):
-            if value.device != device:
-                return False
+            on = value.device == device
         elif isinstance(value, Metric):
-            if value.device != device or not _all_on(value.__dict__.values(), device):
-                return False
+            on = value.device == device and _all_on(value.__dict__.values(), device)
         elif isinstance(value, dict):
-            if not _all_on(value.values(), device):
-                return False
-        elif isinstance(value, (list, tuple)):
-            if not _all_on(value, device):
-                return False
+            on = _all_on(value.values(), device)
+        else:
+            on = not isinstance(value, (list, tuple)) or _all_on(value, device)
+        if not on:
+            return False
     return True

@@ -78,6 +78,7 @@ def test_a_registered_method_is_known_to_the_benchmark(prox_half):
     assert bench.cells[1].config["algorithm"]["init_args"] == {"mu": 0.1}
 
 
+@pytest.mark.slow
 def test_a_registered_method_runs_in_a_benchmark_cell(prox_half, tmp_path):
     import torch
     from torch.utils.data import DataLoader

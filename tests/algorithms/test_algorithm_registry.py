@@ -60,10 +60,10 @@ def test_a_user_method_is_registered_looked_up_and_removed(halves):
     assert names()[-1] == "Halves"
     algo = build_algorithm("halves", {"weighted": True})
     assert isinstance(algo, Halves) and algo.name == "Halves" and algo.aggregator.weighted is True
-    with pytest.raises(ValueError, match="^Expected a new method name for `name`, got 'HALVES', which names Halves"
+    with pytest.raises(ValueError, match=r"^Expected a new method name for `name`, got 'HALVES', which names Halves"
                                          " already; pass replace=True to replace it.$"):
         register("HALVES", Halves)
-    with pytest.raises(TypeError, match="^Expected `cls` to be a FederatedAlgorithm subclass, got <class 'int'>.$"):
+    with pytest.raises(TypeError, match=r"^Expected `cls` to be a FederatedAlgorithm subclass, got <class 'int'>.$"):
         register("Ints", int)
     assert unregister("Halves") is Halves and "Halves" not in names()
     register("Halves", Halves)  # for the fixture's teardown

@@ -23,7 +23,7 @@ def test_two_start_model_components_are_refused_when_the_loop_is_built():
     with pytest.raises(ValueError, match=r"^FedMR and MutationCallback both replace the clients' start models \(each"
                                          r" is a StartModelCallback, and a loop takes one\); pass only one of them"):
         FederatedLoop(rounds=1, clients_per_round=2, callbacks=[FedMR(), MutationCallback()])
-    with pytest.raises(ValueError, match="^MutationCallback and FedMR both replace"):
+    with pytest.raises(ValueError, match=r"^MutationCallback and FedMR both replace"):
         FederatedLoop(rounds=1, clients_per_round=2, algorithm=algos.FedMut(), callbacks=[FedMR()])
 
 
@@ -31,7 +31,7 @@ def test_a_custom_start_model_component_counts_too():
     class Shrink(StartModelCallback):
         pass
 
-    with pytest.raises(ValueError, match="^MutationCallback and Shrink both replace"):
+    with pytest.raises(ValueError, match=r"^MutationCallback and Shrink both replace"):
         FederatedLoop(rounds=1, clients_per_round=2, callbacks=[MutationCallback(), Shrink()])
 
 
@@ -42,10 +42,10 @@ def test_an_algorithm_holds_each_component_in_its_slot():
     with pytest.raises(TypeError, match=r"^Expected every item of `local` to be a LocalCallback \(FedProx, Scaffold\),"
                                         r" got MutationCallback, a StartModelCallback: pass it as `start_model`\.$"):
         FederatedAlgorithm(local=[MutationCallback()])
-    with pytest.raises(TypeError, match="^Expected every item of `callbacks` to be neither a start-model nor a local"
+    with pytest.raises(TypeError, match=r"^Expected every item of `callbacks` to be neither a start-model nor a local"
                                         " component, got Scaffold, a LocalCallback: pass it in `local`.$"):
         FederatedAlgorithm(callbacks=[Scaffold()])
-    with pytest.raises(TypeError, match="^Expected `aggregator` to be a lightning_fedmut Aggregator or None, got"
+    with pytest.raises(TypeError, match=r"^Expected `aggregator` to be a lightning_fedmut Aggregator or None, got"
                                         " UniformSampler.$"):
         FederatedAlgorithm(aggregator=UniformSampler())
 
@@ -57,7 +57,7 @@ def test_algorithm_with_aggregator_or_sampler_is_refused_naming_both():
     with pytest.raises(ValueError, match=r"^Expected either `algorithm` or `sampler`, got both \(algorithm=FedProx,"
                                          r" sampler=UniformSampler\)"):
         FederatedLoop(rounds=1, clients_per_round=2, algorithm=algos.FedProx(), sampler=UniformSampler())
-    with pytest.raises(TypeError, match="^Expected `algorithm` to be a FederatedAlgorithm"):
+    with pytest.raises(TypeError, match=r"^Expected `algorithm` to be a FederatedAlgorithm"):
         FederatedLoop(rounds=1, clients_per_round=2, algorithm="FedMut")
 
 

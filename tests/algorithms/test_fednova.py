@@ -22,7 +22,7 @@ from lightning_fedmut.algorithms.fednova import FedNova as FedNovaMethod
 
 distributed = pytest.importorskip("lightning_fedmut.distributed")
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="workers are forked; tested on Linux")
-WORKERS = [None, pytest.param(2, marks=linux_only)]
+WORKERS = [None, pytest.param(2, marks=[linux_only, pytest.mark.slow])]
 ATOL, RTOL = 1e-6, 1e-5
 SIZES = (13, 40, 60, 29)  # 2, 5, 8 and 4 batches of 8: four different step counts
 
