@@ -81,8 +81,9 @@ class FedDyn(LocalCallback):
     ``g_i`` (the client's linear term, zero until its first round) is kept in the loop's client-state store under
     ``"feddyn/gradient"`` and updated after the client trains as ``g_i <- g_i - alpha * (w_i - w_server)``
     (Algorithm 1 of Acar et al.: ``g_i`` is the client's estimate of ``grad L_i`` at its last model). Each client's
-    Trainer gets a :class:`DynamicRegularizer`; any optimizer works (the paper uses SGD). ``w_server`` is the
-    model the client starts from: the global model, unless a start-model component (FedMut) gives another.
+    Trainer gets a ``DynamicRegularizer`` (a Lightning callback of this module); any optimizer works (the paper
+    uses SGD). ``w_server`` is the model the client starts from: the global model, unless a start-model component
+    (FedMut) gives another.
 
     The server side is the aggregator :class:`~lightning_fedmut.aggregators.FedDyn` (``h`` and the corrected
     mean); this callback checks in ``setup`` that an aggregator of that type has the same ``alpha`` and tells it

@@ -259,9 +259,9 @@ def _check_bool(name: str, value: Any) -> bool:
 class SAM(LocalCallback):
     r"""FedSAM / FedASAM's client side: every client trains with sharpness-aware steps.
 
-    The callback gives each client's Trainer a :class:`SharpnessAwareStep`, which wraps the optimizer that the
-    module's ``configure_optimizers`` returns (any optimizer): each step takes the gradient at ``w + e`` with
-    ``e = rho * g / |g|`` (SAM), or ``e = rho * T^2 g / |T g|``, ``T = |w| + eta`` element-wise on parameters
+    The callback gives each client's Trainer a ``SharpnessAwareStep`` (a Lightning callback of this module),
+    which wraps the optimizer that the module's ``configure_optimizers`` returns (any optimizer): each step takes
+    the gradient at ``w + e`` with ``e = rho * g / |g|`` (SAM), or ``e = rho * T^2 g / |T g|``, ``T = |w| + eta`` element-wise on parameters
     whose name contains ``weight`` and ``T = 1`` on the others (ASAM, as the ASAM authors' code), then steps from
     ``w``. Each step costs two forward and backward passes. The aggregator is the method's (FedAvg for FedSAM).
     It keeps no state across rounds.
