@@ -168,6 +168,7 @@ def test_feddyn_resumes_bit_for_bit_after_a_crash_at_round_2(synthetic, tmp_path
 
 
 @linux_only
+@pytest.mark.slow
 def test_two_workers_equal_one_process_bit_for_bit(synthetic):
     one, one_result = run(synthetic, rounds=3)
     two, two_result = run(synthetic, rounds=3, executor=distributed.DistributedExecutor(workers=2, timeout=60.0))

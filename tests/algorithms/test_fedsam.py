@@ -257,6 +257,7 @@ def test_resumes_bit_for_bit_after_a_crash_at_round_2(name, synthetic, tmp_path)
 
 
 @linux_only
+@pytest.mark.slow
 def test_two_workers_equal_one_process_bit_for_bit(synthetic):
     one, one_result = run(algos.FedSAM(rho=0.05), synthetic, rounds=3)
     two, two_result = run(algos.FedSAM(rho=0.05), synthetic, rounds=3,
