@@ -197,7 +197,8 @@ def test_absurd_radius_stops_with_divergence_error(synthetic):
         ({"trainer_kwargs": {"devices": -1}}, ValueError, r"devices=-1"),
         ({"trainer_kwargs": {"num_nodes": 2}}, ValueError, r"num_nodes=2"),
         ({"trainer_kwargs": ["cpu"]}, TypeError, r"`trainer_kwargs` to be a dict, got list"),
-        ({"callbacks": [MutationCallback(), MutationCallback()]}, ValueError, r"share the `state_key` 'MutationCallback'"),
+        ({"callbacks": [MutationCallback(), MutationCallback()]}, ValueError,
+         r"MutationCallback and MutationCallback both replace the clients' start models"),
     ],
 )
 def test_bad_constructor_arguments(kwargs, exc, match):

@@ -111,7 +111,8 @@ def test_disk_full_while_saving_names_the_file_the_round_and_the_safe_rounds(syn
         f"Cannot save the checkpoint after 3 completed rounds to '{folder / 'round-00003.ckpt'}': No space left on"
         f" device (ENOSPC). The checkpoint of the first 2 completed rounds, '{folder / 'round-00002.ckpt'}', is safe;"
         " a resume trains the rounds after it again. Free space on that disk, then resume with ckpt_path='last'.")
-    assert sorted(p.name for p in folder.iterdir()) == [".lock", "round-00001.ckpt", "round-00002.ckpt"]  # no temp
+    assert sorted(p.name for p in folder.iterdir()) == [  # no temporary file left
+        "history.jsonl", "last.ckpt", "round-00001.ckpt", "round-00002.ckpt"]
     monkeypatch.undo()  # space is freed: the resume ends where an uninterrupted run does
     model, result = _run(synthetic, folder, rounds=4, ckpt_path="last")
     ref_model, reference = _run(synthetic, None, rounds=4)
