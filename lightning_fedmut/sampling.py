@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor
@@ -182,15 +182,20 @@ class ClusteredSampler(ClientSampler):
         updates = [s.get(UPDATE_KEY) for s in states]
         known = next((u for u in updates if u is not None), None)
         zero = torch.zeros(1) if known is None else torch.zeros_like(known)
-        updates = [zero if u is None else u for u in updates]
+        filled: list[Tensor] = [zero if u is None else u for u in updates]
+        assert self._matrix is not None and self._stamps is not None  # allocated above for this federation
         for i, state in enumerate(states):
             stamp = int(state.get(UPDATE_ROUND_KEY, -1))
             if stamp != int(self._stamps[i]):
-                row = update_similarity(updates[i], updates, self.similarity)
+                row = update_similarity(filled[i], filled, self.similarity)
                 self._matrix[i, :] = row
                 self._matrix[:, i] = row
                 self._stamps[i] = stamp
-        weights = [c.num_examples for c in clients]
+        sizes = [c.num_examples for c in clients]
+        if any(w is None for w in sizes):
+            raise ValueError("ClusteredSampler weighs clients by their number of examples: give every client a sized"
+                             " dataset (`Client(num_examples=...)`).")
+        weights = cast(list[int], sizes)
         linkage = ward_linkage(self._matrix.numpy())
         self._distributions = clustered_distributions(linkage, weights, k, generator=self.generator)
         self._figures = {"clustered_sampling/clusters": float(weight_clusters(linkage, weights, k).max() + 1)}
@@ -206,6 +211,7 @@ class ClusteredSampler(ClientSampler):
 
     @torch.no_grad()
     def observe(self, result: ClientResult, global_state: Mapping[str, Tensor]) -> None:
+        assert result.state is not None and result.client_state is not None  # a client that trained
         parts = [(v.detach().float() - global_state[k].detach().to(v.device).float()).flatten().cpu()
                  for k, v in result.state.items() if is_floating(v)]
         result.client_state[UPDATE_KEY] = torch.cat(parts) if parts else torch.zeros(0)

@@ -90,6 +90,7 @@ class FedAvg(Aggregator):
         if weight <= 0:
             raise ValueError(f"Expected a client weight > 0, got {weight}.")
         state = result.state
+        assert state is not None, "only clients that trained are aggregated"
         if not self._keys or state.keys() != self._keys:
             self._allocate(state)
         floats = [state[k] for k in self._float_keys]

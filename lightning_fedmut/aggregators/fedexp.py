@@ -127,6 +127,7 @@ class FedExP(Aggregator):
             )
         reference = self._module.state_dict()
         state = result.state
+        assert state is not None and self._parameter_names is not None  # a client that trained; set in setup()
         if self._keys is None:
             self._keys = [k for k, v in state.items() if is_floating(v) and k in self._parameter_names]
         weight = float(result.num_examples) if self.weighted else 1.0

@@ -111,6 +111,7 @@ class FedMR(StartModelCallback):
 
     def on_client_fit_end(self, loop: FederatedLoop, module: LightningModule, result: ClientResult) -> None:
         # this slot's start model has been used: its buffer now keeps the trained model
+        assert result.state is not None  # on_client_fit_end follows a client that trained
         copy_(self._models[result.task.slot], [result.state[k] for k in self._keys])
         self._trained[result.task.slot] = 1.0
 

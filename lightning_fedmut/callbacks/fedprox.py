@@ -64,7 +64,8 @@ class ProximalTerm(Callback):
         pairs = [(self._params[i], self._start[i]) for i in indices if self._params[i].grad is not None]
         if not pairs:
             return
-        params, start, grads = [p for p, _ in pairs], [s for _, s in pairs], [p.grad for p, _ in pairs]
+        params, start = [p for p, _ in pairs], [s for _, s in pairs]
+        grads = [p.grad for p, _ in pairs if p.grad is not None]  # every pair has one (filtered above)
         torch._foreach_add_(grads, torch._foreach_sub(params, start), alpha=self.mu)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

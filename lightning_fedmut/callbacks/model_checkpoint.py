@@ -158,6 +158,7 @@ class GlobalModelCheckpoint(FederatedCallback):
         metrics = {k: v for k, v in loop.round_metrics.items() if _is_number(v)}
         self._seen_metrics.update(metrics)
         round_index = int(loop.round)
+        assert self._dir is not None  # set in setup()
         if self.monitor is not None and self.save_top_k != 0:
             if self.monitor in metrics:
                 self._rank(loop, module, round_index, float(metrics[self.monitor]), metrics)
@@ -200,6 +201,7 @@ class GlobalModelCheckpoint(FederatedCallback):
               metrics: dict[str, Any]) -> None:
         if math.isnan(score):
             return  # a NaN round is never among the best
+        assert self._dir is not None  # set in setup()
         path = str(self._dir / self.format_name(round_index, metrics))
         keep_all = self.save_top_k == -1
         worst = max(self.best_k_models, key=self._rank_key) if self.best_k_models else None

@@ -209,6 +209,7 @@ class Scaffold(LocalCallback):
 
     def on_client_fit_end(self, loop: FederatedLoop, module: LightningModule, result: ClientResult) -> None:
         corrector = self._clients.pop(result.task.slot)
+        assert result.client_state is not None and corrector.delta_control is not None  # the client trained
         result.client_state[CLIENT_CONTROL_KEY] = corrector.new_control
         delta = [corrector.delta_control[n] for n in self._names]
         if loop.executor.world_size == 1:  # clients end in slot order: add as they come

@@ -76,7 +76,7 @@ def reduce_round_state(components: Iterable[Any], executor: Any) -> None:
     if sums:
         buffers = [value.detach().to(torch.float64).cpu() for _, _, value in sums]
         executor.all_reduce_(buffers)
-        for (component, name, value), total in zip(sums, buffers):
+        for (_component, _name, value), total in zip(sums, buffers):
             with torch.no_grad():
                 value.copy_(total.to(value.dtype))
     if gathered:
