@@ -369,12 +369,18 @@ def check_fit(model: Any, clients: Any, val_dataloaders: Any, clients_per_round:
 
 
 def check_sampled(sampler: Any, picked: list[Any], k: int, index: dict[int, int], round_index: int) -> list[Client]:
-    """``picked`` if it is ``k`` distinct clients of the federation (``index`` maps their ids), else an error."""
+    """``picked`` if it is ``k`` distinct clients of the federation (``index`` maps their ids), else an error.
+
+    A sampler whose ``fixed_size`` is ``False`` (Poisson sampling, say) may return any number of distinct clients
+    of the federation, none included; ``k`` is then its expected number.
+    """
     known = [id(c) in index for c in picked]
     distinct = len({id(c) for c in picked})
-    if len(picked) != k or not all(known) or distinct != len(picked):
+    fixed = getattr(sampler, "fixed_size", True)
+    if (fixed and len(picked) != k) or not all(known) or distinct != len(picked):
+        wanted = f"`clients_per_round`={k} distinct clients" if fixed else "distinct clients"
         raise ValueError(
-            f"{type(sampler).__name__}.sample() must return `clients_per_round`={k} distinct clients of the"
+            f"{type(sampler).__name__}.sample() must return {wanted} of the"
             f" federation; in round {round_index} it returned {len(picked)} clients ({sum(known)} of the"
             f" federation, {distinct} distinct)."
         )

@@ -50,6 +50,11 @@ class ClientSampler(DeclaredState):
         ['c', 'd']
     """
 
+    #: Whether :meth:`sample` returns exactly ``k`` clients. A sampler that returns a varying number (Poisson
+    #: sampling for differential privacy) sets it to ``False``; ``k`` is then the expected number, and a round
+    #: with fewer than ``min_clients_per_round`` clients is handled as one whose clients failed.
+    fixed_size: bool = True
+
     def setup(self, seed: int, client_states: ClientStateStore | None = None) -> None:
         """Called once per ``fit`` with the loop's ``seed`` and client-state store, before any round."""
 
