@@ -399,6 +399,7 @@ class FederatedLoop:
                 fault.client_failed(self, result, results if first_round else None)
             else:
                 self.aggregator.update(result)
+                result.state = None  # aggregated: a worker never holds the round's trained models at once
                 trained.append({**row, "num_examples": result.num_examples, **result.metrics})
                 new_states.append((task.client.id, result.client_state))
             self._bar.update(1)

@@ -41,7 +41,9 @@ class FedMR(StartModelCallback):
     from the global model.
 
     **Memory.** FedMR keeps ``K`` whole models (``clients_per_round`` state dicts) by nature: the trained
-    models of a round are its next start models. They are in the federated checkpoints too. It cannot be
+    models of a round are its next start models. They are in the federated checkpoints too. With workers, each
+    one's trained slots reach the others through the declared round state ``_trained`` (gathered by slot, once
+    per round), so a worker holds up to ``2 K`` models during that exchange. It cannot be
     combined with :class:`~lightning_fedmut.MutationCallback`: both are start-model components
     (:class:`~lightning_fedmut.callbacks.base.StartModelCallback`), and a loop takes one.
 
@@ -61,7 +63,8 @@ class FedMR(StartModelCallback):
         self.first_stage_bound = check_int("first_stage_bound", first_stage_bound, low=0)
         self.seed = None if seed is None else check_int("seed", seed, low=0)
         self._frozen: frozenset[str] = frozenset()
-        self._trained: Tensor = torch.zeros(0)
+        # the round's trained slots: slot -> its trained model (this process's buffer, or received from a worker)
+        self._trained: dict[int, list[Tensor]]
         self.generator: torch.Generator
         self._keys: list[str]
         self._start_round: int | None  # the round whose clients start from self._models
@@ -74,6 +77,7 @@ class FedMR(StartModelCallback):
         self.add_state("_table", None)
         self.add_state("_models", [])  # the K start models: saved only while they are pending (see state_dict)
         self.add_state("_figures", {}, scope="round")
+        self.add_state("_trained", {}, reduce="cat", scope="round")
 
     @property
     def permutations(self) -> Tensor | None:
@@ -95,14 +99,10 @@ class FedMR(StartModelCallback):
         self._frozen = frozen_keys(module)
         self._keys = [k for k in state if k not in self._frozen]
         self._models = [[state[k].detach().clone() for k in self._keys] for _ in range(loop.clients_per_round)]
-        self._trained = torch.zeros(loop.clients_per_round, dtype=torch.float64)
         self._table, self._start_round = None, None
 
     def teardown(self, loop: FederatedLoop, module: LightningModule, stage: str) -> None:
         self._models = []  # release the K models; the last table stays for inspection
-
-    def on_round_start(self, loop: FederatedLoop, module: LightningModule) -> None:
-        self._trained.zero_()
 
     def on_client_fit_start(self, loop: FederatedLoop, module: LightningModule, task: ClientTask) -> None:
         if self._start_round == loop.round:
@@ -112,25 +112,23 @@ class FedMR(StartModelCallback):
     def on_client_fit_end(self, loop: FederatedLoop, module: LightningModule, result: ClientResult) -> None:
         # this slot's start model has been used: its buffer now keeps the trained model
         assert result.state is not None  # on_client_fit_end follows a client that trained
-        copy_(self._models[result.task.slot], [result.state[k] for k in self._keys])
-        self._trained[result.task.slot] = 1.0
+        slot = result.task.slot
+        copy_(self._models[slot], [result.state[k] for k in self._keys])
+        self._trained[slot] = self._models[slot]  # with workers, the others' trained slots arrive by the reduction
 
     @torch.no_grad()
     def on_before_aggregate(self, loop: FederatedLoop, module: LightningModule, aggregator: Aggregator) -> None:
-        executor = loop.executor
-        if executor.world_size > 1:  # each worker holds the slots it trained: sum the others' in
-            for slot, trained in enumerate(self._trained.tolist()):
-                if not trained:
-                    for t in self._models[slot]:
-                        t.zero_()
-            executor.all_reduce_([self._trained, *(t for model in self._models for t in model)])
+        for slot, model in self._trained.items():  # another worker's slot: into this process's buffer
+            if model is not self._models[slot]:
+                copy_(self._models[slot], model)
+        self._trained = {slot: self._models[slot] for slot in self._trained}
 
     @torch.no_grad()
     def on_after_aggregate(self, loop: FederatedLoop, module: LightningModule) -> None:
         state = module.state_dict()
         glb = [state[k] for k in self._keys]
-        for slot, trained in enumerate(self._trained.tolist()):
-            if not trained:  # a failed client: its slot takes the global model
+        for slot in range(len(self._models)):
+            if slot not in self._trained:  # a failed client: its slot takes the global model
                 copy_(self._models[slot], glb)
         next_round = loop.round + 1
         recombined = next_round >= self.first_stage_bound

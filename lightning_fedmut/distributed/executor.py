@@ -62,9 +62,11 @@ class DistributedExecutor(ClientExecutor):
     whatever the number of workers. The global model is evaluated by rank 0 and the metrics are shared.
     Rank 0 alone logs, shows progress and writes checkpoints.
 
-    A worker holds its own clients' trained states until the exchange, and every worker receives the round's
-    states: memory per worker is about ``clients_per_round`` models during the exchange, which for the models
-    federated learning simulates (up to a few tens of MB) is small beside the speed-up.
+    The round goes in waves of ``workers`` clients: each rank trains one client of the wave, then the wave's
+    results are broadcast in slot order, one at a time, and each goes to the aggregator before the next is
+    received. A worker therefore holds about two trained models beyond its working copy and the global model,
+    whatever ``clients_per_round`` (``benchmarks/worker_memory.py`` measures it); every worker still receives
+    every trained state, which is what keeps the aggregate bitwise equal to one process's.
 
     Workers come from one of three places: started by the loop itself at ``fit`` (a plain ``python script.py``,
     or the CLI; they are forked: tutorial 9 says why), or the processes of
@@ -157,15 +159,29 @@ class DistributedExecutor(ClientExecutor):
         self.inner.setup(module, replace(training, trainer_kwargs=kwargs))
 
     def run(self, tasks: Iterable[ClientTask], hooks: TaskHooks) -> Iterator[ClientResult]:
+        """The round's results in slot order, in every worker, one at a time.
+
+        The tasks go in waves of ``workers`` slots (slot ``s`` in wave ``s // workers``, trained by rank
+        ``s % workers``): each rank trains its slot of the wave, then the wave's results are broadcast one after
+        another, each by the rank that trained it, and yielded as they arrive. The loop feeds each to the
+        aggregator before the next arrives, so a worker holds one trained state of its own and one received,
+        whatever ``clients_per_round``.
+        """
         tasks = list(tasks)
-        mine = []
-        for task in tasks:
-            if slot_owner(task.slot, self.world_size) == self.rank:
-                result = next(iter(self.inner.run([task], hooks)))
-                mine.append(_pack(result))
-        received = {record["slot"]: record for records in self.all_gather_object(mine) for record in records}
-        for task in tasks:
-            yield _unpack(task, received[task.slot])
+        if self._group is None:  # one process: nothing to exchange
+            yield from self.inner.run(tasks, hooks)
+            return
+        for start in range(0, len(tasks), self.world_size):
+            wave = tasks[start:start + self.world_size]
+            mine = None
+            for task in wave:
+                if slot_owner(task.slot, self.world_size) == self.rank:
+                    mine = _pack(next(iter(self.inner.run([task], hooks))))
+            for task in wave:
+                owner = slot_owner(task.slot, self.world_size)
+                record = self._group.broadcast_object(mine if owner == self.rank else None, src=owner)
+                yield _unpack(task, record)
+            del mine, record
 
     def teardown(self) -> None:
         self.inner.teardown()
