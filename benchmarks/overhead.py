@@ -603,9 +603,9 @@ def instrument(attr: Attribution, wl: Workload) -> None:
     from lightning.pytorch.trainer.connectors.logger_connector.logger_connector import _LoggerConnector
     from torch.utils.data.dataloader import _BaseDataLoaderIter
 
-    import lightning_fedmut._failures as failures_module
     import lightning_fedmut.execution.sequential as executor_module
-    import lightning_fedmut.loop as loop_module
+    import lightning_fedmut.loop.loop as loop_module
+    import lightning_fedmut.loop.connectors.failures as failures_module
 
     this = sys.modules[__name__]
     model_cls = type(fresh_model(wl))

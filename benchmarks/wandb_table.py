@@ -2,7 +2,7 @@
 
 A simulated run logs ``--clients`` rows per round (the loop's client rows: round, client id, slot, number
 of examples, two training metrics) for ``--rounds`` rounds, calling
-``lightning_fedmut._tracking.log_client_table`` every round (``client_table_every=1``, the worst case) with
+``lightning_fedmut.loop.connectors.tracking.log_client_table`` every round (``client_table_every=1``, the worst case) with
 only that round's rows, as the loop does. Each call is timed. In the same process, the baseline is what
 the table cost before: a new ``wandb.Table`` of *every* row so far, logged whole, timed at the same rounds.
 
@@ -51,7 +51,7 @@ def logger(save_dir: str, name: str):
 
 def incremental(save_dir: str, rounds: int, clients: int, every: int) -> dict[int, float]:
     """Seconds of each ``log_client_table`` call by round: a call every ``every`` rounds, with the new rows."""
-    from lightning_fedmut import _tracking as tracking
+    from lightning_fedmut.loop.connectors import tracking
 
     lg = logger(save_dir, "incremental")
     tracking.start_run(lg, {})
@@ -71,7 +71,7 @@ def full_relog(save_dir: str, at_rounds: list[int], clients: int, repeats: int) 
     """Seconds of logging a whole new table of every row up to round ``r`` (the earlier behaviour)."""
     import wandb
 
-    from lightning_fedmut import _tracking as tracking
+    from lightning_fedmut.loop.connectors import tracking
 
     lg = logger(save_dir, "full")
     tracking.start_run(lg, {})

@@ -54,21 +54,21 @@ def child(k: int, out_dir: str) -> None:
             self.net = nn.Sequential(nn.Linear(64, 2560), nn.ReLU(), nn.Linear(2560, 1024), nn.ReLU(),
                                      nn.Linear(1024, 10))
 
-        def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        def training_step(self, batch, batch_idx):
             x, y = batch
             loss = nn.functional.cross_entropy(self.net(x), y)
             self.log("train_loss", loss)
             return loss
 
-        def configure_optimizers(self):  # noqa: ANN201
+        def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.01)
 
     class Memory(FederatedCallback):
-        def on_fit_start(self, loop, module):  # noqa: ANN001, ANN201
+        def on_fit_start(self, loop, module):
             Path("/proc/self/clear_refs").write_text("5")  # the peak mark back to the current RSS
             self.start = _status("VmRSS")
 
-        def on_fit_end(self, loop, module):  # noqa: ANN001, ANN201
+        def on_fit_end(self, loop, module):
             size = sum(t.numel() * t.element_size() for t in module.state_dict().values()) / 2**20
             figures = {"rank": loop.executor.rank, "k": k, "model_mb": size, "start_mb": self.start,
                        "peak_mb": _status("VmHWM")}

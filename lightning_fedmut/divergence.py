@@ -271,7 +271,7 @@ class DivergenceMonitor:
                 or best < chance + ABOVE_CHANCE * (1.0 - chance):
             return
         self.collapsed_at = loop.round
-        from lightning_fedmut._failures import divergence_causes
+        from lightning_fedmut.loop.connectors.failures import divergence_causes
 
         source = f"{classes} classes, read from the model's output layer" if classes else "`chance`"
         self._warn(loop, f"Round {loop.round}: the global model fell to chance: `{self.accuracy_monitor}` is"
@@ -281,7 +281,7 @@ class DivergenceMonitor:
 
     # ------------------------------------------------------------------ actions
     def _act(self, loop: FederatedLoop, what: str) -> None:
-        from lightning_fedmut._failures import divergence_causes
+        from lightning_fedmut.loop.connectors.failures import divergence_causes
 
         kept = f" The checkpoint after round {self.last_good - 1} is kept." if self.protected else ""
         message = f"{what} Likely causes: {divergence_causes(loop)}.{kept}"

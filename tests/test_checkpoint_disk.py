@@ -11,7 +11,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from lightning_fedmut import FedAvg, FederatedCallback, FederatedLoop, make_clients
-from lightning_fedmut import _checkpoint_connector as connector
 from lightning_fedmut.callbacks import GlobalModelCheckpoint, Scaffold
 from lightning_fedmut.callbacks import model_checkpoint as model_ckpt
 from lightning_fedmut.checkpoint import (
@@ -24,6 +23,7 @@ from lightning_fedmut.checkpoint import (
     save_checkpoint,
 )
 from lightning_fedmut.data import partition_iid
+from lightning_fedmut.loop.connectors import checkpoint as connector
 from tests.helpers import TinyModule
 
 torch.set_num_threads(1)

@@ -14,9 +14,9 @@ from lightning.pytorch.callbacks import EarlyStopping
 from torch.utils.data import DataLoader, Subset
 
 from lightning_fedmut import Client, FedAvg, FederatedCallback, FederatedLoop, make_clients
-from lightning_fedmut._checks import check_fit
 from lightning_fedmut.data import train_val_split
 from lightning_fedmut.execution import evaluate
+from lightning_fedmut.loop.checks import check_fit
 from lightning_fedmut.result import client_metric_spread, weighted_client_means
 from lightning_fedmut.utilities.seed import CLIENT_STREAM, derive_seed
 

@@ -57,18 +57,18 @@ def test_a_run_logged_to_a_file_prints_one_line_per_round_and_no_wandb_banner(tm
 def test_an_online_run_the_loop_silenced_names_its_url_once(tmp_path, capsys, monkeypatch):
     from types import SimpleNamespace
 
-    from lightning_fedmut import _tracking
+    from lightning_fedmut.loop.connectors import tracking
 
     monkeypatch.delenv("WANDB_SILENT", raising=False)
     logger = WandbLogger(project="console", save_dir=str(tmp_path))
-    _tracking.quiet_wandb(logger)
+    tracking.quiet_wandb(logger)
     assert logger._wandb_init["settings"].silent is True and "anonymous" not in logger._wandb_init
     calls = []
     logger._experiment = SimpleNamespace(  # the started run, as W&B returns it online (no network here)
         settings=SimpleNamespace(mode="online"), url="https://wandb.ai/me/console/runs/abc123",
         config=SimpleNamespace(update=lambda *a, **k: calls.append("config")),
         define_metric=lambda *a, **k: calls.append("metric"))
-    _tracking.start_run(logger, {"seed": 0})
+    tracking.start_run(logger, {"seed": 0})
     assert calls == ["config", "metric", "metric"]
     assert capsys.readouterr().err == "W&B: the run is at https://wandb.ai/me/console/runs/abc123\n"
 

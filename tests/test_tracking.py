@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader
 from wandb_records import offline_runs, summarize
 
 from lightning_fedmut import FedAvg, FederatedCallback, FederatedLoop, MutationCallback, make_clients
-from lightning_fedmut import _tracking as tracking
 from lightning_fedmut.data import partition_iid
+from lightning_fedmut.loop.connectors import tracking
 
 
 def _fit(synthetic, logger, rounds=4, callbacks=(), **kwargs):

@@ -23,7 +23,6 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader
 
-from lightning_fedmut import _checks as checks
 from lightning_fedmut.checkpoint import (
     CorruptCheckpointError,
     list_checkpoints,
@@ -34,6 +33,7 @@ from lightning_fedmut.cli._parser import CLIError, parse, plural
 from lightning_fedmut.cli.fit import _build, _clients, _data, _partitions, algorithm_argv, fit_parser
 from lightning_fedmut.execution._calls import interruptible, merged_scalars
 from lightning_fedmut.execution.evaluation import EVAL_TRAINER_DEFAULTS
+from lightning_fedmut.loop import checks
 from lightning_fedmut.utilities.trainer import quiet_lightning
 
 __all__ = ["check_weights", "evaluate_main", "evaluate_parser", "load_weights", "lower_is_better", "run_evaluate",

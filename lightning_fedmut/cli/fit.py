@@ -21,8 +21,6 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader
 
-from lightning_fedmut import _tracking as tracking
-from lightning_fedmut._config import class_path
 from lightning_fedmut.aggregators import Aggregator, FedAvg
 from lightning_fedmut.callbacks import GlobalModelCheckpoint, MutationCallback
 from lightning_fedmut.checkpoint import CheckpointWriteError, list_checkpoints
@@ -37,6 +35,8 @@ from lightning_fedmut.data import (
 )
 from lightning_fedmut.datasets import DATASETS, DatasetDownloadError, labels_of, load_dataset
 from lightning_fedmut.loop import FederatedLoop, FederatedResult
+from lightning_fedmut.loop.config import class_path
+from lightning_fedmut.loop.connectors import tracking
 from lightning_fedmut.models import DigitsCNN, default_model
 
 PROG = "lightning-fedmut fit"

@@ -31,8 +31,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from lightning_fedmut import _signals
 from lightning_fedmut.distributed.environment import WorkerEnvironment
+from lightning_fedmut.loop.connectors import signals as _signals
 
 __all__: list[str] = []  # used through DistributedExecutor
 

@@ -41,9 +41,9 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from lightning_fedmut import _signals
 from lightning_fedmut.distributed.environment import WorkerEnvironment
 from lightning_fedmut.distributed.group import release_abandoned
+from lightning_fedmut.loop.connectors import signals as _signals
 from lightning_fedmut.utilities.warnings import silence_worker_warnings
 
 __all__ = ["WorkerError"]

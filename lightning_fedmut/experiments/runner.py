@@ -33,7 +33,6 @@ from typing import Any
 
 import yaml
 
-from lightning_fedmut import _tracking as tracking
 from lightning_fedmut.experiments.config import (
     Benchmark,
     Cell,
@@ -45,6 +44,7 @@ from lightning_fedmut.experiments.config import (
     slug,
 )
 from lightning_fedmut.experiments.report import run_value, summarize, write_report
+from lightning_fedmut.loop.connectors import tracking
 
 __all__ = ["BenchmarkResult", "run_benchmark", "run_cell"]
 

@@ -33,13 +33,13 @@ class CountingFedAvg(FedAvg):
         self.out = out
         self.most = 0
 
-    def update(self, result):  # noqa: ANN001, ANN201
+    def update(self, result):
         gc.collect()
         live = sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor) and tuple(o.shape) == SHAPE)
         self.most = max(self.most, live)
         super().update(result)
 
-    def compute(self, global_state):  # noqa: ANN001, ANN201
+    def compute(self, global_state):
         Path(self.out, f"{os.getpid()}.json").write_text(json.dumps(self.most))
         return super().compute(global_state)
 

@@ -7,8 +7,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from lightning_fedmut import _tracking as tracking
-from lightning_fedmut._checks import is_validation_metric
+from lightning_fedmut.loop.checks import is_validation_metric
+from lightning_fedmut.loop.connectors import tracking
 from lightning_fedmut.progress import progress_mode, round_line
 from lightning_fedmut.result import client_metric_spread, weighted_client_means
 

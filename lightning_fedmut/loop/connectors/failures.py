@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
-from lightning_fedmut import _tracking as tracking
 from lightning_fedmut.exceptions import (
     ClientFailureError,
     DivergenceError,
@@ -18,6 +17,7 @@ from lightning_fedmut.exceptions import (
     RoundFailedError,
 )
 from lightning_fedmut.functional.state import first_non_finite
+from lightning_fedmut.loop.connectors import tracking
 from lightning_fedmut.utilities.warnings import warn_user
 
 if TYPE_CHECKING:

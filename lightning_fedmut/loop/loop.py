@@ -13,15 +13,7 @@ from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from lightning_fedmut import _checks as checks
-from lightning_fedmut import _failures as fault
-from lightning_fedmut import _tracking as tracking
 from lightning_fedmut import checkpoint as ckpt
-from lightning_fedmut._checkpoint_connector import CheckpointConnector, fingerprint
-from lightning_fedmut._config import loop_hparams, run_config
-from lightning_fedmut._round_log import RoundLog
-from lightning_fedmut._signals import SignalGuard
-from lightning_fedmut._task_hooks import LoopTaskHooks
 from lightning_fedmut.aggregators.base import Aggregator
 from lightning_fedmut.aggregators.fedavg import FedAvg
 from lightning_fedmut.algorithms.base import FederatedAlgorithm
@@ -32,6 +24,16 @@ from lightning_fedmut.distributed import executor_for, reduce_round_state
 from lightning_fedmut.divergence import DivergenceMonitor
 from lightning_fedmut.execution import ClientExecutor, ClientTraining, Evaluator, SequentialExecutor
 from lightning_fedmut.functional.state import copy_, frozen_keys
+from lightning_fedmut.loop import checks
+from lightning_fedmut.loop.call import call_hook
+from lightning_fedmut.loop.config import loop_hparams, run_config
+from lightning_fedmut.loop.connectors import failures as fault
+from lightning_fedmut.loop.connectors import tracking
+from lightning_fedmut.loop.connectors.checkpoint import CheckpointConnector, fingerprint
+from lightning_fedmut.loop.connectors.logger import RoundLog
+from lightning_fedmut.loop.connectors.signals import SignalGuard
+from lightning_fedmut.loop.run_state import RunState
+from lightning_fedmut.loop.task_hooks import LoopTaskHooks
 from lightning_fedmut.progress import FitProgress, progress_mode
 from lightning_fedmut.result import FederatedResult
 from lightning_fedmut.sampling import ClientSampler, UniformSampler
@@ -183,16 +185,13 @@ class FederatedLoop:
         self.client_timeout = None if client_timeout is None else check_real("client_timeout", client_timeout,
                                                                              low=0.0, low_open=True)
         self.evaluator = Evaluator(self.trainer_kwargs, prepare_data=False)  # the loop prepares once per fit
-        self.progress = FitProgress()
+        self.run_state = RunState()  # history, client history, failures, timings, progress: what a fit has done
         self.checkpoint_connector = CheckpointConnector(
             self.checkpoint_dir, None if checkpoint_every is None else check_int("checkpoint_every", checkpoint_every, low=1),
             check_int("keep_last", keep_last, low=1), checks.check_bool("enable_model_checkpoint", enable_model_checkpoint))
 
         self.should_stop = False
-        self.round_metrics: dict[str, float] = {}
         self.sampled_clients: list[Client] = []
-        # one dict per round, per client that trained, per client that failed, per round: see FederatedResult
-        self.history, self.client_history, self.failures, self.timings = [], [], [], []  # type: ignore[var-annotated]
         self._clients: list[Client] = []
         self._val: DataLoader | Sequence[DataLoader] | None = None
         self._client_index: dict[int, int] = {}
@@ -204,6 +203,41 @@ class FederatedLoop:
         self._first_round = 0
         self._frozen: frozenset[str] = frozenset()  # frozen parameters: no aggregate is written into them
         self._checked_train_metrics = self._checked_val_metrics = False  # warned once per fit of unlogged metrics
+
+    # what a fit has done, owned by ``run_state`` (these names stay for callbacks that read them)
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One dict per round (see :class:`~lightning_fedmut.FederatedResult`)."""
+        return self.run_state.history
+
+    @property
+    def client_history(self) -> list[dict[str, Any]]:
+        """One dict per client that trained, per round."""
+        return self.run_state.client_history
+
+    @property
+    def failures(self) -> list[dict[str, Any]]:
+        """One dict per client that failed, per round."""
+        return self.run_state.failures
+
+    @property
+    def timings(self) -> list[dict[str, Any]]:
+        """One dict per round: seconds per phase."""
+        return self.run_state.timings
+
+    @property
+    def progress(self) -> FitProgress:
+        """The fit's counters (round in progress, rounds done, last saved)."""
+        return self.run_state.progress
+
+    @property
+    def round_metrics(self) -> dict[str, Any]:
+        """The figures of the round in progress; a callback may add its own."""
+        return self.run_state.round_metrics
+
+    @round_metrics.setter
+    def round_metrics(self, value: dict[str, Any]) -> None:
+        self.run_state.round_metrics = value
 
     @property
     def round(self) -> int:
@@ -277,10 +311,9 @@ class FederatedLoop:
         """Fresh run state; a checkpoint, if any, must match this run."""
         self._clients, self._val = clients, val
         self._client_index = {id(c): i for i, c in enumerate(clients)}
-        self.history, self.client_history, self.failures, self.timings = [], [], [], []
+        self.run_state.reset()
         self.should_stop = False
         self._checked_train_metrics = self._checked_val_metrics = False
-        self.progress.reset()
         self.sampler.setup(self.seed, self.client_states)
         self.client_states.clear()
         if self.divergence is not None:
@@ -349,7 +382,7 @@ class FederatedLoop:
     def _run_round(self, model: LightningModule, round_index: int) -> None:
         start = time.perf_counter()
         self.progress.start_round(round_index)
-        self.round_metrics = {}
+        self.run_state.round_metrics = {}
         for component in self._components():  # declared round state back to its defaults
             component.reset_state("round")
         self.checkpoint_connector.on_round_start(self)
@@ -477,6 +510,5 @@ class FederatedLoop:
         keep(val_metrics)
 
     def _call(self, hook: str, *args: Any) -> None:
-        for cb in self.callbacks:
-            getattr(cb, hook)(self, *args)
+        call_hook(self, self.callbacks, hook, *args)
 

@@ -15,10 +15,10 @@ import torch
 from lightning.pytorch import LightningModule
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
-from lightning_fedmut import _tracking as tracking
 from lightning_fedmut import checkpoint as ckpt
-from lightning_fedmut._config import class_path
 from lightning_fedmut.functional.state import copy_
+from lightning_fedmut.loop.config import class_path
+from lightning_fedmut.loop.connectors import tracking
 from lightning_fedmut.utilities.warnings import warn_user
 
 if TYPE_CHECKING:
@@ -174,8 +174,7 @@ class CheckpointConnector:
             return
         progress = {**loop.progress.state_dict(), "round": rounds_done, "rounds_done": rounds_done,
                     "last_saved": rounds_done}
-        rows = {"history": loop.history, "client_history": loop.client_history, "failures": loop.failures,
-                "timings": loop.timings}
+        rows = loop.run_state.rows()
         if self._history is None or self._history.path.parent != Path(self.dirpath):
             self._history = ckpt.HistoryLog(self.dirpath)
         try:  # the rows first, synced: a checkpoint never covers rows that are not on disk
@@ -223,11 +222,7 @@ class CheckpointConnector:
         loop.client_states.load_state_dict(saved["client_states"])
         if loop.divergence is not None and saved.get("divergence") is not None:
             loop.divergence.load_state_dict(saved["divergence"])
-        loop.history[:] = saved["history"]
-        loop.client_history[:] = saved["client_history"]
-        loop.failures[:] = saved["failures"]
-        loop.timings[:] = saved["timings"]
-        loop.progress.load_state_dict(saved["progress"])
+        loop.run_state.load_state_dict(saved)
 
 
 def estimate_checkpoint_bytes(loop: FederatedLoop, module: LightningModule) -> int:
