@@ -18,14 +18,14 @@ from lightning_fedmut.functional.clustering import (
 from lightning_fedmut.functional.state import is_floating
 from lightning_fedmut.state import DeclaredState, Figures
 from lightning_fedmut.utilities.seed import CLUSTERED_SAMPLING_STREAM, SAMPLING_STREAM, derive_seed
-from lightning_fedmut.utilities.validation import check_int
+from lightning_fedmut.utilities.validation import check_int, check_real
 
 if TYPE_CHECKING:
     from lightning_fedmut.client_state import ClientStateStore
     from lightning_fedmut.data.client import Client
     from lightning_fedmut.tasks import ClientResult
 
-__all__ = ["ClientSampler", "ClusteredSampler", "UniformSampler"]
+__all__ = ["ClientSampler", "ClusteredSampler", "PoissonSampler", "UniformSampler", "require_fixed_size"]
 
 
 class ClientSampler(DeclaredState):
@@ -69,6 +69,22 @@ class ClientSampler(DeclaredState):
         the client into ``result.client_state``; the loop stores it after the round.
         """
 
+def require_fixed_size(sampler: ClientSampler, component: str, reason: str) -> None:
+    """Refuse a sampler whose rounds vary in size (``fixed_size = False``) for a ``component`` that needs ``K``
+    clients every round, saying why (``reason``).
+
+    Examples:
+        >>> require_fixed_size(UniformSampler(), "MutationCallback", "its table has one column per slot")
+        >>> require_fixed_size(PoissonSampler(0.1), "MutationCallback", "its table has one column per slot")
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected a sampler that draws `clients_per_round` clients every round (fixed_size=True) for MutationCallback, got PoissonSampler (fixed_size=False): its table has one column per slot.
+    """
+    if not getattr(sampler, "fixed_size", True):
+        raise ValueError(f"Expected a sampler that draws `clients_per_round` clients every round (fixed_size=True) for"
+                         f" {component}, got {type(sampler).__name__} (fixed_size=False): {reason}.")
+
+
 class UniformSampler(ClientSampler):
     """``k`` clients uniformly at random without replacement, from a generator the sampler owns.
 
@@ -94,6 +110,50 @@ class UniformSampler(ClientSampler):
     def sample(self, round: int, clients: Sequence[Client], k: int) -> list[Client]:
         order = torch.randperm(len(clients), generator=self.generator)[:k]
         return [clients[i] for i in order.tolist()]
+
+
+class PoissonSampler(ClientSampler):
+    r"""Poisson sampling: every client trains in a round independently with probability ``rate``.
+
+    The number of clients varies from round to round (``fixed_size = False``; a round may have none), with mean
+    ``rate * N``. This is the sampling under which a differentially private run's accountant amplifies privacy
+    (:mod:`lightning_fedmut.privacy`). The draws come from a generator the sampler owns and checkpoints: one uniform
+    number per client per round, compared with ``rate``; the clients drawn keep the federation's order.
+
+    Args:
+        rate: the probability ``q`` in ``(0, 1]``; ``None`` takes ``clients_per_round / N`` (the ``k`` that
+            :meth:`sample` receives over the number of clients).
+        seed: seed of the generator; ``None`` derives it from the loop's ``seed``.
+
+    Examples:
+        >>> sampler = PoissonSampler(rate=0.5, seed=0)
+        >>> sampler.setup(seed=123)
+        >>> [len(sampler.sample(r, list(range(10)), 5)) for r in range(5)]
+        [4, 7, 4, 5, 5]
+        >>> PoissonSampler(rate=0.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected `rate` in (0.0, 1.0], got 0.0.
+    """
+
+    fixed_size = False
+
+    def __init__(self, rate: float | None = None, seed: int | None = None) -> None:
+        self.rate = None if rate is None else check_real("rate", rate, low=0.0, high=1.0, low_open=True)
+        self.seed = None if seed is None else check_int("seed", seed, low=0)
+        self.generator: torch.Generator
+        self.add_state("generator", torch.Generator())
+
+    def setup(self, seed: int, client_states: ClientStateStore | None = None) -> None:
+        self.generator.manual_seed(self.seed if self.seed is not None else derive_seed(seed, SAMPLING_STREAM))
+
+    def rate_for(self, num_clients: int, k: int) -> float:
+        """The rate of a round among ``num_clients`` clients with ``k`` clients per round asked for."""
+        return self.rate if self.rate is not None else min(1.0, k / max(num_clients, 1))
+
+    def sample(self, round: int, clients: Sequence[Client], k: int) -> list[Client]:
+        drawn = torch.rand(len(clients), generator=self.generator, dtype=torch.float64) < self.rate_for(len(clients), k)
+        return [clients[i] for i in drawn.nonzero().flatten().tolist()]
 
 
 #: Keys of a client's last update (a flat float32 tensor) and of the round it was made in, in its client state.

@@ -7,6 +7,7 @@ method, ``lightning_fedmut.aggregators.FedAvg`` (and ``lightning_fedmut.FedAvg``
 
 from lightning_fedmut.algorithms.base import FederatedAlgorithm
 from lightning_fedmut.algorithms.clustered import ClusteredSampling
+from lightning_fedmut.algorithms.dp import DPFedAvg, DPFedMut
 from lightning_fedmut.algorithms.fedavg import FedAvg
 from lightning_fedmut.algorithms.feddyn import FedDyn
 from lightning_fedmut.algorithms.fedexp import FedExP
@@ -30,6 +31,8 @@ from lightning_fedmut.callbacks.base import LocalCallback, StartModelCallback
 __all__ = [
     "SCAFFOLD",
     "ClusteredSampling",
+    "DPFedAvg",
+    "DPFedMut",
     "FedASAM",
     "FedAdagrad",
     "FedAdam",

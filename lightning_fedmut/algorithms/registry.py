@@ -86,7 +86,7 @@ def resolve_name(name: str) -> str:
         >>> resolve_name("FedMutt")
         Traceback (most recent call last):
         ...
-        ValueError: Expected `algorithm` to be a registered method name, got 'FedMutt' (did you mean FedMut?); known: FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, ClusteredSampling, FedNova, FedSAM, FedASAM, FedDyn.
+        ValueError: Expected `algorithm` to be a registered method name, got 'FedMutt' (did you mean FedMut?); known: FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, ClusteredSampling, FedNova, FedSAM, FedASAM, FedDyn, DPFedAvg, DPFedMut.
     """
     if isinstance(name, str):
         for registered in _REGISTRY:
@@ -137,6 +137,7 @@ def build_algorithm(name: str, init_args: Mapping[str, Any] | None = None) -> Fe
 
 def _register_presets() -> None:
     from lightning_fedmut.algorithms.clustered import ClusteredSampling
+    from lightning_fedmut.algorithms.dp import DPFedAvg, DPFedMut
     from lightning_fedmut.algorithms.fedavg import FedAvg
     from lightning_fedmut.algorithms.feddyn import FedDyn
     from lightning_fedmut.algorithms.fedexp import FedExP
@@ -155,6 +156,8 @@ def _register_presets() -> None:
     register("FedSAM", FedSAM)
     register("FedASAM", FedASAM)
     register("FedDyn", FedDyn)
+    register("DPFedAvg", DPFedAvg)
+    register("DPFedMut", DPFedMut)
 
 
 _register_presets()

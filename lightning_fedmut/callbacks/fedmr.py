@@ -12,6 +12,7 @@ from lightning_fedmut.callbacks.base import StartModelCallback
 from lightning_fedmut.functional.recombination import recombination_table, recombine
 from lightning_fedmut.functional.server_optim import squared_distance
 from lightning_fedmut.functional.state import copy_, frozen_hint, frozen_keys, is_floating
+from lightning_fedmut.sampling import require_fixed_size
 from lightning_fedmut.utilities.seed import FEDMR_STREAM, derive_seed
 from lightning_fedmut.utilities.validation import check_int
 
@@ -94,6 +95,8 @@ class FedMR(StartModelCallback):
         return [dict(zip(self._keys, model)) for model in self._models]
 
     def setup(self, loop: FederatedLoop, module: LightningModule, stage: str) -> None:
+        require_fixed_size(loop.sampler, "FedMR", "it recombines the K models of a round into the K start models of"
+                           " the next, slot by slot")
         self.generator.manual_seed(self.seed if self.seed is not None else derive_seed(loop.seed, FEDMR_STREAM))
         state = module.state_dict()
         self._frozen = frozen_keys(module)

@@ -11,6 +11,7 @@ from torch import Tensor
 from lightning_fedmut.callbacks.base import StartModelCallback
 from lightning_fedmut.functional.mutation import acceleration_at, global_delta_, mutate_, mutation_coefficients
 from lightning_fedmut.functional.state import copy_, floating_keys, frozen_hint, frozen_keys
+from lightning_fedmut.sampling import require_fixed_size
 from lightning_fedmut.utilities.seed import MUTATION_STREAM, derive_seed
 from lightning_fedmut.utilities.validation import check_int, check_real
 from lightning_fedmut.utilities.warnings import warn_user
@@ -87,6 +88,8 @@ class MutationCallback(StartModelCallback):
         return list(self._keys)
 
     def setup(self, loop: FederatedLoop, module: LightningModule, stage: str) -> None:
+        require_fixed_size(loop.sampler, "MutationCallback", "its coefficient table pairs the K slots of a round"
+                           " (half +1, half -1 + beta), which a round of another size would break")
         seed = self.seed if self.seed is not None else derive_seed(loop.seed, MUTATION_STREAM)
         self.generator.manual_seed(seed)
         state = module.state_dict()
