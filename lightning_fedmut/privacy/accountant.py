@@ -17,6 +17,9 @@ Each round composes once (``SelfComposedDpEvent``), whether or not it trained an
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from lightning_fedmut.utilities.validation import check_int, check_real
@@ -31,6 +34,19 @@ ACCOUNTANTS = ("rdp", "pld")
 #: The smallest noise multiplier :meth:`PrivacyAccountant.noise_multiplier` tries: below it epsilon is large, and the
 #: PLD accountant's discretised loss distribution would not fit in memory.
 MIN_NOISE_MULTIPLIER = 0.2
+
+
+@contextlib.contextmanager
+def _quiet_absl() -> Iterator[None]:
+    """dp-accounting's RDP accountant logs a warning for each fractional order whose series does not converge (it
+    leaves that order out, as it says); one per order per call would flood a run's console."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _dp_accounting() -> Any:
@@ -155,8 +171,9 @@ class PrivacyAccountant:
         if rounds == 0:
             return 0.0
         accountant = self.fresh(sampling)
-        accountant.compose(self.event(noise_multiplier, sampling, rounds))
-        return float(accountant.get_epsilon(self.delta))
+        with _quiet_absl():
+            accountant.compose(self.event(noise_multiplier, sampling, rounds))
+            return float(accountant.get_epsilon(self.delta))
 
     def noise_multiplier(self, target_epsilon: float, sampling: Sampling, rounds: int) -> float:
         """The smallest noise multiplier whose epsilon after ``rounds`` rounds is at most ``target_epsilon``
@@ -166,6 +183,7 @@ class PrivacyAccountant:
         target_epsilon = check_real("target_epsilon", target_epsilon, low=0.0, low_open=True)
         rounds = check_int("rounds", rounds, low=1)
         self.check(sampling)
-        return float(dp.calibrate_dp_mechanism(
-            lambda: self.fresh(sampling), lambda z: self.event(z, sampling, rounds), target_epsilon, self.delta,
-            dp.LowerEndpointAndGuess(MIN_NOISE_MULTIPLIER, 1.0), tol=1e-4))
+        with _quiet_absl():
+            return float(dp.calibrate_dp_mechanism(
+                lambda: self.fresh(sampling), lambda z: self.event(z, sampling, rounds), target_epsilon, self.delta,
+                dp.LowerEndpointAndGuess(MIN_NOISE_MULTIPLIER, 1.0), tol=1e-4))

@@ -18,15 +18,31 @@ from lightning_fedmut.aggregators.fedopt import ServerOptimizer
 from lightning_fedmut.functional.state import frozen_keys, is_floating
 from lightning_fedmut.privacy.functional import add_gaussian_noise_, adaptive_clip_norm, update_noise_multiplier
 from lightning_fedmut.utilities.validation import check_int, check_real
+from lightning_fedmut.utilities.warnings import warn_user
 
 if TYPE_CHECKING:
     from lightning_fedmut.tasks import ClientResult
 
-__all__ = ["UNCLIPPED_KEY", "DPAggregator"]
+__all__ = ["UNCLIPPED_KEY", "DPAggregator", "private_keys"]
 
 #: The payload key the client half (:class:`~lightning_fedmut.privacy.DifferentialPrivacy`) fills: 1.0 when the
 #: client's update was within the clipping norm, else 0.0 (adaptive clipping counts them, with noise).
 UNCLIPPED_KEY = "dp/unclipped"
+
+
+def private_keys(module: Module) -> list[str]:
+    """The entries a differentially private round releases: the module's trainable floating parameters, in
+    ``state_dict`` order.
+
+    Examples:
+        >>> bn = torch.nn.BatchNorm1d(2)
+        >>> _ = bn.bias.requires_grad_(False)
+        >>> private_keys(bn)
+        ['weight']
+    """
+    frozen = frozen_keys(module)
+    parameters = {name for name, p in module.named_parameters() if p.is_floating_point()}
+    return [k for k in module.state_dict() if k in parameters and k not in frozen]
 
 
 class DPAggregator(Aggregator):
@@ -48,9 +64,12 @@ class DPAggregator(Aggregator):
     with a mean: :class:`~lightning_fedmut.aggregators.FedAvg` (``weighted=False``) returns it, a server optimizer
     (:class:`~lightning_fedmut.aggregators.FedAdam` ...) steps along ``release - w``.
 
-    Every floating entry that is aggregated (parameters and floating buffers: BatchNorm's running statistics are
-    data too) is part of the clipped and noised update; frozen parameters are neither; integer entries
-    (``num_batches_tracked``) keep the global model's value, since the clients' would reveal their step counts.
+    The released entries are the module's trainable parameters (:func:`private_keys`): they are what is clipped and
+    noised. Every other entry keeps the global model's value: frozen parameters, integer state
+    (``num_batches_tracked``: the clients' would reveal their step counts) and floating buffers, with a warning at
+    setup. BatchNorm's running statistics are the clients' data too, and noise on them turns a running variance
+    negative (the global model then evaluates to NaN); Opacus refuses BatchNorm for the same reason. A private model
+    uses GroupNorm or LayerNorm, or BatchNorm with ``track_running_stats=False``.
 
     **Adaptive clipping** (Andrew et al., NeurIPS 2021), with ``target_quantile`` set: each client also reports
     whether its update's norm was at most ``C``; the sum of these bits gets noise ``N(0, count_stddev^2)`` and, over
@@ -114,9 +133,8 @@ class DPAggregator(Aggregator):
         #: ``z`` as the run uses it: ``noise_multiplier``, or the one derived from a target epsilon at setup
         self.effective_noise_multiplier = self.noise_multiplier
         self.expected_clients: float | None = None  # set by the client half's setup, from the sampler
-        self._frozen: frozenset[str] = frozenset()
         self._keys: list[str] = []
-        self._int_keys: list[str] = []
+        self._kept: list[str] = []
         self.generator: torch.Generator
         self._clip_norm: float
         self._sums: list[Tensor]
@@ -182,11 +200,17 @@ class DPAggregator(Aggregator):
 
     def setup(self, module: Module) -> None:
         self.inner.setup(module)
-        self._frozen = frozen_keys(module)
-        state = module.state_dict()
-        self._keys = [k for k, v in state.items() if is_floating(v) and k not in self._frozen]
-        self._int_keys = [k for k, v in state.items() if not is_floating(v) and k not in self._frozen]
+        self._keys = private_keys(module)
+        private = set(self._keys)
+        frozen = frozen_keys(module)
+        self._kept = [k for k in module.state_dict() if k not in private and k not in frozen]
         self._clip_norm = self.clip_norm_init
+        buffers = [k for k, v in module.state_dict().items() if k not in private and k not in frozen and is_floating(v)]
+        if buffers:
+            warn_user(f"DPAggregator releases the module's trainable parameters only: its floating buffers"
+                      f" {buffers[:4]}{'...' if len(buffers) > 4 else ''} keep their global values (noise would turn"
+                      " a BatchNorm running variance negative). Use GroupNorm or LayerNorm, or BatchNorm with"
+                      " `track_running_stats=False`, in a differentially private model.", UserWarning)
 
     def reset(self) -> None:
         self.reset_state("round")
@@ -223,7 +247,7 @@ class DPAggregator(Aggregator):
         torch._foreach_div_(delta, expected)
         torch._foreach_add_(delta, [t.to(d.dtype) for t, d in zip(current, delta)])
         released = {k: d.to(global_state[k].dtype) for k, d in zip(self._keys, delta)}
-        released.update({k: global_state[k] for k in self._int_keys})
+        released.update({k: global_state[k] for k in self._kept})
         self._figures = {"dp/clip_norm": self._clip_norm, "dp/noise_std": std / expected}
         if self.adaptive:
             assert self.target_quantile is not None

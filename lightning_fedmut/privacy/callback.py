@@ -10,9 +10,8 @@ import torch
 from torch import Tensor
 
 from lightning_fedmut.callbacks.base import LocalCallback
-from lightning_fedmut.functional.state import frozen_keys, is_floating
 from lightning_fedmut.privacy.accountant import PrivacyAccountant, Sampling, sampling_of
-from lightning_fedmut.privacy.aggregator import UNCLIPPED_KEY, DPAggregator
+from lightning_fedmut.privacy.aggregator import UNCLIPPED_KEY, DPAggregator, private_keys
 from lightning_fedmut.privacy.functional import global_norm
 from lightning_fedmut.utilities.seed import PRIVACY_STREAM, derive_seed
 from lightning_fedmut.utilities.validation import check_real
@@ -30,8 +29,8 @@ __all__ = ["DifferentialPrivacy"]
 class DifferentialPrivacy(LocalCallback):
     r"""User-level central DP with a :class:`~lightning_fedmut.privacy.DPAggregator`: clipping and accounting.
 
-    **Where the client trains**, the client's update ``u = w - s`` (trained minus start model, over the floating
-    entries the aggregator aggregates) is clipped to the aggregator's clipping norm ``C`` before the result leaves:
+    **Where the client trains**, the client's update ``u = w - s`` (trained minus start model, over the trainable
+    parameters the aggregator releases) is clipped to the aggregator's clipping norm ``C`` before the result leaves:
     ``w`` becomes ``s + u min(1, C / |u|)``, and the payload says whether ``|u| <= C`` (for adaptive clipping). The
     start model ``s`` is the one the client really started from: with FedMut, its mutated start model, so the
     update is the client's own change. A callback runs its ``on_client_fit_start`` after the start-model component,
@@ -132,9 +131,7 @@ class DifferentialPrivacy(LocalCallback):
         else:
             aggregator.effective_noise_multiplier = aggregator.noise_multiplier
         aggregator.update_noise_multiplier()  # adaptive clipping: refuses a count noise that leaves no budget
-        state = module.state_dict()
-        frozen = frozen_keys(module)
-        self._keys = [k for k, v in state.items() if is_floating(v) and k not in frozen]
+        self._keys = private_keys(module)
 
     def on_fit_start(self, loop: FederatedLoop, module: LightningModule) -> None:
         if self.target_epsilon is None:
