@@ -16,7 +16,7 @@ from lightning_fedmut.aggregators.base import Aggregator
 from lightning_fedmut.aggregators.fedavg import FedAvg
 from lightning_fedmut.aggregators.fedopt import ServerOptimizer
 from lightning_fedmut.functional.state import frozen_keys, is_floating
-from lightning_fedmut.privacy.functional import add_gaussian_noise_, adaptive_clip_norm, update_noise_multiplier
+from lightning_fedmut.privacy.functional import adaptive_clip_norm, add_gaussian_noise_, update_noise_multiplier
 from lightning_fedmut.utilities.validation import check_int, check_real
 from lightning_fedmut.utilities.warnings import warn_user
 
