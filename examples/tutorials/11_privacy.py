@@ -9,7 +9,7 @@ Setting: digits, 100 clients (IID, about 13 images each), 20 per round, 30 round
 SGD lr 0.1 momentum 0; a linear model on the 64 pixels (650 weights: the fewer the weights, the less noise in
 total); C = 0.5, delta = 1e-3 (below 1/N); FedMut with radius 1 and acceleration 0.3.
 
-Run:  python examples/tutorials/11_privacy.py                  (3 seeds: about 6 minutes on a CPU)
+Run:  python examples/tutorials/11_privacy.py                  (3 seeds, 30 rounds: about 4 minutes on a CPU)
       FEDMUT_EXAMPLE_SMALL=1 python examples/tutorials/11_privacy.py   (1 seed, 3 rounds, as CI runs it)
 Writes:  table.md and history.csv to $FEDMUT_OUTPUT_DIR (default outputs/11_privacy).
 """
