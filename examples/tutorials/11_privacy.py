@@ -83,10 +83,10 @@ def main() -> None:
     for (name, epsilon), (finals, spent) in table.items():
         z = next((r["dp/noise_multiplier"] for r in rows if r["method"] == name and r["target_epsilon"] == epsilon
                   and "dp/noise_multiplier" in r), None)
-        spread = np.std(finals, ddof=1) if len(finals) > 1 else float("nan")  # sample std, n = len(SEEDS)
+        spread = f"{np.std(finals, ddof=1):.3f}" if len(finals) > 1 else "-"  # sample std, n = len(SEEDS)
         lines.append(f"| {name} | {'none' if epsilon is None else f'{epsilon:g}'} |"
                      f" {'-' if epsilon is None else f'{max(spent):.3f}'} | {'-' if z is None else f'{z:.3f}'} |"
-                     f" {np.mean(finals):.3f} ± {spread:.3f} (n={len(finals)}) |")
+                     f" {np.mean(finals):.3f} ± {spread} (n={len(finals)}) |")
     (OUTPUT / "table.md").write_text("\n".join(lines) + "\n")
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("method", "target_epsilon", "seed", "round"), k))
     with open(OUTPUT / "history.csv", "w", newline="") as f:

@@ -33,6 +33,9 @@ class DPFedAvg(FederatedAlgorithm):
                  count_stddev: float | None = None, seed: int | None = None) -> None:
         if not isinstance(poisson, bool):
             raise TypeError(f"Expected `poisson` to be a bool, got {poisson!r}.")
+        if not poisson and sampling_rate is not None:
+            raise ValueError(f"Expected `sampling_rate`=None with poisson=False (the uniform sampler draws"
+                             f" `clients_per_round` clients), got {sampling_rate!r}.")
         super().__init__(
             aggregator=DPAggregator(FedAvgAggregator(weighted=False), noise_multiplier=noise_multiplier,
                                     clip_norm=clip_norm, target_quantile=target_quantile,
@@ -40,9 +43,6 @@ class DPFedAvg(FederatedAlgorithm):
             local=[DifferentialPrivacy(delta=delta, target_epsilon=target_epsilon, accountant=accountant)],
             sampler=PoissonSampler(rate=sampling_rate) if poisson else UniformSampler(),
         )
-        if not poisson and sampling_rate is not None:
-            raise ValueError(f"Expected `sampling_rate`=None with poisson=False (the uniform sampler draws"
-                             f" `clients_per_round` clients), got {sampling_rate!r}.")
         self._save_init_args(noise_multiplier=noise_multiplier, clip_norm=clip_norm, delta=delta,
                              target_epsilon=target_epsilon, accountant=accountant, sampling_rate=sampling_rate,
                              poisson=poisson, target_quantile=target_quantile, clip_learning_rate=clip_learning_rate,

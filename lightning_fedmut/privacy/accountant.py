@@ -167,7 +167,7 @@ class PrivacyAccountant:
         return dp.pld.PLDAccountant(neighboring_relation=relation)
 
     def epsilon(self, noise_multiplier: float, sampling: Sampling, rounds: int) -> float:
-        """Epsilon at :attr:`delta` after ``rounds`` rounds with noise multiplier ``noise_multiplier``.
+        """Epsilon at ``delta`` after ``rounds`` rounds with noise multiplier ``noise_multiplier``.
 
         RDP composes linearly: the RDP accountant's curve of one round is computed once (per noise multiplier and
         sampling) and ``rounds`` times it goes to dp-accounting's ``compute_epsilon``, the numbers

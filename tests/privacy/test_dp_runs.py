@@ -174,6 +174,8 @@ def test_two_workers_equal_one_process_bit_for_bit(synthetic):
     (lambda: algos.DPFedAvg(delta=1.0), ValueError, r"Expected `delta` in \(0.0, 1.0\), got 1.0"),
     (lambda: algos.DPFedMut(delta=2.0), ValueError, r"Expected `delta` in \(0.0, 1.0\), got 2.0"),
     (lambda: algos.DPFedAvg(sampling_rate=1.5), ValueError, r"Expected `rate` in \(0.0, 1.0\], got 1.5"),
+    (lambda: algos.DPFedAvg(poisson=False, sampling_rate=0.2), ValueError,
+     r"Expected `sampling_rate`=None with poisson=False \(the uniform sampler draws `clients_per_round` clients\)"),
 ])
 def test_bad_input_is_refused_when_the_method_is_built(make, error, message):
     with pytest.raises(error, match=message):
