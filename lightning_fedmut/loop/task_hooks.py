@@ -11,8 +11,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning_fedmut.exceptions import ClientDataExhaustedError, DivergenceError
 from lightning_fedmut.execution.base import TaskHooks
 from lightning_fedmut.functional.state import first_non_finite
-from lightning_fedmut.state import DeclaredState
 from lightning_fedmut.loop.connectors.failures import divergence_causes
+from lightning_fedmut.state import DeclaredState
 from lightning_fedmut.tasks import ClientResult, ClientTask
 
 if TYPE_CHECKING:
