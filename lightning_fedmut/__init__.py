@@ -6,9 +6,10 @@ torch or Lightning; ``from lightning_fedmut import FederatedLoop`` works as usua
 
 from __future__ import annotations
 
-import importlib
 import logging as _logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lightning_fedmut.utilities.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -54,16 +55,7 @@ if TYPE_CHECKING:
     from lightning_fedmut.tasks import ClientResult, ClientTask
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'lightning_fedmut' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 
 # Like Lightning's own logger: what the package says at INFO level (a run starting fresh, files it cleaned up)

@@ -11,8 +11,12 @@ declared with :meth:`DeclaredState.add_state`:
 - ``scope="server"``: kept across rounds and saved in the federated checkpoints by :meth:`DeclaredState.state_dict`
   (tensors, numbers, strings, ``None``, lists and dicts of them, and ``torch.Generator`` s, saved as their
   ``get_state()``).
-- ``scope="client"``: per-client state, kept in the loop's client-state store (``task.client_state``), neither
-  reset nor saved here.
+- ``scope="client"``: per-client state, kept in the loop's client-state store under
+  ``"<component>/<name>"`` (:meth:`DeclaredState.client_state_key`). Where a client trains, the loop loads the
+  client's value (a fresh copy of the default for a client seen for the first time) before the component's
+  ``on_client_fit_start`` and stores the value after its ``on_client_fit_end`` into ``result.client_state``
+  (which the loop keeps after the round, checkpointed with the run); in between, the attribute is that client's.
+  A failed client's value is dropped (its stored value stands). Tensors and plain data only.
 
 A private attribute is saved under its name without the leading underscores (``_delta`` as ``"delta"``).
 """
@@ -189,6 +193,30 @@ class DeclaredState:
             raise ValueError(f"Expected `scope` in {list(SCOPES)}, got {scope!r}.")
         for name, declared in self._declarations().items():
             if declared.scope == scope and not isinstance(declared.default, torch.Generator):
+                setattr(self, name, fresh(declared.default))
+
+    def declares(self, scope: str) -> bool:
+        """Whether this component declares any state of ``scope``."""
+        return any(d.scope == scope for d in self._declarations().values())
+
+    def client_state_key(self, name: str) -> str:
+        """Where the client state ``name`` lives in each client's dict of the client-state store."""
+        owner = getattr(self, "state_key", None)
+        return f"{owner if isinstance(owner, str) else type(self).__name__}/{_key(name)}"
+
+    def load_client_state(self, client_state: dict[str, Any] | None) -> None:
+        """Set each client state to the client's value in ``client_state`` (a fresh default when it has none)."""
+        for name, declared in self._declarations().items():
+            if declared.scope == "client":
+                saved = None if client_state is None else client_state.get(self.client_state_key(name))
+                setattr(self, name, fresh(declared.default) if saved is None else saved)
+
+    def store_client_state(self, client_state: dict[str, Any] | None) -> None:
+        """Write each client state into ``client_state`` (``None``: drop them, a failed client's), then reset it."""
+        for name, declared in self._declarations().items():
+            if declared.scope == "client":
+                if client_state is not None:
+                    client_state[self.client_state_key(name)] = _export(getattr(self, name))
                 setattr(self, name, fresh(declared.default))
 
     def round_state(self) -> dict[str, tuple[Any, str]]:

@@ -196,14 +196,14 @@ def test_hparams_of_every_built_in_component_are_the_recorded_ones():
                      "DivergenceMonitor()", "DivergenceMonitor(action='warn', chance=0.1)"]
 
 
-def _loop(tmp_path=None, callbacks=(), rounds=3):
+def _loop(tmp_path=None, callbacks=(), rounds=3, workers=None):
     train, val = make_synthetic()
     torch.manual_seed(0)
     model = TinyModule()
     clients = make_clients(train, partition_iid(len(train), 6, seed=0), batch_size=16)
     loop = FederatedLoop(rounds=rounds, clients_per_round=3, local_epochs=1, aggregator=FedAvg(weighted=False),
                          callbacks=list(callbacks), seed=1, enable_progress_bar=False,
-                         checkpoint_dir=None if tmp_path is None else tmp_path / "ckpt")
+                         checkpoint_dir=None if tmp_path is None else tmp_path / "ckpt", workers=workers)
     return model, clients, DataLoader(val, batch_size=60), loop
 
 
@@ -314,3 +314,60 @@ def test_reduction_with_two_workers_gives_the_one_process_result():
     solo.by_slot[1] = 2.0
     reduce_round_state([solo], type("One", (), {"world_size": 1})())
     assert solo.by_slot == {1: 2.0}
+
+
+class Visits(FederatedCallback):
+    """Declared client state: how often each client trained, and the rounds it trained in."""
+
+    def __init__(self):
+        self.add_state("visits", 0, scope="client")
+        self.add_state("rounds_seen", [], scope="client")
+        self.add_state("seen_at_start", {}, scope="round")
+
+    def on_client_fit_start(self, loop, module, task):
+        self.seen_at_start[task.client.id] = self.visits  # this client's value, loaded by the loop
+
+    def on_client_fit_end(self, loop, module, result):
+        self.visits += 1
+        self.rounds_seen = [*self.rounds_seen, result.task.round]
+
+
+def _visits(loop, clients):
+    key = loop.callbacks[0].client_state_key("visits")
+    return {c.id: loop.client_states.get(c.id).get(key, 0) for c in clients}
+
+
+def _expected(result):
+    expected: dict = {}
+    for row in result.client_history:
+        expected[row["client_id"]] = expected.get(row["client_id"], 0) + 1
+    return expected
+
+
+def test_client_state_is_each_clients_own_kept_in_the_store_and_resumed(tmp_path):
+    model, clients, val, loop = _loop(callbacks=[Visits()], rounds=4)
+    result = loop.fit(model, clients, val_dataloaders=val)
+    visits = _visits(loop, clients)
+    assert {k: v for k, v in visits.items() if v} == _expected(result)  # one count per client, not one shared
+    key = loop.callbacks[0].client_state_key("rounds_seen")
+    assert key == "Visits/rounds_seen"
+    for c in clients:
+        assert loop.client_states.get(c.id).get(key, []) == [
+            r["round"] for r in result.client_history if r["client_id"] == c.id]
+    assert loop.callbacks[0].visits == 0  # between clients the attribute is back at its default
+
+    model, clients, val, crashing = _loop(tmp_path, callbacks=[Visits(), Crash(2)], rounds=4)
+    with pytest.raises(RuntimeError, match="crash at round 2"):
+        crashing.fit(model, clients, val_dataloaders=val)
+    model, clients, val, resumed = _loop(tmp_path, callbacks=[Visits()], rounds=4)
+    resumed.fit(model, clients, val_dataloaders=val, ckpt_path="last")
+    assert _visits(resumed, clients) == visits
+
+
+@pytest.mark.slow
+def test_client_state_with_two_workers_is_the_one_process_state():
+    model, clients, val, loop = _loop(callbacks=[Visits()], rounds=3)
+    loop.fit(model, clients, val_dataloaders=val)
+    model, clients, val, two = _loop(callbacks=[Visits()], rounds=3, workers=2)
+    two.fit(model, clients, val_dataloaders=val)
+    assert _visits(two, clients) == _visits(loop, clients)

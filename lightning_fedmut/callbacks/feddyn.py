@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from lightning_fedmut.tasks import ClientResult, ClientTask
 
 #: Key of a client's linear term ``g_i`` in its client state (a dict of tensors keyed by parameter name).
-CLIENT_GRADIENT_KEY = "feddyn/gradient"
+#: Where each client's linear term ``g_i`` lives in its client-state dict (the declared client state ``_gradient``).
+CLIENT_GRADIENT_KEY = "FedDyn/gradient"
 
 
 class DynamicRegularizer(Callback):
@@ -78,8 +79,8 @@ class DynamicRegularizer(Callback):
 class FedDyn(LocalCallback):
     r"""FedDyn's client side: client ``i`` minimises ``L_i(w) - <g_i, w> + alpha / 2 * |w - w_server|^2``.
 
-    ``g_i`` (the client's linear term, zero until its first round) is kept in the loop's client-state store under
-    ``"feddyn/gradient"`` and updated after the client trains as ``g_i <- g_i - alpha * (w_i - w_server)``
+    ``g_i`` (the client's linear term, zero until its first round) is declared client state (``_gradient``,
+    kept in the loop's client-state store under ``"FedDyn/gradient"``) and updated after the client trains as ``g_i <- g_i - alpha * (w_i - w_server)``
     (Algorithm 1 of Acar et al.: ``g_i`` is the client's estimate of ``grad L_i`` at its last model). Each client's
     Trainer gets a ``DynamicRegularizer`` (a Lightning callback of this module); any optimizer works (the paper
     uses SGD). ``w_server`` is the model the client starts from: the global model, unless a start-model component
@@ -105,7 +106,9 @@ class FedDyn(LocalCallback):
         self.alpha = check_real("alpha", alpha, low=0.0, low_open=True)
         self._names: list[str] = []
         self._clients: dict[int, DynamicRegularizer]
+        self._gradient: dict[str, Tensor] | None  # g_i of the client in training (None: zero, its first round)
         self.add_state("_clients", {}, scope="round")
+        self.add_state("_gradient", None, scope="client")
 
     def setup(self, loop: FederatedLoop, module: LightningModule, stage: str) -> None:
         from lightning_fedmut.aggregators.feddyn import FedDyn as FedDynAggregator
@@ -123,14 +126,14 @@ class FedDyn(LocalCallback):
         self._clients = {}
 
     def on_client_fit_start(self, loop: FederatedLoop, module: LightningModule, task: ClientTask) -> None:
-        regularizer = DynamicRegularizer(self.alpha, self._names, task.client_state.get(CLIENT_GRADIENT_KEY))
+        regularizer = DynamicRegularizer(self.alpha, self._names, self._gradient)
         self._clients[task.slot] = regularizer
         task.callbacks.append(regularizer)
 
     def on_client_fit_end(self, loop: FederatedLoop, module: LightningModule, result: ClientResult) -> None:
         regularizer = self._clients.pop(result.task.slot)
-        if regularizer.new_linear is not None and result.client_state is not None:
-            result.client_state[CLIENT_GRADIENT_KEY] = regularizer.new_linear
+        if regularizer.new_linear is not None:
+            self._gradient = regularizer.new_linear  # stored with the client's state by the loop
 
     def on_client_fit_failure(self, loop: FederatedLoop, module: LightningModule, result: ClientResult) -> None:
         self._clients.pop(result.task.slot, None)  # its g_i stays as it was

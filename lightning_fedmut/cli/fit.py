@@ -563,19 +563,98 @@ def check_fit_args(argv: Sequence[str]) -> None:
     cfg = parse(fit_parser(argv), argv, none_flags={"--mutation", "--model_checkpoint", "--algorithm"})
     check_val_fraction(cfg.val_fraction)
     _check_logger(cfg.logger)
-    algorithm, mutation, aggregator = _method(cfg)
-    _build("model_checkpoint", GlobalModelCheckpoint | None, cfg.model_checkpoint)
-    loop_args = plain(cfg.loop.as_dict())
-    for key, type_ in _LOOP_PLUGINS.items():
-        if isinstance(loop_args.get(key), dict):
-            loop_args[key] = _build(key, type_, cfg.loop[key])
+    method = build_method(cfg)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the run itself warns
-            FederatedLoop(**loop_args, **_loop_method_args(algorithm, aggregator),
-                          callbacks=[mutation] if mutation else [], seed=cfg.seed)
+            FederatedLoop(**method.loop_arguments(loop_options(cfg)), seed=cfg.seed)
     except (ValueError, TypeError) as err:
         raise CLIError(f"--loop: {err}") from None
+
+
+@dataclass
+class Method:
+    """The method a config names, built: a registered ``algorithm``, or a ``mutation`` and an ``aggregator``, with
+    the extra federated ``callbacks`` (a benchmark method's) and the ``model_checkpoint``."""
+
+    algorithm: Any
+    mutation: MutationCallback | None
+    aggregator: Aggregator | None
+    callbacks: list[Any]
+    model_checkpoint: GlobalModelCheckpoint | None
+
+    @property
+    def name(self) -> str:
+        return self.algorithm.name if self.algorithm is not None else "FedMut" if self.mutation is not None else "FedAvg"
+
+    def loop_arguments(self, options: dict[str, Any], *, with_model_checkpoint: bool = True) -> dict[str, Any]:
+        """``FederatedLoop``'s arguments: the loop ``options`` plus the method's parts and callbacks."""
+        callbacks = [*([self.mutation] if self.mutation is not None else []), *self.callbacks]
+        if with_model_checkpoint and self.model_checkpoint is not None:
+            callbacks.append(self.model_checkpoint)
+        return {**options, **_loop_method_args(self.algorithm, self.aggregator), "callbacks": callbacks}
+
+
+def build_method(cfg: Namespace) -> Method:
+    """The method of ``cfg`` (``--algorithm``, or ``--mutation`` and ``--aggregator``; a benchmark cell's
+    ``callbacks``), each part built by its class with one-line errors."""
+    from lightning_fedmut.callbacks import FederatedCallback
+
+    algorithm, mutation, aggregator = _method(cfg)
+    callbacks = [_build("callbacks", FederatedCallback, c) for c in getattr(cfg, "callbacks", None) or []]
+    model_checkpoint = _build("model_checkpoint", GlobalModelCheckpoint | None, cfg.model_checkpoint)
+    return Method(algorithm, mutation, aggregator, callbacks, model_checkpoint)
+
+
+def loop_options(cfg: Namespace) -> dict[str, Any]:
+    """``--loop.*`` as ``FederatedLoop`` arguments, its class-typed options (sampler, executor ...) built."""
+    options = plain(cfg.loop.as_dict())
+    for key, type_ in _LOOP_PLUGINS.items():
+        if isinstance(options.get(key), dict):
+            options[key] = _build(key, type_, cfg.loop[key])
+    return options
+
+
+@dataclass
+class Run:
+    """What a ``fit`` config describes, built: ``fit`` and each benchmark cell (and so each sweep run) start here."""
+
+    model: LightningModule
+    data: Any  #: the DataModule, or the built-in data set's name
+    clients: list[Any]
+    val: Any  #: the server's evaluation loader; ``None`` without one, or when the model has no validation_step
+    method: Method
+    loop_options: dict[str, Any]
+    unevaluated: bool  #: evaluation data given, but the model has no validation_step
+
+    def loop(self, **kwargs: Any) -> FederatedLoop:
+        """The ``FederatedLoop`` of this run; ``kwargs`` (logger, seed ...) are added to the config's arguments."""
+        with_model_checkpoint = kwargs.pop("with_model_checkpoint", True)
+        try:
+            return FederatedLoop(**self.method.loop_arguments(self.loop_options,
+                                                              with_model_checkpoint=with_model_checkpoint), **kwargs)
+        except (ValueError, TypeError) as err:
+            raise CLIError(f"--loop: {err}") from None
+
+
+def build_run(cfg: Namespace) -> Run:
+    """Build the model (with ``--seed``), the method, the data, the clients and the loop's options of ``cfg``."""
+    for key in ("batch_size", "eval_batch_size"):  # plain ints in the loaders (a checkpoint holds plain data)
+        if isinstance(getattr(cfg, key, None), int):
+            setattr(cfg, key, int(getattr(cfg, key)))
+    torch.manual_seed(cfg.seed)
+    model = _build("model", LightningModule, cfg.model)
+    method = build_method(cfg)
+    data = _build("data", LightningDataModule, cfg.data)
+    train, val, collate_fn = _data(cfg, data)
+    parts = _partitions(cfg.partition, train, cfg.seed)
+    clients = _clients(cfg, train, parts, collate_fn)
+    unevaluated = val is not None and not is_overridden("validation_step", model, LightningModule)
+    options = loop_options(cfg)
+    if options["clients_per_round"] > len(clients):
+        raise CLIError(f"--loop.clients_per_round: expected at most the number of clients ({len(clients)}),"
+                       f" got {options['clients_per_round']}")
+    return Run(model, data, clients, None if unevaluated else val, method, options, unevaluated)
 
 
 def run_fit(cfg: Namespace) -> FederatedResult:
@@ -585,48 +664,32 @@ def run_fit(cfg: Namespace) -> FederatedResult:
     check_val_fraction(cfg.val_fraction)
     _check_logger(cfg.logger)
     ckpt_path = resume_checkpoint(cfg.ckpt_path, cfg.loop.checkpoint_dir)
-    torch.manual_seed(cfg.seed)
-    model = _build("model", LightningModule, cfg.model)
-    algorithm, mutation, aggregator = _method(cfg)
-    model_checkpoint = _build("model_checkpoint", GlobalModelCheckpoint | None, cfg.model_checkpoint)
-    data = _build("data", LightningDataModule, cfg.data)
-    train, val, collate_fn = _data(cfg, data)
-    parts = _partitions(cfg.partition, train, cfg.seed)
-    clients = _clients(cfg, train, parts, collate_fn)
-    if val is not None and not is_overridden("validation_step", model, LightningModule):
+    run = build_run(cfg)
+    model, method = run.model, run.method
+    if run.unevaluated:
         print(f"{type(model).__name__} has no validation_step: the global model is not evaluated")
-        val = None
-    loop_args = plain(cfg.loop.as_dict())
-    for key, type_ in _LOOP_PLUGINS.items():  # class-typed loop options: built like --aggregator
-        if isinstance(loop_args.get(key), dict):
-            loop_args[key] = _build(key, type_, cfg.loop[key])
-    if loop_args["clients_per_round"] > len(clients):
-        raise CLIError(f"--loop.clients_per_round: expected at most the number of clients ({len(clients)}),"
-                       f" got {loop_args['clients_per_round']}")
     logger = make_logger(cfg.logger, save_dir=cfg.save_dir, project=cfg.project, group=cfg.group, name=cfg.run_name)
-    callbacks: list[Any] = [mutation] if mutation else []
-    if model_checkpoint is not None and (model_checkpoint.dirpath is not None or loop_args["checkpoint_dir"]):
-        callbacks.append(model_checkpoint)
+    checkpoint = method.model_checkpoint
     try:
         # --model_checkpoint decides the Lightning checkpoints of the global model: the loop writes none of its own
-        loop = FederatedLoop(**loop_args, **_loop_method_args(algorithm, aggregator), callbacks=callbacks,
-                             logger=logger, seed=cfg.seed, enable_model_checkpoint=False)
-    except (ValueError, TypeError) as err:
+        loop = run.loop(logger=logger, seed=cfg.seed, enable_model_checkpoint=False, with_model_checkpoint=(
+            checkpoint is not None and (checkpoint.dirpath is not None or bool(run.loop_options["checkpoint_dir"]))))
+    except CLIError:
         finish_logger(logger)
-        raise CLIError(f"--loop: {err}") from None
+        raise
     config = config_dict(cfg)
-    for key, obj in (("model", model), ("mutation", mutation), ("aggregator", aggregator), ("data", data),
-                     ("model_checkpoint", model_checkpoint), ("algorithm", algorithm)):
+    for key, obj in (("model", model), ("mutation", method.mutation), ("aggregator", method.aggregator),
+                     ("data", run.data), ("model_checkpoint", checkpoint), ("algorithm", method.algorithm)):
         if isinstance(config.get(key), dict):  # the class path as the loop logs it (module.Class)
             config[key]["class_path"] = class_path(obj)
     # logged when fit starts the run: after a resumed run's id is read from the checkpoint, so W&B continues it
     tracking.defer_hyperparams(logger, flatten_config(config))
-    method = algorithm.name if algorithm is not None else "FedMut" if mutation is not None else "FedAvg"
-    print(f"{method}: {type(model).__name__} on {cfg.data if isinstance(cfg.data, str) else type(data).__name__},"
-          f" {len(clients)} clients, {loop.clients_per_round} per round, {plural(loop.rounds, 'round')}"
+    data_name = cfg.data if isinstance(cfg.data, str) else type(run.data).__name__
+    print(f"{method.name}: {type(model).__name__} on {data_name},"
+          f" {len(run.clients)} clients, {loop.clients_per_round} per round, {plural(loop.rounds, 'round')}"
           + (f"; resuming from {ckpt_path}" if ckpt_path is not None else ""), flush=True)
     try:
-        result = loop.fit(model, clients, val_dataloaders=val, ckpt_path=ckpt_path)
+        result = loop.fit(model, run.clients, val_dataloaders=run.val, ckpt_path=ckpt_path)
     except ValueError as err:  # a checkpoint of another run: the loop names each setting that differs
         monitor = _monitor_error(err)  # checked before the first round: the fix on the command line
         if monitor is None and not str(err).startswith("Cannot resume"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from lightning_fedmut.distributed.environment import WorkerEnvironment, detect_environment
 from lightning_fedmut.distributed.executor import DistributedExecutor, RemoteClientError, slot_owner
 from lightning_fedmut.distributed.launcher import WorkerError
-from lightning_fedmut.distributed.reduce import reduce_round_state
+from lightning_fedmut.distributed.reduce import barrier, reduce_round_state
 from lightning_fedmut.execution.base import ClientExecutor
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "RemoteClientError",
     "WorkerEnvironment",
     "WorkerError",
+    "barrier",
     "detect_environment",
     "executor_for",
     "reduce_round_state",

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import os
 import shutil
 import signal
@@ -133,6 +134,9 @@ def fork_workers(workers: int, threads: int, run: Callable[[WorkerEnvironment, C
     children: list[_Child] = []
     sys.stdout.flush()
     sys.stderr.flush()
+    # Garbage of an earlier fit (a gloo group, a store) must be freed here, where its threads run: a child that
+    # collected its copy would join threads it does not have and abort.
+    gc.collect()
     for rank in range(1, workers):
         read, write = os.pipe()
         beat_read, beat_write = os.pipe()

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from lightning_fedmut.state import DeclaredState
 
-__all__ = ["combine", "reduce_round_state"]
+__all__ = ["barrier", "combine", "reduce_round_state"]
 
 
 def combine(parts: list[Any], reduce: str) -> Any:
@@ -83,3 +83,9 @@ def reduce_round_state(components: Iterable[Any], executor: Any) -> None:
         parts = executor.all_gather_object([value for _, _, value, _ in gathered])
         for i, (component, name, _, reduce) in enumerate(gathered):
             setattr(component, name, combine([part[i] for part in parts], reduce))
+
+
+def barrier(executor: Any) -> None:
+    """Wait until every worker of ``executor`` is here (nothing to wait for in one process)."""
+    if executor.world_size > 1:
+        executor.all_gather_object(None)

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from lightning_fedmut.tasks import ClientResult, ClientTask
 from lightning_fedmut.utilities.trainer import QUIET_TRAINER_DEFAULTS
+from lightning_fedmut.utilities.warnings import warn_user
 
 if TYPE_CHECKING:
     from lightning_fedmut.execution.evaluation import Evaluator
@@ -134,9 +135,8 @@ class ClientExecutor:
         """Evaluate the global ``module`` with ``evaluator``; every process gets the same metrics."""
         return evaluator.evaluate(module, dataloaders)
 
-    # Collectives. An executor whose clients train in several processes reduces across them; in one process
-    # these do nothing. Callbacks and aggregators that accumulate over clients call them (through
-    # ``loop.executor``) in ``on_before_aggregate``, when every worker has finished its clients.
+    # Which process this is. Collectives are not part of this interface: the loop reduces the components' declared
+    # round state once per round through :mod:`lightning_fedmut.distributed`, whose executor owns them.
     @property
     def world_size(self) -> int:
         """How many processes train clients (1: this one)."""
@@ -153,8 +153,18 @@ class ClientExecutor:
         return self.rank == 0
 
     def all_reduce_(self, tensors: list[Tensor]) -> None:
-        """Sum each tensor in place over the processes (nothing to do in one process)."""
+        """Deprecated: declare the state with ``add_state(..., reduce="sum", scope="round")`` instead; the loop
+        reduces it across workers. Does nothing in one process."""
+        _deprecated_collective("all_reduce_")
 
     def all_gather_object(self, obj: Any) -> list[Any]:
-        """``obj`` of every process, in rank order (``[obj]`` in one process)."""
+        """Deprecated: declare the state with ``add_state(..., reduce="cat", scope="round")`` instead; the loop
+        gathers it across workers. ``[obj]`` in one process."""
+        _deprecated_collective("all_gather_object")
         return [obj]
+
+
+def _deprecated_collective(name: str) -> None:
+    warn_user(f"`ClientExecutor.{name}` is deprecated and will be removed in the next release: declare what a"
+              " component combines across workers with `add_state(name, default, reduce=..., scope=\"round\")`;"
+              " the loop reduces it once per round.", DeprecationWarning)

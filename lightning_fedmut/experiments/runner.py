@@ -23,7 +23,6 @@ import signal
 import threading
 import time
 import traceback
-import typing
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -387,40 +386,15 @@ def _fit_cell(args: Mapping[str, Any], folder: Path, meta: Mapping[str, Any], lo
               state: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
     """What ``lightning-fedmut fit`` does with the cell's arguments, plus the method's ``callbacks`` and, for a
     registered method, its ``algorithm`` (which brings the aggregator, start model and sampler)."""
-    from lightning_fedmut.aggregators import Aggregator
-    from lightning_fedmut.algorithms import FederatedAlgorithm
-    from lightning_fedmut.callbacks import FederatedCallback, GlobalModelCheckpoint, MutationCallback
     from lightning_fedmut.cli._logging import flatten_config, make_logger
-    from lightning_fedmut.cli._parser import CLIError, plain
-    from lightning_fedmut.cli.fit import _build, _partitions, resume_checkpoint
-    from lightning_fedmut.data import make_clients
-    from lightning_fedmut.loop import FederatedLoop
+    from lightning_fedmut.cli.fit import build_run, resume_checkpoint
 
     cfg = _cell_config(merge(args, {"loop": {"checkpoint_dir": str(folder / "checkpoints")}, "ckpt_path": "last"}),
                        meta["run_name"])
+    if cfg.algorithm is not None:  # a registered method brings its aggregator (the config refused another one)
+        cfg.aggregator = None
     ckpt_path = resume_checkpoint(cfg.ckpt_path, cfg.loop.checkpoint_dir)
-    model, train, val, collate_fn = _model_and_data(cfg)
-    algorithm = _build("algorithm", FederatedAlgorithm | None, cfg.algorithm)  # a registered method's preset
-    mutation = _build("mutation", MutationCallback | None, cfg.mutation)
-    extra = [_build("callbacks", FederatedCallback, callback) for callback in cfg.callbacks or []]
-    model_checkpoint = _build("model_checkpoint", GlobalModelCheckpoint | None, cfg.model_checkpoint)
-    aggregator = None if algorithm is not None else _build("aggregator", Aggregator, cfg.aggregator)
-    parts = _partitions(cfg.partition, train, cfg.seed)
-    clients = make_clients(train, parts, batch_size=cfg.batch_size,
-                           **({"collate_fn": collate_fn} if collate_fn is not None else {}))
-    hints = typing.get_type_hints(FederatedLoop.__init__)
-    loop_args = plain(cfg.loop.as_dict())
-    for key, value in loop_args.items():  # class-typed loop arguments (sampler, executor ...) given by class path
-        if isinstance(value, Mapping) and "class_path" in value:
-            loop_args[key] = _build(key, hints[key], getattr(cfg.loop, key))
-    if loop_args.get("algorithm") is None:  # the cell's `algorithm`, if any, is passed below
-        loop_args.pop("algorithm", None)
-    if loop_args["clients_per_round"] > len(clients):
-        raise CLIError(f"loop.clients_per_round: expected at most the number of clients ({len(clients)}),"
-                       f" got {loop_args['clients_per_round']}")
-    callbacks = ([mutation] if mutation is not None else []) + list(extra)
-    if model_checkpoint is not None:
-        callbacks.append(model_checkpoint)
+    run = build_run(cfg)  # what `lightning-fedmut fit` builds from the same arguments
     logger = make_logger(logging["kind"], save_dir=logging["save_dir"], project=logging.get("project"),
                          group=logging.get("group"), name=meta["run_name"], silent=True)
     state["logger"] = logger
@@ -430,10 +404,9 @@ def _fit_cell(args: Mapping[str, Any], folder: Path, meta: Mapping[str, Any], lo
         tracking.defer_hyperparams(logger, {
             "benchmark.name": meta.get("benchmark"), "benchmark.method": meta["method"],
             "benchmark.partition": meta["partition"], "benchmark.seed": meta["seed"], **flatten_config(config)})
-    loop = FederatedLoop(**loop_args, aggregator=aggregator, callbacks=callbacks, logger=logger, seed=cfg.seed,
-                         **({"algorithm": algorithm} if algorithm is not None else {}))
+    loop = run.loop(logger=logger, seed=cfg.seed)
     state["rounds"] = cfg.loop.rounds
-    result = loop.fit(model, clients, val_dataloaders=val, ckpt_path=ckpt_path)
+    result = loop.fit(run.model, run.clients, val_dataloaders=run.val, ckpt_path=ckpt_path)
     state["run_id"] = None if logger is None or logger.version is None else str(logger.version)
     return result.history, len(result.failures)
 

@@ -15,8 +15,9 @@ signal connector).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lightning_fedmut.utilities.lazy import lazy_exports
 
 __all__ = ["FederatedLoop", "FederatedResult", "RunState"]
 
@@ -32,13 +33,4 @@ if TYPE_CHECKING:
     from lightning_fedmut.result import FederatedResult
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'lightning_fedmut.loop' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

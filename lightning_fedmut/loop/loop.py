@@ -20,7 +20,7 @@ from lightning_fedmut.algorithms.base import FederatedAlgorithm
 from lightning_fedmut.callbacks.base import FederatedCallback
 from lightning_fedmut.client_state import ClientStateStore, InMemoryClientStateStore
 from lightning_fedmut.data.client import Client
-from lightning_fedmut.distributed import executor_for, reduce_round_state
+from lightning_fedmut.distributed import barrier, executor_for, reduce_round_state
 from lightning_fedmut.divergence import DivergenceMonitor
 from lightning_fedmut.execution import ClientExecutor, ClientTraining, Evaluator, SequentialExecutor
 from lightning_fedmut.functional.state import copy_, frozen_keys
@@ -361,8 +361,7 @@ class FederatedLoop:
                     if isinstance(data, LightningDataModule) and id(data) not in seen:
                         seen.add(id(data))
                         data.prepare_data()
-        if self.executor.world_size > 1:
-            self.executor.all_gather_object(None)  # a barrier: nobody reads data rank 0 is still preparing
+        barrier(self.executor)  # nobody reads data rank 0 is still preparing
 
     def _finish(self, model: LightningModule) -> None:
         self._round_log.log_client_table()

@@ -12,6 +12,7 @@ from lightning_fedmut.exceptions import ClientDataExhaustedError, DivergenceErro
 from lightning_fedmut.execution.base import TaskHooks
 from lightning_fedmut.functional.state import first_non_finite
 from lightning_fedmut.loop.connectors.failures import divergence_causes
+from lightning_fedmut.state import DeclaredState
 from lightning_fedmut.tasks import ClientResult, ClientTask
 
 if TYPE_CHECKING:
@@ -51,11 +52,14 @@ class LoopTaskHooks(TaskHooks):
         self.loop, self.module, self.global_state = loop, module, global_state
         self._keys = [k for k, p in module.named_parameters() if p.requires_grad and p.is_floating_point()]
         self._start: dict[int, float] = {}  # each slot's start weights, as one number
+        self._declaring = [c for c in loop._components() if isinstance(c, DeclaredState) and c.declares("client")]
 
     def on_task_start(self, task: ClientTask) -> None:
         loop = self.loop
         if loop.local_steps is not None:
             task.callbacks.append(_EpochGuard(task.client.id))
+        for component in self._declaring:  # declared client state: this client's values
+            component.load_client_state(task.client_state)
         loop._call("on_client_fit_start", self.module, task)
         self._start[task.slot] = _fingerprint(task.start_state, self._keys)
         if loop._start_models_change:
@@ -75,3 +79,5 @@ class LoopTaskHooks(TaskHooks):
         else:
             self.loop._call("on_client_fit_end", self.module, result)
             self.loop.sampler.observe(result, self.global_state)
+        for component in self._declaring:  # kept with the client's state; a failed client's is dropped
+            component.store_client_state(None if result.failed else result.client_state)

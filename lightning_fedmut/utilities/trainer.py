@@ -105,7 +105,7 @@ def quiet_console() -> Iterator[None]:
             lg.setLevel(level)
 
 
-#: What the patches replace; ``tests/test_lightning_patches.py`` fails when a Lightning release moves them.
+#: What the patches replace; ``tests/execution/test_lightning_patches.py`` fails when a Lightning release moves them.
 PATCH_TARGETS = (
     ("lightning.pytorch.trainer.connectors.callback_connector", "_load_external_callbacks"),
     ("lightning.pytorch.trainer.connectors.logger_connector.result", "_ResultMetric.to"),

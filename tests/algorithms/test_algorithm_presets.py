@@ -14,7 +14,7 @@ from lightning_fedmut.callbacks import FedMR, FedProx, GlobalModelCheckpoint, Sc
 from lightning_fedmut.data import partition_dirichlet
 from lightning_fedmut.sampling import ClusteredSampler
 
-#: preset (as the algorithm) and the same method as components (tests/test_baselines_resume.py's settings)
+#: preset (as the algorithm) and the same method as components (tests/algorithms/test_baselines_resume.py's settings)
 CASES = {
     "FedAvg": (lambda: algos.FedAvg(weighted=False), lambda: {"aggregator": FedAvg(weighted=False)}),
     "FedMut": (lambda: algos.FedMut(radius=2.0),

@@ -114,7 +114,7 @@ print("done")
 @pytest.mark.slow
 def test_with_two_workers_a_warning_is_printed_once(tmp_path):
     script = tmp_path / "run.py"
-    script.write_text(textwrap.dedent(SCRIPT.format(tests=str(Path(__file__).parent))))
+    script.write_text(textwrap.dedent(SCRIPT.format(tests=str(Path(__file__).parents[1]))))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     done = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr

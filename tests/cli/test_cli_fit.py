@@ -15,7 +15,7 @@ from lightning_fedmut.cli import main
 from lightning_fedmut.cli.fit import data_choice, fit_parser
 from lightning_fedmut.data import save_partition_json
 
-FIXTURES = Path(__file__).parent / "fixtures_cli"
+FIXTURES = Path(__file__).parents[1] / "fixtures_cli"
 sys.path.insert(0, str(FIXTURES))
 from wandb_offline_run import offline_runs, read_run  # noqa: E402 - from FIXTURES, put on the path above
 

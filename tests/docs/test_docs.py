@@ -28,7 +28,7 @@ import yaml
 
 import lightning_fedmut
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 API = DOCS / "api"
 PAGES = sorted(p for p in DOCS.rglob("*.md") if "generated" not in p.parts)

@@ -27,8 +27,8 @@ from lightning_fedmut.cli.sweep import (
     sample,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures_cli"
-EXAMPLES = Path(__file__).parent.parent / "examples" / "sweeps"
+FIXTURES = Path(__file__).parents[1] / "fixtures_cli"
+EXAMPLES = Path(__file__).parents[2] / "examples" / "sweeps"
 sys.path.insert(0, str(FIXTURES))
 from wandb_offline_run import offline_runs, read_run  # noqa: E402 - from FIXTURES, put on the path above
 

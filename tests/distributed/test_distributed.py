@@ -182,7 +182,7 @@ def _processes_running(marker: str) -> list[int]:
 
 def test_ctrl_c_ends_every_worker_and_saves_the_last_round(tmp_path):
     script = tmp_path / "interrupt_me.py"
-    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent), ckpt=str(tmp_path / "ckpt")))
+    script.write_text(SCRIPT.format(tests=str(Path(__file__).parents[1]), ckpt=str(tmp_path / "ckpt")))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, text=True)
     try:
@@ -246,7 +246,7 @@ def test_under_torchrun_the_loop_joins_its_processes(tmp_path):
     import socket
 
     script = tmp_path / "under_torchrun.py"
-    script.write_text(TORCHRUN_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
+    script.write_text(TORCHRUN_SCRIPT.format(tests=str(Path(__file__).parents[1]), out=str(tmp_path)))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

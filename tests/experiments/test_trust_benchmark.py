@@ -20,7 +20,7 @@ from lightning_fedmut.callbacks import FederatedCallback
 from lightning_fedmut.cli import main
 from lightning_fedmut.experiments import run_benchmark
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parents[1]
 ROOT = HERE.parent
 TINY = {
     "name": "tiny",
@@ -106,7 +106,7 @@ def test_the_cells_exit_once_saved_when_the_parent_is_killed(tmp_path):
     config = write_config(tmp_path / "tiny.yaml", {**TINY, "seeds": 2, "methods": ["FedAvg"], "fit": {
         **TINY["fit"], "loop": {**TINY["fit"]["loop"], "rounds": 200}, "callbacks": [slow]}})
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(HERE), str(ROOT)]), "OMP_NUM_THREADS": "1"}
     parent = subprocess.Popen([sys.executable, "-m", "lightning_fedmut.cli", "benchmark", str(config), "--output",
                                str(out), "--parallel", "2"], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)

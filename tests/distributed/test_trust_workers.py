@@ -22,7 +22,7 @@ from lightning_fedmut.distributed import DistributedExecutor, WorkerError
 from lightning_fedmut.exceptions import Preempted
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="workers are forked; tested on Linux")
-TESTS = str(Path(__file__).parent)
+TESTS = str(Path(__file__).parents[1])
 
 
 def _clients(n=4):

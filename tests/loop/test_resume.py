@@ -106,7 +106,7 @@ def test_killed_process_then_resume(synthetic, tmp_path, reference):
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent(f"""
         import os, signal, sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parents[1])!r}]
         import torch
         torch.set_num_threads(1)
         from helpers import make_synthetic

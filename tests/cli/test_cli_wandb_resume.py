@@ -13,7 +13,7 @@ from lightning_fedmut.checkpoint import load_checkpoint
 from lightning_fedmut.cli import main
 from lightning_fedmut.models import DigitsCNN
 
-FIXTURES = Path(__file__).parent / "fixtures_cli"
+FIXTURES = Path(__file__).parents[1] / "fixtures_cli"
 sys.path.insert(0, str(FIXTURES))
 from wandb_offline_run import offline_runs, read_run  # noqa: E402 - from FIXTURES, put on the path above
 

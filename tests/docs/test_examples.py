@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted([*ROOT.glob("examples/*.py"), *ROOT.glob("examples/tutorials/*.py")])
 
 #: The files each example writes into FEDMUT_OUTPUT_DIR (glob patterns). A new example needs an entry.

@@ -13,7 +13,7 @@ from lightning_fedmut.cli import _logging, main
 from lightning_fedmut.cli._parser import parse
 from lightning_fedmut.cli.demo import FLAGS, demo_kwargs, demo_parser
 
-sys.path.insert(0, str(Path(__file__).parent / "fixtures_cli"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "fixtures_cli"))
 from wandb_offline_run import offline_runs, read_run
 
 SMALL = ["--rounds=3", "--clients=6", "--clients_per_round=2", "--seeds=2", "--local_epochs=1"]

@@ -16,7 +16,7 @@ import pytest
 
 from lightning_fedmut.algorithms import build_algorithm, names
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PAGES = sorted(p for p in (ROOT / "docs").rglob("*.md") if "generated" not in p.parts)
 EXAMPLES = sorted(ROOT.glob("examples/**/*.py"))
 

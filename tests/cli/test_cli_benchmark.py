@@ -24,7 +24,7 @@ from lightning_fedmut.callbacks import FederatedCallback
 from lightning_fedmut.cli import main
 from lightning_fedmut.experiments import load_benchmark, run_benchmark
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parents[1]
 ROOT = HERE.parent
 TINY = {
     "name": "tiny",
@@ -227,7 +227,7 @@ def test_a_killed_benchmark_resumes_to_the_uninterrupted_numbers_in_parallel(tin
     config = write_config(tmp_path / "tiny.yaml", {**TINY, "logger": "none",
                                                    "fit": {**TINY["fit"], "callbacks": [killer]}})
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(HERE), str(ROOT)]), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "lightning_fedmut.cli", "benchmark", str(config), "--output", str(out)]
     first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert first.returncode == -signal.SIGKILL, first.stderr

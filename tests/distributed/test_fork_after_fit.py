@@ -1,0 +1,70 @@
+"""A later fit with workers in the same process (a notebook, a sweep): its forked workers inherit what the earlier
+fits left for the garbage collector, such as the gloo group of a fit whose worker was killed, and must survive
+collecting it (freeing a group in a child that lacks its threads aborted the child)."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+
+import pytest
+import torch
+from helpers import TinyModule, make_synthetic
+
+from lightning_fedmut import FederatedCallback, FederatedLoop, make_clients
+from lightning_fedmut.aggregators import FedAvg
+from lightning_fedmut.data import partition_iid
+
+
+class SignalRankOne(FederatedCallback):
+    def __init__(self, signum):
+        self.signum = signum
+
+    def on_round_start(self, loop, module):
+        if loop.round == 1 and loop.executor.rank == 1:
+            os.kill(os.getpid(), self.signum)
+
+
+class CollectGarbage(FederatedCallback):
+    """Runs the garbage collector in every worker, as Python may at any allocation."""
+
+    def on_round_start(self, loop, module):
+        gc.collect()
+
+
+def fit_once(callbacks):
+    train, _ = make_synthetic(n_train=80)
+    clients = make_clients(train, partition_iid(len(train), 4, seed=0), batch_size=10)
+    torch.manual_seed(0)
+    loop = FederatedLoop(rounds=2, clients_per_round=4, local_steps=1, aggregator=FedAvg(), callbacks=callbacks,
+                         workers=2, enable_progress_bar=False, seed=0)
+    return loop.fit(TinyModule(), clients)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_workers_of_a_later_fit_survive_collecting_an_earlier_fits_garbage(signum):
+    from lightning_fedmut.distributed.launcher import WorkerError
+    from lightning_fedmut.exceptions import Preempted
+
+    def stopped_fit():  # its exception, kept as a test keeps it, ends up in a reference cycle: garbage
+        with pytest.raises((Preempted, WorkerError), match="rank 1") as caught:
+            fit_once([SignalRankOne(signum)])
+        return caught.type
+
+    def too_long(signum, frame):
+        raise TimeoutError("the fit after the stopped one hung: a worker deadlocked freeing inherited garbage")
+
+    gc.disable()  # the cycle is still uncollected when the next fit forks, as happens between collections
+    previous = signal.signal(signal.SIGALRM, too_long)
+    try:
+        stopped_fit()
+        signal.alarm(60)
+        result = fit_once([CollectGarbage()])  # a worker that aborted would raise WorkerError naming it
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        gc.enable()
+    assert [row["round"] for row in result.history] == [0, 1]
+
