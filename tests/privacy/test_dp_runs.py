@@ -4,6 +4,7 @@ a bit-for-bit resume, two workers equal to one process, and the refusals before 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -11,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import Crash, TinyModule, state_of
-from test_baselines_quadratic import W0, Quadratic, Recorder, local_sgd, quadratic_clients, weights
 from torch.utils.data import DataLoader
 
 from lightning_fedmut import FederatedCallback, FederatedLoop, MutationCallback, make_clients
@@ -22,6 +22,20 @@ from lightning_fedmut.data import partition_iid
 from lightning_fedmut.privacy import DifferentialPrivacy, DPAggregator
 from lightning_fedmut.sampling import ClusteredSampler, PoissonSampler
 
+
+def _quadratic_harness():
+    """The float64 quadratic harness of the baselines' tests (tests/algorithms/test_baselines_quadratic.py)."""
+    path = Path(__file__).resolve().parents[1] / "algorithms" / "test_baselines_quadratic.py"
+    spec = importlib.util.spec_from_file_location("_baselines_quadratic_harness", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_harness = _quadratic_harness()
+W0, Quadratic, Recorder, local_sgd = _harness.W0, _harness.Quadratic, _harness.Recorder, _harness.local_sgd
+quadratic_clients, weights = _harness.quadratic_clients, _harness.weights
 distributed = pytest.importorskip("lightning_fedmut.distributed")
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="workers are forked; tested on Linux")
 FIXTURE = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "dp_epsilon.json").read_text())
