@@ -61,6 +61,10 @@ class FederatedCallback(DeclaredState):
         ('CountRounds', {'every': 2}, {'rounds': 0})
     """
 
+    #: Names of this callback's figures (from :meth:`metrics`) to show beside the validation metrics on the
+    #: progress bar and in each round's line (``("dp/epsilon",)``, say).
+    progress_bar_metrics: tuple[str, ...] = ()
+
     @property
     def state_key(self) -> str:
         """Key of this callback's state in a federated checkpoint; override when two instances coexist."""

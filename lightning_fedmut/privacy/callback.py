@@ -65,6 +65,9 @@ class DifferentialPrivacy(LocalCallback):
         ValueError: Expected `delta` in (0.0, 1.0), got 1.0.
     """
 
+    #: Shown beside the validation metrics on the progress bar and each round's line.
+    progress_bar_metrics = ("dp/epsilon",)
+
     def __init__(self, delta: float = 1e-5, target_epsilon: float | None = None, accountant: str = "rdp") -> None:
         self._accountant = PrivacyAccountant(accountant, delta)
         self.delta = self._accountant.delta

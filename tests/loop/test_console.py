@@ -120,3 +120,20 @@ def test_with_two_workers_a_warning_is_printed_once(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == "done\n"
     assert done.stderr.count("UserWarning: check the learning rate") == 1, done.stderr
+
+
+def test_a_components_progress_bar_metrics_are_in_each_round_line(tmp_path, capfd):
+    from lightning_fedmut import FederatedCallback
+
+    class Budget(FederatedCallback):
+        progress_bar_metrics = ("demo/spent",)
+
+        def metrics(self):
+            return {"demo/spent": 0.125, "demo/hidden": 7.0}
+
+    result = _fit(tmp_path, callbacks=[Budget()])
+    lines = capfd.readouterr().err.splitlines()
+    assert len(lines) == 3
+    for line, r in zip(lines, result.history):
+        assert re.fullmatch(re.escape(f"round {r['round']} ({r['round'] + 1}/3): val_loss {r['val_loss']:.4f},"
+                                      f" val_acc {r['val_acc']:.4f}, demo/spent 0.1250, ") + r"\d+\.\d s", line), line

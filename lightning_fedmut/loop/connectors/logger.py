@@ -43,11 +43,15 @@ class RoundLog:
         tracking.log_round(loop._logger, {**row, **timing})
         if (loop.round + 1) % loop.client_table_every == 0:
             self.log_client_table()
-        shown = {k: f"{v:.4g}" for k, v in val_metrics.items()}
+        # the validation metrics, and the figures a component asks to show (`progress_bar_metrics`: dp/epsilon ...)
+        extra = {k: row[k] for c in loop._components() for k in getattr(c, "progress_bar_metrics", ())
+                 if isinstance(row.get(k), (int, float))}
+        shown = {k: f"{v:.4g}" for k, v in {**val_metrics, **extra}.items()}
         if loop._bar is not None:
             loop._bar.set_postfix({**shown, "failed": len(loop.failures)} if loop.failures else shown, refresh=False)
         if progress_mode(loop.enable_progress_bar, loop.is_global_zero) == "lines":
-            metrics = val_metrics or {k: row[k] for k in ("clients/train_loss",) if isinstance(row.get(k), float)}
+            metrics = {**(val_metrics or {k: row[k] for k in ("clients/train_loss",) if isinstance(row.get(k), float)}),
+                       **extra}
             print(round_line(loop.round, loop.rounds, metrics, elapsed, failed=len(failed)), file=sys.stderr,
                   flush=True)
 
