@@ -86,7 +86,7 @@ def resolve_name(name: str) -> str:
         >>> resolve_name("FedMutt")
         Traceback (most recent call last):
         ...
-        ValueError: Expected `algorithm` to be a registered method name, got 'FedMutt' (did you mean FedMut?); known: FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, ClusteredSampling, FedNova, FedSAM, FedASAM, FedDyn.
+        ValueError: Expected `algorithm` to be a registered method name, got 'FedMutt' (did you mean FedMut?); known: FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, ClusteredSampling, FedNova, FedSAM, FedASAM, FedDyn, FedBN, FedPer.
     """
     if isinstance(name, str):
         for registered in _REGISTRY:
@@ -146,6 +146,7 @@ def _register_presets() -> None:
     from lightning_fedmut.algorithms.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
     from lightning_fedmut.algorithms.fedprox import FedProx
     from lightning_fedmut.algorithms.fedsam import FedASAM, FedSAM
+    from lightning_fedmut.algorithms.personalised import FedBN, FedPer
     from lightning_fedmut.algorithms.scaffold import SCAFFOLD
 
     for cls in (FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR,
@@ -155,6 +156,8 @@ def _register_presets() -> None:
     register("FedSAM", FedSAM)
     register("FedASAM", FedASAM)
     register("FedDyn", FedDyn)
+    register("FedBN", FedBN)
+    register("FedPer", FedPer)
 
 
 _register_presets()
