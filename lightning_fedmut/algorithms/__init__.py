@@ -17,6 +17,7 @@ from lightning_fedmut.algorithms.fednova import FedNova
 from lightning_fedmut.algorithms.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from lightning_fedmut.algorithms.fedprox import FedProx
 from lightning_fedmut.algorithms.fedsam import FedASAM, FedSAM
+from lightning_fedmut.algorithms.personalised import FedBN, FedPer
 from lightning_fedmut.algorithms.registry import (
     algorithm_class,
     build_algorithm,
@@ -38,11 +39,13 @@ __all__ = [
     "FedAdam",
     "FedAvg",
     "FedAvgM",
+    "FedBN",
     "FedDyn",
     "FedExP",
     "FedMR",
     "FedMut",
     "FedNova",
+    "FedPer",
     "FedProx",
     "FedSAM",
     "FedYogi",

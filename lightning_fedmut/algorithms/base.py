@@ -8,6 +8,7 @@ from typing import Any
 from lightning_fedmut.aggregators.base import Aggregator
 from lightning_fedmut.aggregators.fedavg import FedAvg as _FedAvgAggregator
 from lightning_fedmut.callbacks.base import FederatedCallback, LocalCallback, StartModelCallback
+from lightning_fedmut.federation import FederationPolicy
 from lightning_fedmut.sampling import ClientSampler
 
 __all__ = ["FederatedAlgorithm"]
@@ -42,6 +43,7 @@ class FederatedAlgorithm:
         sampler: the client sampler, or ``None`` for the loop's default.
         callbacks: other federated callbacks of the method (neither start-model nor local).
         name: the method's name in run configs; default the class name.
+        federation: which entries are federated, local or frozen (FedBN, FedPer); ``None``: the loop's policy.
 
     Examples:
         >>> from lightning_fedmut import MutationCallback
@@ -65,6 +67,7 @@ class FederatedAlgorithm:
         sampler: ClientSampler | None = None,
         callbacks: Sequence[FederatedCallback] = (),
         name: str | None = None,
+        federation: FederationPolicy | None = None,
     ) -> None:
         if aggregator is None:
             aggregator = _FedAvgAggregator()
@@ -87,6 +90,9 @@ class FederatedAlgorithm:
             if isinstance(cb, (StartModelCallback, LocalCallback)):
                 raise TypeError(f"Expected every item of `callbacks` to be neither a start-model nor a local"
                                 f" component, got {_described(cb)}.")
+        if federation is not None and not isinstance(federation, FederationPolicy):
+            raise TypeError(f"Expected `federation` to be a FederationPolicy or None, got {type(federation).__name__}.")
+        self.federation = federation
         self._name = name
         self._init_args: dict[str, Any] = {}
 

@@ -86,7 +86,7 @@ def resolve_name(name: str) -> str:
         >>> resolve_name("FedMutt")
         Traceback (most recent call last):
         ...
-        ValueError: Expected `algorithm` to be a registered method name, got 'FedMutt' (did you mean FedMut?); known: FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, ClusteredSampling, FedNova, FedSAM, FedASAM, FedDyn, DPFedAvg, DPFedMut.
+        ValueError: Expected `algorithm` to be a registered method name, got 'FedMutt' (did you mean FedMut?); known: FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, ClusteredSampling, FedNova, FedSAM, FedASAM, FedDyn, DPFedAvg, DPFedMut, FedBN, FedPer.
     """
     if isinstance(name, str):
         for registered in _REGISTRY:
@@ -147,6 +147,7 @@ def _register_presets() -> None:
     from lightning_fedmut.algorithms.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
     from lightning_fedmut.algorithms.fedprox import FedProx
     from lightning_fedmut.algorithms.fedsam import FedASAM, FedSAM
+    from lightning_fedmut.algorithms.personalised import FedBN, FedPer
     from lightning_fedmut.algorithms.scaffold import SCAFFOLD
 
     for cls in (FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR,
@@ -158,6 +159,8 @@ def _register_presets() -> None:
     register("FedDyn", FedDyn)
     register("DPFedAvg", DPFedAvg)
     register("DPFedMut", DPFedMut)
+    register("FedBN", FedBN)
+    register("FedPer", FedPer)
 
 
 _register_presets()

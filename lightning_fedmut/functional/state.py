@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Collection, Mapping, Sequence
 
 import torch
@@ -23,7 +24,8 @@ def frozen_keys(module: torch.nn.Module) -> frozenset[str]:
 
     The one rule for what no federated method touches: a frozen parameter is neither sent through the
     average, nor stepped by a server optimizer, nor mutated, nor recombined; the global copy stands bit for
-    bit. Components read it once per fit, from the global module at setup. Buffers (BatchNorm running
+    bit. During a ``fit`` whose :class:`~lightning_fedmut.federation.FederationPolicy` keeps entries local or
+    frozen, those are included (:func:`set_unshared`). Components read it once per fit, from the global module at setup. Buffers (BatchNorm running
     statistics) are not parameters and are never frozen by this rule. A parameter shared under two names
     is frozen under both.
 
@@ -33,7 +35,29 @@ def frozen_keys(module: torch.nn.Module) -> frozenset[str]:
         >>> sorted(frozen_keys(net))
         ['0.weight']
     """
-    return frozenset(name for name, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad)
+    grad_frozen = frozenset(name for name, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad)
+    return grad_frozen | _UNSHARED.get(module, frozenset())
+
+
+#: Entries a ``fit``'s federation policy keeps local or frozen, per global module (see ``set_unshared``).
+_UNSHARED: weakref.WeakKeyDictionary[torch.nn.Module, frozenset[str]] = weakref.WeakKeyDictionary()
+
+
+def set_unshared(module: torch.nn.Module, keys: Collection[str] | None) -> None:
+    """During a ``fit``, :func:`frozen_keys` of ``module`` includes ``keys`` (its federation policy's local and
+    frozen entries), so every component leaves them alone; ``None`` ends that.
+
+    Examples:
+        >>> net = torch.nn.Linear(2, 2)
+        >>> set_unshared(net, {"bias"}); sorted(frozen_keys(net))
+        ['bias']
+        >>> set_unshared(net, None); sorted(frozen_keys(net))
+        []
+    """
+    if keys is None:
+        _UNSHARED.pop(module, None)
+    else:
+        _UNSHARED[module] = frozenset(keys)
 
 
 def frozen_hint(saved_keys: Sequence[str], frozen: Collection[str]) -> str:

@@ -42,6 +42,7 @@ def loop_hparams(loop: FederatedLoop) -> dict[str, Any]:
         "aggregator": _plugin(loop.aggregator),
         "sampler": _plugin(loop.sampler),
         "callbacks": [_plugin(cb) for cb in loop.callbacks],
+        "federation": loop.federation.hparams,
         "trainer_kwargs": {
             k: v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)
             for k, v in loop.trainer_kwargs.items()

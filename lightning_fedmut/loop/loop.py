@@ -23,7 +23,8 @@ from lightning_fedmut.data.client import Client
 from lightning_fedmut.distributed import barrier, executor_for, reduce_round_state
 from lightning_fedmut.divergence import DivergenceMonitor
 from lightning_fedmut.execution import ClientExecutor, ClientTraining, Evaluator, SequentialExecutor
-from lightning_fedmut.functional.state import copy_, frozen_keys
+from lightning_fedmut.federation import FederationPolicy
+from lightning_fedmut.functional.state import copy_, frozen_keys, set_unshared
 from lightning_fedmut.loop import checks
 from lightning_fedmut.loop.call import call_hook
 from lightning_fedmut.loop.config import loop_hparams, run_config
@@ -110,6 +111,10 @@ class FederatedLoop:
             recorded as a failed client (:class:`~lightning_fedmut.exceptions.ClientTimeoutError`, with its id)
             and left out of the aggregate. ``None`` (default): no limit. SIGALRM interrupts the client's Python
             code, so ``fit`` must run in the main thread; a client stuck inside one C call is not interrupted.
+        federation: a :class:`~lightning_fedmut.federation.FederationPolicy`: which entries of the model are
+            federated, kept local on each client (FedBN's BatchNorm, FedPer's head) or frozen; default: every entry
+            but the frozen parameters is federated (an algorithm's own policy, such as ``FedBN()``'s, is used when
+            this is ``None``).
         algorithm: a :class:`~lightning_fedmut.algorithms.FederatedAlgorithm` (``FedMut()``, ``FedProx(mu=0.01)``
             ...): its aggregator, sampler and federated callbacks, instead of passing them one by one (not
             together with ``aggregator`` or ``sampler``); ``callbacks`` are added after the algorithm's.
@@ -155,6 +160,7 @@ class FederatedLoop:
         divergence: DivergenceMonitor | bool = True,
         client_timeout: float | None = None,
         algorithm: FederatedAlgorithm | None = None,
+        federation: FederationPolicy | None = None,
     ) -> None:
         self.rounds = check_int("rounds", rounds, low=1)
         self.clients_per_round = check_int("clients_per_round", clients_per_round, low=1)
@@ -163,6 +169,8 @@ class FederatedLoop:
         self.evaluate_every = check_int("evaluate_every", evaluate_every, low=1)
         self.seed = check_int("seed", seed, low=0)
         self.algorithm, aggregator, sampler, callbacks = checks.check_algorithm(algorithm, aggregator, sampler, callbacks)
+        self.federation = checks.check_instance("federation", federation, FederationPolicy, "a FederationPolicy",
+                                                lambda: getattr(self.algorithm, "federation", None) or FederationPolicy())
         self.aggregator = checks.check_instance("aggregator", aggregator, Aggregator, "a lightning_fedmut Aggregator", FedAvg)
         self.callbacks = checks.check_callbacks(callbacks)
         self.logger = None if logger is None else checks.check_instance(
@@ -201,7 +209,8 @@ class FederatedLoop:
         self._round_log = RoundLog(self)
         self._signals = SignalGuard(self)
         self._first_round = 0
-        self._frozen: frozenset[str] = frozenset()  # frozen parameters: no aggregate is written into them
+        self._frozen: frozenset[str] = frozenset()  # frozen and local entries: no aggregate is written into them
+        self._local: list[str] = []  # each client's own entries (the federation policy's local ones)
         self._checked_train_metrics = self._checked_val_metrics = False  # warned once per fit of unlogged metrics
 
     # what a fit has done, owned by ``run_state`` (these names stay for callbacks that read them)
@@ -328,6 +337,9 @@ class FederatedLoop:
 
     def _setup(self, model: LightningModule, saved: dict[str, Any] | None) -> None:
         self._prepare_data(model)
+        _, local, frozen = self.federation.split(model)  # every component reads frozen_keys(model) from here on
+        set_unshared(model, local | frozen)
+        self._local = sorted(local)
         self._call("setup", model, "fit")
         self._frozen = frozen_keys(model)
         self.aggregator.setup(model)
@@ -374,6 +386,7 @@ class FederatedLoop:
             self._bar = None
         self._in_client_phase = False
         self._call("teardown", model, "fit")
+        set_unshared(model, None)
         self.executor.teardown()
         self.checkpoint_connector.unlock()
 

@@ -10,6 +10,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lightning_fedmut.exceptions import ClientDataExhaustedError, DivergenceError
 from lightning_fedmut.execution.base import TaskHooks
+from lightning_fedmut.federation import local_key
 from lightning_fedmut.functional.state import first_non_finite
 from lightning_fedmut.loop.connectors.failures import divergence_causes
 from lightning_fedmut.state import DeclaredState
@@ -58,6 +59,10 @@ class LoopTaskHooks(TaskHooks):
         loop = self.loop
         if loop.local_steps is not None:
             task.callbacks.append(_EpochGuard(task.client.id))
+        for key in loop._local:  # the federation policy's local entries: the client's own, once it has trained
+            own = task.client_state.get(local_key(key))
+            if own is not None:
+                task.start_state[key].copy_(own)
         for component in self._declaring:  # declared client state: this client's values
             component.load_client_state(task.client_state)
         loop._call("on_client_fit_start", self.module, task)
@@ -81,3 +86,6 @@ class LoopTaskHooks(TaskHooks):
             self.loop.sampler.observe(result, self.global_state)
         for component in self._declaring:  # kept with the client's state; a failed client's is dropped
             component.store_client_state(None if result.failed else result.client_state)
+        if not result.failed and self.loop._local and result.state is not None and result.client_state is not None:
+            for key in self.loop._local:  # the client keeps its trained local entries for its next round
+                result.client_state[local_key(key)] = result.state[key].detach().cpu().clone()

@@ -344,7 +344,9 @@ def fingerprint(loop: FederatedLoop, model: LightningModule, clients: list[Clien
     loaders = [_loader_settings(c.data) for c in clients]
     val_loaders = [None if c.val_data is None else _loader_settings(c.val_data) for c in clients]
     val = getattr(loop, "_val", None)
+    policy = getattr(loop, "federation", None)
     return {
+        **({} if policy is None or policy.is_default else {"federation": policy.hparams}),
         "model": class_path(model),
         "model_hparams": _plain(dict(getattr(model, "hparams", {}))),
         "model_state": _digest(shapes) if len(shapes) > 8 else shapes,
