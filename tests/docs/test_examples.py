@@ -38,6 +38,7 @@ PROMISED = {
     "memory_footprint": ["memory.md"],
     "10_reproducing_the_paper": ["digits-small/results.md", "digits-small/results.csv", "digits-small/summary.json",
                                  "digits-small/curves.png", "digits_table.md"],
+    "11_privacy": ["table.md", "history.csv"],
 }
 #: How many files some patterns must match (default: at least one).
 COUNTS = {
