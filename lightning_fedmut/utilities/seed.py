@@ -9,6 +9,7 @@ MUTATION_STREAM = 1
 CLIENT_STREAM = 2
 FEDMR_STREAM = 3
 CLUSTERED_SAMPLING_STREAM = 4
+FEDGEN_STREAM = 5
 
 
 def derive_seed(seed: int, *path: int) -> int:

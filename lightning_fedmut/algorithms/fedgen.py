@@ -1,0 +1,44 @@
+"""FedGen (Zhu, Hong and Zhou, ICML 2021): data-free knowledge distillation, as the FedMut paper's Table 1 runs it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning_fedmut.aggregators.fedavg import FedAvg as FedAvgAggregator
+from lightning_fedmut.algorithms.base import FederatedAlgorithm
+from lightning_fedmut.callbacks.fedgen import FedGen as FedGenCallback
+from lightning_fedmut.callbacks.fedgen import HeadSpec, LabelsFn
+
+__all__ = ["FedGen"]
+
+
+class FedGen(FederatedAlgorithm):
+    r"""FedGen: the server trains a generator of latent features from the clients' heads; clients learn from it.
+
+    Components: :class:`~lightning_fedmut.callbacks.FedGen` (the clients' regulariser and the server's generator
+    training after each aggregation, with its settings) as the local component and
+    :class:`~lightning_fedmut.aggregators.FedAvg` (``weighted``; example-weighted as in the FedMut reference code).
+    The defaults are that code's; ``head`` names the split of the model into feature extractor and head (default:
+    its last ``nn.Linear``).
+
+    Args:
+        alpha: client weight of the cross-entropy on generated features.
+        beta: client weight of the KL term.
+        head: the classifier head: a submodule path, a function of the module, or ``None``.
+        labels: a function of a training batch that returns its labels, or ``None``.
+        weighted: weight clients by their number of examples.
+        **settings: the generator's settings (``batch_size``, ``generator_steps``, ``generator_lr``, ...), as
+            :class:`~lightning_fedmut.callbacks.FedGen` takes them.
+
+    Examples:
+        >>> algo = FedGen(head="net.9")
+        >>> algo.hparams, type(algo.local[0]).__module__
+        ({'alpha': 0.2, 'beta': 0.2, 'head': 'net.9', 'labels': None, 'weighted': True}, 'lightning_fedmut.callbacks.fedgen')
+    """
+
+    def __init__(self, alpha: float = 0.2, beta: float = 0.2, head: HeadSpec = None, labels: LabelsFn | None = None,
+                 weighted: bool = True, **settings: Any) -> None:
+        callback = FedGenCallback(alpha=alpha, beta=beta, head=head, labels=labels, **settings)
+        super().__init__(aggregator=FedAvgAggregator(weighted=weighted), local=[callback])
+        self._save_init_args(alpha=alpha, beta=beta, head=callback.head, labels=callback.labels, weighted=weighted,
+                             **settings)
