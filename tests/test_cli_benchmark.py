@@ -422,7 +422,7 @@ PAPER = {"cifar10_cnn": ("LeNetCNN", 0.3, "Dir(0.1)", 47.93, 51.25),
 def test_the_paper_configs_run_when_the_data_is_present(tmp_path, monkeypatch, name):
     model, acceleration, column, fedavg, fedmut = PAPER[name]
     bench = load_benchmark(CONFIGS / f"{name}.yaml")
-    assert bench.data == "cifar10" and bench.seeds == (0, 1, 2) and len(bench.cells) == 84
+    assert bench.data == "cifar10" and bench.seeds == (0, 1, 2) and len(bench.cells) == 96
     fedmut_cell = next(c for c in bench.cells if c.method == "FedMut")
     assert fedmut_cell.config["model"]["class_path"] == f"lightning_fedmut.models.{model}"
     assert fedmut_cell.config["mutation"]["init_args"]["radius"] == 4.0
