@@ -27,17 +27,28 @@ class FedGen(FederatedAlgorithm):
         head: the classifier head: a submodule path, a function of the module, or ``None``.
         labels: a function of a training batch that returns its labels, or ``None``.
         weighted: weight clients by their number of examples.
-        **settings: the generator's settings (``batch_size``, ``generator_steps``, ``generator_lr``, ...), as
+        batch_size, generator_steps, generator_lr, generator_weight_decay, teacher_weight, diversity_weight,
+            hidden_dim, noise_dim, reset_optimizer, seed: the generator's settings, as
             :class:`~lightning_fedmut.callbacks.FedGen` takes them.
 
     Examples:
-        >>> algo = FedGen(head="net.9")
-        >>> algo.hparams, type(algo.local[0]).__module__
-        ({'alpha': 0.2, 'beta': 0.2, 'head': 'net.9', 'labels': None, 'weighted': True}, 'lightning_fedmut.callbacks.fedgen')
+        >>> algo = FedGen(head="net.9", generator_steps=20)
+        >>> {k: algo.hparams[k] for k in ("alpha", "beta", "head", "weighted", "generator_steps")}
+        {'alpha': 0.2, 'beta': 0.2, 'head': 'net.9', 'weighted': True, 'generator_steps': 20}
+        >>> type(algo.local[0]).__module__
+        'lightning_fedmut.callbacks.fedgen'
     """
 
     def __init__(self, alpha: float = 0.2, beta: float = 0.2, head: HeadSpec = None, labels: LabelsFn | None = None,
-                 weighted: bool = True, **settings: Any) -> None:
+                 weighted: bool = True, batch_size: int = 128, generator_steps: int = 50, generator_lr: float = 3e-4,
+                 generator_weight_decay: float = 1e-2, teacher_weight: float = 1.0, diversity_weight: float = 1.0,
+                 hidden_dim: int = 512, noise_dim: int = 100, reset_optimizer: bool = True,
+                 seed: int | None = None) -> None:
+        settings: dict[str, Any] = {
+            "batch_size": batch_size, "generator_steps": generator_steps, "generator_lr": generator_lr,
+            "generator_weight_decay": generator_weight_decay, "teacher_weight": teacher_weight,
+            "diversity_weight": diversity_weight, "hidden_dim": hidden_dim, "noise_dim": noise_dim,
+            "reset_optimizer": reset_optimizer, "seed": seed}
         callback = FedGenCallback(alpha=alpha, beta=beta, head=head, labels=labels, **settings)
         super().__init__(aggregator=FedAvgAggregator(weighted=weighted), local=[callback])
         self._save_init_args(alpha=alpha, beta=beta, head=callback.head, labels=callback.labels, weighted=weighted,
