@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from lightning_fedmut.loop import FederatedLoop
     from lightning_fedmut.tasks import ClientResult, ClientTask
 
-__all__ = ["CLIENT_LABEL_COUNTS_KEY", "FedGen", "GeneratorRegularizer", "batch_labels", "find_head"]
+__all__ = ["FedGen", "GeneratorRegularizer", "batch_labels", "find_head"]
 
 #: Key of a client's label counts (a list of ints, one per class) in its client state.
 CLIENT_LABEL_COUNTS_KEY = "fedgen/label_counts"
