@@ -28,3 +28,15 @@ def test_the_paper_columns_come_first_in_the_paper_order(name):
     if name.startswith("cifar10"):
         assert {c.config["loop"]["rounds"] for c in bench.cells} == {1000}
         assert len(bench.cells) == 8 * 4 * 3
+
+
+@pytest.mark.slow
+def test_the_fedgen_and_clustered_cells_run_from_the_digits_file(tmp_path):
+    from lightning_fedmut.experiments import run_benchmark
+
+    small = {"seeds": 1, "methods": ["FedGen", "Clustered sampling"], "partitions": ["dir0.5"], "logger": "none",
+             "fit": {"loop": {"rounds": 2, "local_steps": 2}}}
+    result = run_benchmark(CONFIGS / "digits.yaml", tmp_path / "out", overrides=small, echo=None)
+    assert result.complete, result.failed
+    history = {r["method"]: r for r in result.records}
+    assert set(history) == {"FedGen", "Clustered sampling"}
