@@ -384,9 +384,10 @@ def test_the_cpu_tables_are_the_issues_grid():
     for name in ("digits", "mnist1d"):
         bench = load_benchmark(CONFIGS / f"{name}.yaml")
         assert bench.data == name
-        assert bench.methods == ("FedAvg", "FedProx", "SCAFFOLD", "FedAdam", "FedExP", "FedMR", "FedMut")
+        assert bench.methods == ("FedAvg", "FedProx", "FedGen", "Clustered sampling", "FedMut", "SCAFFOLD", "FedAdam",
+                                 "FedExP", "FedMR")
         assert list(bench.partitions) == ["IID", "Dir(0.1)", "Dir(0.5)", "Dir(1)"]
-        assert bench.seeds == (0, 1, 2) and bench.gain == ("FedMut", "FedAvg") and len(bench.cells) == 84
+        assert bench.seeds == (0, 1, 2) and bench.gain == ("FedMut", "FedAvg") and len(bench.cells) == 108
         config = bench.cells[0].config
         assert (config["batch_size"], config["loop"]["clients_per_round"], config["loop"]["local_epochs"],
                 config["partition"]["num_clients"]) == (50, 10, 5, 20)
