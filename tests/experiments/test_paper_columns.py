@@ -10,11 +10,7 @@ from lightning_fedmut.experiments import load_benchmark
 
 CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "benchmarks"
 PAPER_COLUMNS = ["FedAvg", "FedProx", "FedGen", "Clustered sampling", "FedMut"]
-FILES = ["digits", "mnist1d", "cifar10_cnn", "cifar10_resnet18", "cifar10_vgg16"]
-
-
-def test_every_shipped_table_is_listed():
-    assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted(FILES)
+FILES = sorted(p.stem for p in CONFIGS.glob("*.yaml"))  # every shipped table
 
 
 @pytest.mark.parametrize("name", FILES)
