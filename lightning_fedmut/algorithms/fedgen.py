@@ -27,9 +27,16 @@ class FedGen(FederatedAlgorithm):
         head: the classifier head: a submodule path, a function of the module, or ``None``.
         labels: a function of a training batch that returns its labels, or ``None``.
         weighted: weight clients by their number of examples.
-        batch_size, generator_steps, generator_lr, generator_weight_decay, teacher_weight, diversity_weight,
-            hidden_dim, noise_dim, reset_optimizer, seed: the generator's settings, as
-            :class:`~lightning_fedmut.callbacks.FedGen` takes them.
+        batch_size: generated features per generator step and per client step.
+        generator_steps: the generator's Adam steps per round.
+        generator_lr: the generator's learning rate.
+        generator_weight_decay: Adam's weight decay.
+        teacher_weight: weight of the teacher loss.
+        diversity_weight: weight of the diversity loss.
+        hidden_dim: the generator's hidden width.
+        noise_dim: the size of the generator's noise.
+        reset_optimizer: a new Adam every round (the FedMut code); ``False`` keeps its moments.
+        seed: seed of the server's draws and the generator's initial weights; ``None``: derived from the loop's.
 
     Examples:
         >>> algo = FedGen(head="net.9", generator_steps=20)
