@@ -1,7 +1,7 @@
 """Tutorial 10: the FedMut paper's table from one command, on a CPU.
 
-Runs the benchmark files of examples/benchmarks/ (FedAvg, FedProx, SCAFFOLD, FedAdam, FedExP, FedMR and FedMut under
-IID and Dirichlet 0.1, 0.5 and 1.0 partitions, 3 seeds) with `run_benchmark`, the Python side of
+Runs the benchmark files of examples/benchmarks/ (the paper's columns FedAvg, FedProx, FedGen, clustered sampling
+and FedMut, then SCAFFOLD, FedAdam, FedExP and FedMR, under IID and Dirichlet 0.1, 0.5 and 1.0 partitions, 3 seeds) with `run_benchmark`, the Python side of
 `lightning-fedmut benchmark FILE`, and prints each table in the paper's form.
 
 Run:  python examples/tutorials/10_reproducing_the_paper.py                  (digits and MNIST-1D at full size)

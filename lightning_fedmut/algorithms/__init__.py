@@ -11,6 +11,7 @@ from lightning_fedmut.algorithms.dp import DPFedAvg, DPFedMut
 from lightning_fedmut.algorithms.fedavg import FedAvg
 from lightning_fedmut.algorithms.feddyn import FedDyn
 from lightning_fedmut.algorithms.fedexp import FedExP
+from lightning_fedmut.algorithms.fedgen import FedGen
 from lightning_fedmut.algorithms.fedmr import FedMR
 from lightning_fedmut.algorithms.fedmut import FedMut
 from lightning_fedmut.algorithms.fednova import FedNova
@@ -42,6 +43,7 @@ __all__ = [
     "FedBN",
     "FedDyn",
     "FedExP",
+    "FedGen",
     "FedMR",
     "FedMut",
     "FedNova",

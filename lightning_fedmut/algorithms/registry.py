@@ -86,7 +86,7 @@ def resolve_name(name: str) -> str:
         >>> resolve_name("FedMutt")
         Traceback (most recent call last):
         ...
-        ValueError: Expected `algorithm` to be a registered method name, got 'FedMutt' (did you mean FedMut?); known: FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, ClusteredSampling, FedNova, FedSAM, FedASAM, FedDyn, DPFedAvg, DPFedMut, FedBN, FedPer.
+        ValueError: Expected `algorithm` to be a registered method name, got 'FedMutt' (did you mean FedMut?); known: FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, ClusteredSampling, FedNova, FedSAM, FedASAM, FedDyn, DPFedAvg, DPFedMut, FedBN, FedPer, FedGen.
     """
     if isinstance(name, str):
         for registered in _REGISTRY:
@@ -141,6 +141,7 @@ def _register_presets() -> None:
     from lightning_fedmut.algorithms.fedavg import FedAvg
     from lightning_fedmut.algorithms.feddyn import FedDyn
     from lightning_fedmut.algorithms.fedexp import FedExP
+    from lightning_fedmut.algorithms.fedgen import FedGen
     from lightning_fedmut.algorithms.fedmr import FedMR
     from lightning_fedmut.algorithms.fedmut import FedMut
     from lightning_fedmut.algorithms.fednova import FedNova
@@ -161,6 +162,7 @@ def _register_presets() -> None:
     register("DPFedMut", DPFedMut)
     register("FedBN", FedBN)
     register("FedPer", FedPer)
+    register("FedGen", FedGen)
 
 
 _register_presets()

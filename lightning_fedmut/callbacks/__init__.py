@@ -3,6 +3,7 @@ checkpoints of the global model."""
 
 from lightning_fedmut.callbacks.base import FederatedCallback
 from lightning_fedmut.callbacks.feddyn import FedDyn
+from lightning_fedmut.callbacks.fedgen import FedGen
 from lightning_fedmut.callbacks.fedmr import FedMR
 from lightning_fedmut.callbacks.fedprox import FedProx
 from lightning_fedmut.callbacks.model_checkpoint import GlobalModelCheckpoint
@@ -14,6 +15,7 @@ from lightning_fedmut.callbacks.server_report import ServerReport
 __all__ = [
     "SAM",
     "FedDyn",
+    "FedGen",
     "FedMR",
     "FedProx",
     "FederatedCallback",

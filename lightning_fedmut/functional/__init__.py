@@ -11,6 +11,13 @@ from lightning_fedmut.functional.clustering import (
     ward_linkage,
     weight_clusters,
 )
+from lightning_fedmut.functional.distillation import (
+    diversity_loss,
+    label_counts,
+    label_weights,
+    latent_kl_gradient,
+    teacher_loss,
+)
 from lightning_fedmut.functional.mutation import (
     acceleration_at,
     global_delta_,
@@ -36,6 +43,7 @@ __all__ = [
     "apply_step_",
     "clustered_distributions",
     "copy_",
+    "diversity_loss",
     "extrapolated_lr",
     "finalize_mean_",
     "first_non_finite",
@@ -44,6 +52,9 @@ __all__ = [
     "global_delta_",
     "integer_max_",
     "is_floating",
+    "label_counts",
+    "label_weights",
+    "latent_kl_gradient",
     "momentum_step_",
     "mutate_",
     "mutation_coefficients",
@@ -52,6 +63,7 @@ __all__ = [
     "recombine",
     "squared_distance",
     "squared_norm",
+    "teacher_loss",
     "update_similarity",
     "ward_linkage",
     "weight_clusters",

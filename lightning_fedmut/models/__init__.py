@@ -14,6 +14,7 @@ from typing import Any
 from lightning_fedmut.models.cifar import VGG16, LeNetCNN, ResNet18, lenet_cnn, resnet18_cifar, vgg16_bn
 from lightning_fedmut.models.classifier import Classifier
 from lightning_fedmut.models.cnn import DigitsCNN, digits_cnn
+from lightning_fedmut.models.generator import ConditionalGenerator
 from lightning_fedmut.models.mnist1d import MNIST1DCNN, mnist1d_cnn
 from lightning_fedmut.models.shakespeare import CharLSTM, char_lstm
 
@@ -22,6 +23,7 @@ __all__ = [
     "VGG16",
     "CharLSTM",
     "Classifier",
+    "ConditionalGenerator",
     "DigitsCNN",
     "LeNetCNN",
     "ResNet18",

@@ -10,6 +10,7 @@ CLIENT_STREAM = 2
 FEDMR_STREAM = 3
 CLUSTERED_SAMPLING_STREAM = 4
 PRIVACY_STREAM = 5
+FEDGEN_STREAM = 6
 
 
 def derive_seed(seed: int, *path: int) -> int:

@@ -292,7 +292,7 @@ def test_a_failing_cell_is_marked_failed_and_the_others_go_on(tmp_path, capsys):
 BAD = [
     (["--set", "methods=[FedAvg, FedFoo]"],
      ("tiny.yaml: methods: unknown method 'FedFoo' (did you mean FedYogi?): expected one of FedAvg, FedMut, FedProx,"
-     " SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, Clustered sampling, FedNova, FedSAM, FedASAM, FedDyn, DPFedAvg, DPFedMut, FedBN, FedPer, or a mapping of the"
+     " SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, Clustered sampling, FedNova, FedSAM, FedASAM, FedDyn, DPFedAvg, DPFedMut, FedBN, FedPer, FedGen, or a mapping of the"
      " method's name to its fit arguments")),
     (["--set", "partitions=[iid, dirichlet]"],
      ("tiny.yaml: partitions: Expected a partition name among iid, dir<alpha> (e.g. dir0.1), shards<n> (e.g. shards2)"
@@ -384,9 +384,10 @@ def test_the_cpu_tables_are_the_issues_grid():
     for name in ("digits", "mnist1d"):
         bench = load_benchmark(CONFIGS / f"{name}.yaml")
         assert bench.data == name
-        assert bench.methods == ("FedAvg", "FedProx", "SCAFFOLD", "FedAdam", "FedExP", "FedMR", "FedMut")
+        assert bench.methods == ("FedAvg", "FedProx", "FedGen", "Clustered sampling", "FedMut", "SCAFFOLD", "FedAdam",
+                                 "FedExP", "FedMR")
         assert list(bench.partitions) == ["IID", "Dir(0.1)", "Dir(0.5)", "Dir(1)"]
-        assert bench.seeds == (0, 1, 2) and bench.gain == ("FedMut", "FedAvg") and len(bench.cells) == 84
+        assert bench.seeds == (0, 1, 2) and bench.gain == ("FedMut", "FedAvg") and len(bench.cells) == 108
         config = bench.cells[0].config
         assert (config["batch_size"], config["loop"]["clients_per_round"], config["loop"]["local_epochs"],
                 config["partition"]["num_clients"]) == (50, 10, 5, 20)
@@ -422,7 +423,7 @@ PAPER = {"cifar10_cnn": ("LeNetCNN", 0.3, "Dir(0.1)", 47.93, 51.25),
 def test_the_paper_configs_run_when_the_data_is_present(tmp_path, monkeypatch, name):
     model, acceleration, column, fedavg, fedmut = PAPER[name]
     bench = load_benchmark(CONFIGS / f"{name}.yaml")
-    assert bench.data == "cifar10" and bench.seeds == (0, 1, 2) and len(bench.cells) == 84
+    assert bench.data == "cifar10" and bench.seeds == (0, 1, 2) and len(bench.cells) == 96
     fedmut_cell = next(c for c in bench.cells if c.method == "FedMut")
     assert fedmut_cell.config["model"]["class_path"] == f"lightning_fedmut.models.{model}"
     assert fedmut_cell.config["mutation"]["init_args"]["radius"] == 4.0
