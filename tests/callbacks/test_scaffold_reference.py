@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_baselines_quadratic import A, B, LR, W0, Quadratic, weights
+from test_baselines_quadratic import LR, W0, A, B, Quadratic, weights
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_fedmut import Client, FedAvg, FederatedLoop

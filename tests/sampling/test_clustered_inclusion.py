@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import warnings
 
-import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
