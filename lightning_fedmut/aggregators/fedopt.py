@@ -266,7 +266,7 @@ class FedAdam(_Adaptive):
     ``bias_correction=True`` is Adam's (Kingma and Ba): the step length is
     ``server_lr * sqrt(1 - beta2^t) / (1 - beta1^t)`` at server step ``t = 1, 2, ...``. Flower's ``FedAdam``
     (``flwr.server.strategy.FedAdam``, 1.42) evaluates the same factor at ``server_round + 1`` with rounds
-    numbered from 1, i.e. at ``t + 1`` (its first step is 1.000 times ``eta`` where Adam's is 0.742 times,
+    numbered from 1, i.e. at ``t + 1`` (its first step is 0.742 times ``eta`` where Adam's is 1.000 times,
     with ``beta1=0.9, beta2=0.99``), starts ``v`` at zero and weights the clients by their data:
     ``FedAdam(bias_correction="flower", initial_accumulator=0.0, weighted=True)`` reproduces it (tested
     against numbers Flower's own code produced).
