@@ -128,7 +128,7 @@ def plot_metric(
         title: the axes title.
         ax: draw into this matplotlib ``Axes`` instead of a new figure.
         band: the band of a multi-seed run: ``"minmax"`` (min to max over seeds) or ``"std"`` (mean
-            plus or minus the population standard deviation).
+            plus or minus the sample standard deviation over the seeds, ``n - 1`` in the denominator).
         legend: draw the axes' legend (labelled runs only); ``False`` leaves it to the caller, e.g. one legend
             for a figure of several panels.
 
@@ -183,7 +183,7 @@ def plot_metric(
             if band == "minmax":
                 low, high = np.array([v.min() for v in values]), np.array([v.max() for v in values])
             else:
-                std = np.array([v.std() for v in values])
+                std = np.array([v.std(ddof=1) if len(v) > 1 else 0.0 for v in values])  # sample std
                 low, high = mean - std, mean + std
             ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlabel("round")
@@ -375,7 +375,7 @@ def plot_landscape_1d(
         title: the axes title.
         ax: draw into this matplotlib ``Axes`` instead of a new figure.
         metric: the curve's key to draw: ``"loss"`` or ``"metric"``.
-        band: the band of several seeds: ``"minmax"`` or ``"std"`` (plus or minus one standard deviation).
+        band: the band of several seeds: ``"minmax"`` or ``"std"`` (plus or minus one sample standard deviation).
 
     Returns:
         The ``matplotlib.figure.Figure`` that holds the plot.
@@ -417,7 +417,8 @@ def plot_landscape_1d(
             if band == "minmax":
                 low, high = values.min(axis=0), values.max(axis=0)
             else:
-                low, high = mean - values.std(axis=0), mean + values.std(axis=0)
+                std = values.std(axis=0, ddof=1)  # the sample standard deviation over the runs
+                low, high = mean - std, mean + std
             ax.fill_between(alpha, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.axvline(0.0, color="0.6", linewidth=0.8, linestyle=":")
     ax.set_xlabel("alpha (step along the direction)")

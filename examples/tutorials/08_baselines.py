@@ -84,15 +84,17 @@ def main() -> None:
     torch.set_num_threads(1)
     results = {method: [run(method, seed) for seed in SEEDS] for method in METHODS}
 
-    # the table: per run, the mean of its last LAST evaluations; then mean and std over the seeds
+    # the table: per run, the mean of its last LAST evaluations; then the mean and the sample std (n - 1) over seeds
     last = min(LAST, ROUNDS)
     lines = [f"| Method | test accuracy, last {last} rounds | test loss, last {last} rounds |", "| --- | --- | --- |"]
     for method, runs in results.items():
         acc = np.array([np.mean(r.metric("val_acc")[-last:]) for r in runs])
         loss = np.array([np.mean(r.metric("val_loss")[-last:]) for r in runs])
-        lines.append(f"| {method} | {acc.mean():.3f} ± {acc.std():.3f} | {loss.mean():.3f} ± {loss.std():.3f} |")
+        acc_std, loss_std = (x.std(ddof=1) if len(x) > 1 else 0.0 for x in (acc, loss))
+        lines.append(f"| {method} | {acc.mean():.3f} ± {acc_std:.3f} | {loss.mean():.3f} ± {loss_std:.3f} |")
     table = "\n".join(lines)
-    print(f"digits, 20 clients, Dirichlet 0.1, {ROUNDS} rounds, seeds {list(SEEDS)}: mean ± std over the seeds")
+    print(f"digits, 20 clients, Dirichlet 0.1, {ROUNDS} rounds, seeds {list(SEEDS)}: mean ± sample std over the"
+          f" n = {len(SEEDS)} seeds")
     print(table)
     OUTPUT.mkdir(parents=True, exist_ok=True)
     (OUTPUT / "table.md").write_text(table + "\n", encoding="utf-8")

@@ -59,9 +59,11 @@ class FedExP(Aggregator):
     :class:`FedExPReport`, FedExP's report (pass it in ``callbacks`` to use the aggregator on its own); the global
     model itself, the clients' start model and the checkpoints stay the FedExP iterate.
 
-    **Against the authors' code.** It adds ``|S| * epsilon`` rather than ``epsilon`` to ``|d|^2`` and decays
-    ``epsilon`` (and the local learning rate) by 0.998 a round; this class implements the paper's formula with
-    a constant ``epsilon``.
+    **Against the authors' code.** The FedExP authors' repository (Divyansh03/FedExP, ``main.py``) adds
+    ``|S| * epsilon`` rather than ``epsilon`` to ``|d|^2``, weights clients by their data, and decays ``epsilon`` by
+    ``0.998^2`` and the local learning rate by 0.998 every round. The copy in the FedMut authors' FedMR
+    repository (HMHelloWorld/FedMR, ``Algorithm/Training_FedExP.py``) adds ``|S| * 0.1`` with no decay. This
+    class implements the paper's formula with a constant ``epsilon``.
 
     Args:
         epsilon: ``epsilon`` >= 0 of the formula (the paper uses 1e-3 for CIFAR and 0.1 for EMNIST).

@@ -42,6 +42,18 @@ def check_bool(name: str, value: Any) -> bool:
     return value
 
 
+#: The values of ``bias_correction``: none, Adam's at server step ``t``, Flower's ``FedAdam`` rule (at ``t + 1``).
+BIAS_CORRECTIONS = (False, True, "flower")
+
+
+def check_bias_correction(value: Any) -> bool | str:
+    """``value`` if it is one of :data:`BIAS_CORRECTIONS`; a message naming ``bias_correction`` otherwise."""
+    if isinstance(value, bool) or value == "flower":
+        return value
+    raise ValueError(f"Expected `bias_correction` to be False, True (Adam's, at server step t) or \"flower\""
+                     f" (Flower's FedAdam, at t + 1), got {value!r}.")
+
+
 class ServerOptimizer(Aggregator):
     r"""Base class of aggregators that step a server optimizer along the pseudo-gradient.
 
@@ -186,13 +198,13 @@ class _Adaptive(ServerOptimizer):
 
     rule = "adam"
 
-    def __init__(self, server_lr: float, beta1: float, beta2: float, tau: float, bias_correction: bool,
+    def __init__(self, server_lr: float, beta1: float, beta2: float, tau: float, bias_correction: bool | str,
                  initial_accumulator: float | None, weighted: bool) -> None:
         super().__init__(server_lr, weighted)
         self.beta1 = check_real("beta1", beta1, low=0.0, high=1.0, high_open=True)
         self.beta2 = check_real("beta2", beta2, low=0.0, high=1.0, high_open=True)
         self.tau = check_positive("tau", tau)
-        self.bias_correction = check_bool("bias_correction", bias_correction)
+        self.bias_correction = check_bias_correction(bias_correction)
         self.initial_accumulator = (
             None if initial_accumulator is None else check_real("initial_accumulator", initial_accumulator, low=0.0))
 
@@ -200,9 +212,20 @@ class _Adaptive(ServerOptimizer):
         v0 = self.tau**2 if self.initial_accumulator is None else self.initial_accumulator
         return {"exp_avg": [torch.zeros_like(t) for t in like], "exp_avg_sq": [torch.full_like(t, v0) for t in like]}
 
+    @property
+    def correction_step(self) -> int | None:
+        """The exponent ``t`` of this step's bias correction (``None``: no correction).
+
+        Adam's (``bias_correction=True``) is the 1-based server step ``t``; Flower's ``FedAdam`` computes it at
+        ``server_round + 1`` with rounds numbered from 1, i.e. at ``t + 1`` (``bias_correction="flower"``).
+        """
+        if self.bias_correction is False:
+            return None
+        return self._steps + 1 if self.bias_correction == "flower" else self._steps
+
     def server_step_(self, delta: list[Tensor]) -> None:
         adaptive_step_(delta, self._buffers["exp_avg"], self._buffers["exp_avg_sq"], self.rule, self.server_lr,
-                       self.beta1, self.beta2, self.tau, step=self._steps if self.bias_correction else None)
+                       self.beta1, self.beta2, self.tau, step=self.correction_step)
 
 
 class FedAdagrad(_Adaptive):
@@ -216,7 +239,8 @@ class FedAdagrad(_Adaptive):
         server_lr: the server learning rate ``eta``.
         beta1: the first-moment decay (0 gives plain Adagrad on the pseudo-gradient).
         tau: the adaptivity ``tau`` > 0: the smaller, the more adaptive.
-        bias_correction: scale the step by ``sqrt(1 - beta2^t) / (1 - beta1^t)`` (with ``beta2 = 0`` here).
+        bias_correction: scale the step by ``sqrt(1 - beta2^t) / (1 - beta1^t)`` (with ``beta2 = 0`` here) at
+            server step ``t`` (``True``) or at ``t + 1`` (``"flower"``).
         initial_accumulator: the start value of ``v``; ``None`` is ``tau^2``.
         weighted: weight clients by their number of examples in the mean.
 
@@ -227,7 +251,7 @@ class FedAdagrad(_Adaptive):
 
     rule = "adagrad"
 
-    def __init__(self, server_lr: float = 0.1, beta1: float = 0.9, tau: float = 1e-3, bias_correction: bool = False,
+    def __init__(self, server_lr: float = 0.1, beta1: float = 0.9, tau: float = 1e-3, bias_correction: bool | str = False,
                  initial_accumulator: float | None = None, weighted: bool = False) -> None:
         super().__init__(server_lr, beta1, 0.0, tau, bias_correction, initial_accumulator, weighted)
 
@@ -239,16 +263,21 @@ class FedAdam(_Adaptive):
     ``m`` starting at zero and ``v`` at ``tau^2``, or at ``initial_accumulator``.
 
     **Bias correction.** Reddi et al.'s Algorithm 2 has none, and neither has this class by default.
-    Flower's ``FedAdam`` corrects the step length as Adam does; ``bias_correction=True`` does the same
-    (``server_lr * sqrt(1 - beta2^t) / (1 - beta1^t)`` at server step ``t``), and
-    ``initial_accumulator=0.0`` starts ``v`` at zero as Flower does.
+    ``bias_correction=True`` is Adam's (Kingma and Ba): the step length is
+    ``server_lr * sqrt(1 - beta2^t) / (1 - beta1^t)`` at server step ``t = 1, 2, ...``. Flower's ``FedAdam``
+    (``flwr.server.strategy.FedAdam``, 1.42) evaluates the same factor at ``server_round + 1`` with rounds
+    numbered from 1, i.e. at ``t + 1`` (its first step is 0.742 times ``eta`` where Adam's is 1.000 times,
+    with ``beta1=0.9, beta2=0.99``), starts ``v`` at zero and weights the clients by their data:
+    ``FedAdam(bias_correction="flower", initial_accumulator=0.0, weighted=True)`` reproduces it (tested
+    against numbers Flower's own code produced).
 
     Args:
         server_lr: the server learning rate ``eta``.
         beta1: the first-moment decay.
         beta2: the second-moment decay.
         tau: the adaptivity ``tau`` > 0.
-        bias_correction: Adam's bias correction of the step length (Flower's ``FedAdam``).
+        bias_correction: ``False`` (none, Algorithm 2), ``True`` (Adam's, at server step ``t``) or ``"flower"``
+            (Flower's ``FedAdam``, at ``t + 1``).
         initial_accumulator: the start value of ``v``; ``None`` is ``tau^2``.
         weighted: weight clients by their number of examples in the mean.
 
@@ -264,7 +293,7 @@ class FedAdam(_Adaptive):
     rule = "adam"
 
     def __init__(self, server_lr: float = 1e-2, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3,
-                 bias_correction: bool = False, initial_accumulator: float | None = None,
+                 bias_correction: bool | str = False, initial_accumulator: float | None = None,
                  weighted: bool = False) -> None:
         super().__init__(server_lr, beta1, beta2, tau, bias_correction, initial_accumulator, weighted)
 
@@ -281,7 +310,7 @@ class FedYogi(_Adaptive):
         beta1: the first-moment decay.
         beta2: the second-moment decay.
         tau: the adaptivity ``tau`` > 0.
-        bias_correction: Adam's bias correction of the step length.
+        bias_correction: ``False``, ``True`` (Adam's, at server step ``t``) or ``"flower"`` (at ``t + 1``).
         initial_accumulator: the start value of ``v``; ``None`` is ``tau^2``.
         weighted: weight clients by their number of examples in the mean.
 
@@ -293,6 +322,6 @@ class FedYogi(_Adaptive):
     rule = "yogi"
 
     def __init__(self, server_lr: float = 1e-2, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3,
-                 bias_correction: bool = False, initial_accumulator: float | None = None,
+                 bias_correction: bool | str = False, initial_accumulator: float | None = None,
                  weighted: bool = False) -> None:
         super().__init__(server_lr, beta1, beta2, tau, bias_correction, initial_accumulator, weighted)

@@ -16,7 +16,8 @@ class FedMR(FederatedAlgorithm):
     component and :class:`~lightning_fedmut.aggregators.FedAvg` (``weighted``).
 
     Args:
-        first_stage_bound: the first round whose clients start from recombined models.
+        first_stage_bound: the first round whose trained models are recombined (round ``first_stage_bound + 1``
+            is the first to start from them), as ``first_stage_bound`` in the authors' code.
         weighted: weight clients by their number of examples.
         seed: seed of the permutation generator; ``None`` derives it from the loop's ``seed``.
 

@@ -33,7 +33,7 @@ class FedAdagrad(FederatedAlgorithm):
         0.1
     """
 
-    def __init__(self, server_lr: float = 0.1, beta1: float = 0.9, tau: float = 1e-3, bias_correction: bool = False,
+    def __init__(self, server_lr: float = 0.1, beta1: float = 0.9, tau: float = 1e-3, bias_correction: bool | str = False,
                  initial_accumulator: float | None = None, weighted: bool = False) -> None:
         super().__init__(aggregator=_aggregators.FedAdagrad(
             server_lr=server_lr, beta1=beta1, tau=tau, bias_correction=bias_correction,
@@ -53,7 +53,7 @@ class FedAdam(FederatedAlgorithm):
     """
 
     def __init__(self, server_lr: float = 1e-2, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3,
-                 bias_correction: bool = False, initial_accumulator: float | None = None,
+                 bias_correction: bool | str = False, initial_accumulator: float | None = None,
                  weighted: bool = False) -> None:
         super().__init__(aggregator=_aggregators.FedAdam(
             server_lr=server_lr, beta1=beta1, beta2=beta2, tau=tau, bias_correction=bias_correction,
@@ -73,7 +73,7 @@ class FedYogi(FederatedAlgorithm):
     """
 
     def __init__(self, server_lr: float = 1e-2, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3,
-                 bias_correction: bool = False, initial_accumulator: float | None = None,
+                 bias_correction: bool | str = False, initial_accumulator: float | None = None,
                  weighted: bool = False) -> None:
         super().__init__(aggregator=_aggregators.FedYogi(
             server_lr=server_lr, beta1=beta1, beta2=beta2, tau=tau, bias_correction=bias_correction,

@@ -35,11 +35,14 @@ class FedMR(StartModelCallback):
     module at setup) are not recombined nor kept ``K`` times: every start model holds their global copy. The
     aggregated global model is what the loop evaluates and checkpoints; the clients do not train from it.
 
-    **Two stages.** Before round ``first_stage_bound`` the clients start from the aggregated global model
-    (plain FedAvg start models), as the paper's two-stage training does to settle the models early;
-    from that round on they start from recombined models. A slot whose client failed is refilled with the
-    global model before recombining, and after a round skipped for too few clients the next round starts
-    from the global model.
+    **Two stages.** Round ``t``'s trained models are recombined once ``t >= first_stage_bound``; until then the
+    next round's clients start from the aggregated global model (plain FedAvg start models), as the paper's
+    two-stage training does to settle the models early. Rounds ``0 .. first_stage_bound`` thus start from the
+    global model and round ``first_stage_bound + 1`` is the first to start from recombined models: the rule
+    ``if iter >= args.first_stage_bound: recombination(...)`` of the authors' ``Algorithm/Training_FedMR.py``
+    (HMHelloWorld/FedMR), so ``first_stage_bound`` means the same number here and there. A slot whose client
+    failed is refilled with the global model before recombining, and after a round skipped for too few clients
+    the next round starts from the global model.
 
     **Memory.** FedMR keeps ``K`` whole models (``clients_per_round`` state dicts) by nature: the trained
     models of a round are its next start models. They are in the federated checkpoints too. With workers, each
@@ -52,7 +55,8 @@ class FedMR(StartModelCallback):
     ``fedmr/start_model_distance`` (the mean distance of the next start models from the global model).
 
     Args:
-        first_stage_bound: the first round whose clients start from recombined models (0: from round 1 on).
+        first_stage_bound: the first round whose trained models are recombined: round ``first_stage_bound + 1``
+            is the first to start from recombined models (0: from round 1 on), as in the authors' code.
         seed: seed of the permutation generator; ``None`` derives it from the loop's ``seed``.
 
     Examples:
@@ -134,7 +138,7 @@ class FedMR(StartModelCallback):
             if slot not in self._trained:  # a failed client: its slot takes the global model
                 copy_(self._models[slot], glb)
         next_round = loop.round + 1
-        recombined = next_round >= self.first_stage_bound
+        recombined = loop.round >= self.first_stage_bound  # the reference's `iter >= args.first_stage_bound`
         if recombined:
             self._table = recombination_table(len(self._keys), loop.clients_per_round, generator=self.generator)
             self._models = recombine(self._models, self._table)

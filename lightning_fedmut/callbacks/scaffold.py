@@ -13,7 +13,7 @@ from lightning_fedmut.callbacks.base import LocalCallback
 from lightning_fedmut.functional.aggregation import accumulate_
 from lightning_fedmut.functional.server_optim import squared_norm
 from lightning_fedmut.functional.state import frozen_keys
-from lightning_fedmut.utilities.validation import check_int
+from lightning_fedmut.utilities.validation import check_int, check_real
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule, Trainer
@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 #: Key of a client's control variate ``c_i`` in its client state (a dict of tensors keyed by parameter name).
 CLIENT_CONTROL_KEY = "scaffold/control"
+
+#: How the server weights the clients' control variates: the paper's, or by data share as the reference code.
+CONTROL_WEIGHTS = ("uniform", "data")
 
 
 def step_size(group: dict[str, Any]) -> float:
@@ -49,8 +52,11 @@ class ControlVariateCorrection(Callback):
     r"""A Lightning callback for one SCAFFOLD client: corrects each gradient to ``g - c_i + c``, then updates ``c_i``.
 
     ``server_control`` holds ``c`` and ``client_control`` the client's ``c_i`` (``None``: zero), one tensor per
-    parameter of ``names``. ``c - c_i`` is added to the gradients in ``on_before_optimizer_step`` (once per
-    optimizer step, before clipping). When training ends, option II gives the client's new control variate
+    parameter of ``names``. ``server_scale * c - c_i`` is added to the gradients in ``on_before_optimizer_step``
+    (once per optimizer step, before Lightning's clipping; ``server_scale`` is 1 but for the reference's data
+    weighting, see :class:`Scaffold`). With ``gradient_clip``, the raw gradients of all the module's parameters
+    are first clipped to that total norm, and the correction is added after. When training ends, option II gives
+    the client's new control variate
 
     ``c_i+ = c_i - c + (x - y) / sum_k eta_k``
 
@@ -64,8 +70,11 @@ class ControlVariateCorrection(Callback):
     """
 
     def __init__(self, names: list[str], server_control: list[Tensor],
-                 client_control: dict[str, Tensor] | None = None) -> None:
+                 client_control: dict[str, Tensor] | None = None, server_scale: float = 1.0,
+                 gradient_clip: float | None = None) -> None:
         self.names = list(names)
+        self.server_scale = float(server_scale)
+        self.gradient_clip = gradient_clip
         self._c = [c.detach().cpu() for c in server_control]
         self._ci = [torch.zeros_like(c) if client_control is None else client_control[n].detach().cpu().to(c.dtype)
                     for n, c in zip(self.names, self._c)]
@@ -84,7 +93,7 @@ class ControlVariateCorrection(Callback):
         if missing:
             raise ValueError(f"SCAFFOLD's control variates name parameters the client model lacks: {missing[:5]}.")
         self._params = [named[n] for n in self.names]
-        self._correction = [(c - ci).to(device=p.device, dtype=p.dtype)
+        self._correction = [(c * self.server_scale - ci).to(device=p.device, dtype=p.dtype)
                             for c, ci, p in zip(self._c, self._ci, self._params)]
         self._start = [p.detach().clone() for p in self._params]
         self._step_sums = [0.0] * len(self._params)
@@ -93,6 +102,9 @@ class ControlVariateCorrection(Callback):
 
     @torch.no_grad()
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        if self.gradient_clip is not None:  # the raw gradients, before the correction (the reference's order)
+            torch.nn.utils.clip_grad_norm_([p for p in pl_module.parameters() if p.grad is not None],
+                                           max_norm=self.gradient_clip)
         grads, corrections = [], []
         for group in optimizer.param_groups:
             size = step_size(group)
@@ -151,19 +163,48 @@ class Scaffold(LocalCallback):
     Logs ``scaffold/control_norm`` (``|c|`` after the update) and ``scaffold/delta_control_norm`` (``|c|``'s
     change) every round. With FedMut, ``x`` is each client's mutated start model.
 
+    **Against the reference code.** This class follows the paper. The SCAFFOLD server of the FedMut authors'
+    lab (zenghui9977/FLLIB_develop, ``fllib/server/scaffold.py`` and ``fllib/client/scaffold.py``) differs in
+    four ways when clients hold different amounts of data:
+
+    - it weights the control variates by data share: with ``p_i = N n_i / n`` (``n_i`` the client's examples,
+      ``n`` the federation's), the server updates ``c += (1 / N) * sum_i p_i delta c_i`` and client ``i``
+      corrects its steps by ``c / p_i - c_i``. ``control_weights="data"`` does the same; the default
+      ``"uniform"`` is the paper's (``p_i = 1``). With equal client sizes the two are the same;
+    - it clips the raw gradients to a total norm of 10 before each step and adds the correction after
+      (``gradient_clip=10.0``; Lightning's ``gradient_clip_val`` would clip the corrected gradients instead);
+    - its global model is the clients' uniform mean (``FedAvg(weighted=False)``);
+    - its option II divides by a step count common to all clients (the mean client's batches times the local
+      epochs), where this class counts each client's own steps; and it applies the correction to the weights
+      after the optimizer step, which is the same as correcting the gradient for plain SGD only.
+
+    ``SCAFFOLD(weighted=False, control_weights="data", gradient_clip=10.0)`` is the reference's configuration up
+    to the last point.
+
     Args:
         num_clients: ``N``; ``None`` takes the number of clients handed to ``fit``.
+        control_weights: ``"uniform"`` (the paper's server update) or ``"data"`` (the reference code's weighting
+            of the control variates by data share).
+        gradient_clip: clip each step's raw gradients to this total norm before the correction (the reference
+            code uses 10); ``None``: no clipping.
 
     Examples:
         >>> from lightning_fedmut import FederatedLoop, FedAvg
         >>> loop = FederatedLoop(rounds=10, clients_per_round=5, aggregator=FedAvg(weighted=False),
         ...                      callbacks=[Scaffold()])
         >>> loop.hparams["callbacks"][0]
-        {'class_path': 'lightning_fedmut.callbacks.scaffold.Scaffold', 'init_args': {'num_clients': None}}
+        {'class_path': 'lightning_fedmut.callbacks.scaffold.Scaffold', 'init_args': {'num_clients': None, 'control_weights': 'uniform', 'gradient_clip': None}}
     """
 
-    def __init__(self, num_clients: int | None = None) -> None:
+    def __init__(self, num_clients: int | None = None, control_weights: str = "uniform",
+                 gradient_clip: float | None = None) -> None:
         self.num_clients = None if num_clients is None else check_int("num_clients", num_clients, low=1)
+        if control_weights not in CONTROL_WEIGHTS:
+            raise ValueError(f"Expected `control_weights` in {CONTROL_WEIGHTS}, got {control_weights!r}.")
+        self.control_weights = control_weights
+        self.gradient_clip = None if gradient_clip is None else check_real("gradient_clip", gradient_clip, low=0.0,
+                                                                           low_open=True)
+        self._examples = 0  # the federation's examples, for control_weights="data"
         self._delta_sum: list[Tensor] = []
         self._federation = 0
         self._names: list[str]
@@ -196,6 +237,8 @@ class Scaffold(LocalCallback):
         if self._federation < loop.clients_per_round:
             raise ValueError(
                 f"Expected `num_clients` >= clients_per_round={loop.clients_per_round}, got {self._federation}.")
+        if self.control_weights == "data":
+            self._examples = _federation_examples(loop)
 
     def teardown(self, loop: FederatedLoop, module: LightningModule, stage: str) -> None:
         self._clients = {}
@@ -204,8 +247,19 @@ class Scaffold(LocalCallback):
         for s in self._delta_sum:
             s.zero_()
 
+    def data_weight(self, num_examples: int | None) -> float:
+        """``p_i = N n_i / n`` for ``control_weights="data"`` (the reference code's), 1 for ``"uniform"``."""
+        if self.control_weights == "uniform":
+            return 1.0
+        if not num_examples:
+            raise ValueError("Scaffold(control_weights='data') weighs clients by their number of examples: give every"
+                             f" client a sized dataset with at least one example, got num_examples={num_examples!r}.")
+        return self._federation * num_examples / self._examples
+
     def on_client_fit_start(self, loop: FederatedLoop, module: LightningModule, task: ClientTask) -> None:
-        corrector = ControlVariateCorrection(self._names, self._control, task.client_state.get(CLIENT_CONTROL_KEY))
+        weight = self.data_weight(task.client.num_examples)
+        corrector = ControlVariateCorrection(self._names, self._control, task.client_state.get(CLIENT_CONTROL_KEY),
+                                             server_scale=1.0 / weight, gradient_clip=self.gradient_clip)
         self._clients[task.slot] = corrector
         task.callbacks.append(corrector)
 
@@ -214,6 +268,9 @@ class Scaffold(LocalCallback):
         assert result.client_state is not None and corrector.delta_control is not None  # the client trained
         result.client_state[CLIENT_CONTROL_KEY] = corrector.new_control
         delta = [corrector.delta_control[n] for n in self._names]
+        weight = self.data_weight(result.task.client.num_examples)
+        if weight != 1.0:  # the reference's sum_i p_i delta c_i
+            delta = [d * weight for d in delta]
         if loop.executor.world_size == 1:  # clients end in slot order: add as they come
             accumulate_(self._delta_sum, delta, 1.0)
             self._count += 1
@@ -255,3 +312,13 @@ class Scaffold(LocalCallback):
 def _federation_size(loop: FederatedLoop) -> int:
     """The number of clients handed to ``fit``."""
     return int(loop.num_clients)  # set by fit before any callback's setup
+
+
+def _federation_examples(loop: FederatedLoop) -> int:
+    """The number of training examples of all the clients handed to ``fit``."""
+    clients = getattr(loop, "clients", None) or loop._clients  # the loop has no public list of its clients yet
+    sizes = [c.num_examples for c in clients]
+    if any(not n for n in sizes):
+        raise ValueError("Scaffold(control_weights='data') weighs clients by their number of examples: give every"
+                         " client a sized dataset (`Client(num_examples=...)`).")
+    return int(sum(sizes))  # type: ignore[arg-type]  # all set, checked above

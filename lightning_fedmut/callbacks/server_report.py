@@ -18,7 +18,8 @@ class ServerReport(FederatedCallback):
     r"""Deprecated alias, removed in the next release: use FedExP's own report.
 
     - ``ServerReport(average_last_two=True)`` is :class:`~lightning_fedmut.aggregators.fedexp.FedExPReport`
-      (evaluate the average of the last two global models, as FedExP's authors report it), which
+      (evaluate the average of the last two global models' *parameters*, as FedExP's authors report it; BatchNorm's
+      running statistics and other buffers are the last iterate's, not averaged), which
       ``lightning_fedmut.algorithms.FedExP(average_last_two=True)`` includes: same hooks, same numbers, same
       checkpoint state.
     - ``ServerReport()`` does nothing: the server-side plugins' figures (FedExP's ``fedexp/server_lr``, the

@@ -2,8 +2,8 @@
 
 Every cell (a method under a partition with a seed) is one federated ``fit`` with the ``fit`` command's
 arguments, logged as one W&B run of one group; finished cells are skipped and a killed benchmark continues
-from each cell's last completed round. The outputs, in ``--output``: ``results.md`` (mean ± std over the seeds,
-best per column in bold, FedMut's gain over FedAvg last), ``results.csv`` (every run), ``curves.png`` and
+from each cell's last completed round. The outputs, in ``--output``: ``results.md`` (mean ± sample std over the seeds
+with n, best per column in bold, FedMut's gain over FedAvg last with its paired 95 % interval), ``results.csv`` (every run), ``curves.png`` and
 ``summary.json``. See :mod:`lightning_fedmut.experiments` for the config's keys.
 """
 

@@ -421,7 +421,7 @@ def configuration_means(rows: Sequence[Mapping[str, Any]], goal: str = "maximize
     """The final metric of each configuration over its seeds (every parameter but ``seed`` alike), best first.
 
     Each entry: ``values`` (without ``seed``), ``seeds``, ``metrics`` (one per seed that finished), ``mean``
-    and ``std`` (population). Runs without a metric are left out.
+    and ``std`` (the sample standard deviation, ``n - 1``; 0 for one seed). Runs without a metric are left out.
 
     Examples:
         >>> rows = [{"values": {"radius": r, "seed": s}, "metric": m}
@@ -441,7 +441,8 @@ def configuration_means(rows: Sequence[Mapping[str, Any]], goal: str = "maximize
     out = []
     for entry in groups.values():
         entry["mean"] = float(np.mean(entry["metrics"]))
-        entry["std"] = float(np.std(entry["metrics"]))
+        metrics = entry["metrics"]
+        entry["std"] = float(np.std(metrics, ddof=1)) if len(metrics) > 1 else 0.0
         out.append(entry)
     return sorted(out, key=lambda e: -e["mean"] if goal == "maximize" else e["mean"])
 
@@ -451,7 +452,7 @@ def _summary(rows: list[dict[str, Any]], metric: str, goal: str, group: str) -> 
     means = configuration_means(rows, goal)
     if means:
         over_seeds = any(len(c["metrics"]) > 1 for c in means)
-        print(f"Final {metric} per configuration" + (" (mean and std over seeds)" if over_seeds else "")
+        print(f"Final {metric} per configuration" + (" (mean and sample std over seeds)" if over_seeds else "")
               + (", best first:" if len(means) > 1 else ":"))
         for c in means:
             shown = " ".join(f"{k}={v}" for k, v in c["values"].items()) or "(no parameters)"

@@ -24,7 +24,14 @@ from lightning_fedmut.experiments.config import (
     load_benchmark,
     partition_options,
 )
-from lightning_fedmut.experiments.report import format_table, run_settings, run_value, summarize, write_report
+from lightning_fedmut.experiments.report import (
+    format_table,
+    paired_interval,
+    run_settings,
+    run_value,
+    summarize,
+    write_report,
+)
 from lightning_fedmut.experiments.runner import BenchmarkResult, run_benchmark, run_cell
 
 __all__ = [
@@ -35,6 +42,7 @@ __all__ = [
     "Cell",
     "format_table",
     "load_benchmark",
+    "paired_interval",
     "partition_options",
     "run_benchmark",
     "run_cell",

@@ -4,7 +4,10 @@ Each run's value is the mean of its last ``last`` evaluations of the metric; a c
 of its runs' values over the seeds, with their sample standard deviation (``n - 1`` in the denominator) when
 two or more seeds finished, and ``n``, the number of runs averaged; the best mean of each column is bold; the last row is the gain of one method over a baseline (FedMut over FedAvg), paired by seed: for each
 seed both runs had the same partition, initial model and client order, so the difference of the pair is the
-method's effect on that seed.
+method's effect on that seed. The gain row shows the mean difference ± its sample standard deviation, ``n``,
+and the paired 95 % confidence interval of the mean difference, ``mean ± t_{0.975, n-1} * std / sqrt(n)``
+(Student's t quantile from SciPy, which scikit-learn and so the bundled data sets install; without SciPy the
+interval is left out).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 if TYPE_CHECKING:
     from lightning_fedmut.experiments.config import Benchmark
 
-__all__ = ["format_table", "run_settings", "run_value", "summarize", "write_report"]
+__all__ = ["format_table", "paired_interval", "run_settings", "run_value", "summarize", "write_report"]
 
 CSV_COLUMNS = ("method", "partition", "seed", "status", "value", "final", "evaluated_rounds", "run_name",
                "wandb_run_id", "history_file", "error")
@@ -55,6 +58,34 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None
 
 
+def paired_interval(differences: Sequence[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """The ``confidence`` interval of the mean of paired ``differences``: ``mean ± t * std / sqrt(n)``.
+
+    ``std`` is the sample standard deviation (``n - 1``) and ``t`` Student's quantile at ``(1 + confidence) / 2``
+    with ``n - 1`` degrees of freedom (SciPy's ``scipy.stats.t.ppf``). ``None`` from fewer than two differences,
+    or when SciPy is not installed.
+
+    Examples:
+        >>> low, high = paired_interval([0.049, 0.045, 0.053])  # t(0.975, 2) = 4.3027
+        >>> round(low, 4), round(high, 4)
+        (0.0391, 0.0589)
+        >>> paired_interval([0.05]) is None
+        True
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"Expected `confidence` in (0, 1), got {confidence}.")
+    n = len(differences)
+    if n < 2:
+        return None
+    try:
+        from scipy import stats
+    except ImportError:  # pragma: no cover - scikit-learn, which the bundled data sets need, installs SciPy
+        return None
+    mean = float(np.mean(differences))
+    half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * float(np.std(differences, ddof=1)) / math.sqrt(n)
+    return mean - half, mean + half
+
+
 def summarize(
     records: Sequence[Mapping[str, Any]],
     *,
@@ -74,7 +105,8 @@ def summarize(
         those runs, ``failed`` and ``missing`` seeds, and ``runs`` (per seed: ``status``, ``value``, the
         ``rounds`` and ``values`` averaged, ``final``, ``run_name``, ``run_id``, ``history_file``, ``error``);
         ``best[partition]``: the methods with the best mean; ``gain``: ``method``, ``baseline`` and per partition
-        the mean and std of the paired differences with their ``seeds``; and the settings.
+        the mean, std and 95 % interval (``ci95``, :func:`paired_interval`) of the paired differences with their
+        ``seeds``; and the settings.
 
     Examples:
         >>> records = [{"method": m, "partition": "IID", "seed": s, "status": "ok", "history": [{"round": 0, "val_acc": v}]}
@@ -129,7 +161,8 @@ def summarize(
             paired = [s for s in ours if s in theirs]
             differences = [ours[s] - theirs[s] for s in paired]
             mean, std = _mean_std(differences)
-            per_partition[partition] = {"mean": mean, "std": std, "seeds": paired, "differences": differences}
+            per_partition[partition] = {"mean": mean, "std": std, "ci95": paired_interval(differences),
+                                        "seeds": paired, "differences": differences}
         summary["gain"] = {"method": method, "baseline": baseline, "partitions": per_partition}
     return summary
 
@@ -190,17 +223,24 @@ def format_table(summary: Mapping[str, Any]) -> str:
             if entry["mean"] is None:
                 row.append("n/a")
                 continue
-            row.append(_cell_text(entry["mean"], entry["std"], len(entry["seeds"]), total, percent, signed=True))
+            row.append(_cell_text(entry["mean"], entry["std"], len(entry["seeds"]), total, percent, signed=True,
+                                  interval=entry.get("ci95")))
         lines.append(f"| {gain['method']} − {gain['baseline']} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
-def _cell_text(mean: float, std: float | None, n: int, total: int, percent: bool, signed: bool = False) -> str:
-    """``mean ± std (n = k)``: no spread from one run; ``(n = k of m)`` when some of the ``m`` seeds are missing."""
+def _cell_text(mean: float, std: float | None, n: int, total: int, percent: bool, signed: bool = False,
+               interval: Sequence[float] | None = None) -> str:
+    """``mean ± std (n = k)``: no spread from one run; ``(n = k of m)`` when some of the ``m`` seeds are missing;
+    ``interval`` (a paired difference's 95 % interval) is added as ``(n = k; 95 % CI [low, high])``."""
     text = _number(mean, percent, signed=signed)
     if std is not None:
         text += f" ± {_number(std, percent)}"
-    return text + (f" (n = {n})" if n >= total else f" (n = {n} of {total})")
+    count = f"n = {n}" if n >= total else f"n = {n} of {total}"
+    if interval is not None:
+        low, high = interval
+        count += f"; 95 % CI [{_number(low, percent, signed=True)}, {_number(high, percent, signed=True)}]"
+    return f"{text} ({count})"
 
 
 def run_settings(bench: Benchmark | None) -> dict[str, Any]:
@@ -272,7 +312,9 @@ def _markdown(summary: Mapping[str, Any], bench: Benchmark | None) -> str:
     gain = summary.get("gain")
     if gain is not None:
         parts[-1] += (f" Last row: {gain['method']} minus {gain['baseline']}, paired by seed (same partition, initial"
-                      f" model and client order){', in points' if percent else ''}.")
+                      f" model and client order){', in points' if percent else ''}: the mean difference ± its sample"
+                      " standard deviation, n, and the paired 95 % confidence interval of the mean difference"
+                      " (Student's t with n − 1 degrees of freedom).")
     parts += ["", format_table(summary), ""]
     failed = [(m, p, r) for m in summary["methods"] for p in summary["partitions"]
               for r in summary["cells"][m][p]["runs"] if r["status"] == "failed"]

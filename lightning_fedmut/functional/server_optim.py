@@ -94,8 +94,9 @@ def adaptive_step_(
     - ``"yogi"``: ``v = v - (1 - beta2) * d^2 * sign(v - d^2)``;
 
     and the step is ``server_lr * m / (sqrt(v) + tau)``. Algorithm 2 has no bias correction (``step=None``).
-    Given ``step`` (the 1-based count of server steps), the step length is corrected as Adam's and Flower's
-    ``FedAdam`` do: ``server_lr * sqrt(1 - beta2^step) / (1 - beta1^step)``.
+    Given ``step``, the step length is corrected as Adam's is: ``server_lr * sqrt(1 - beta2^step) / (1 -
+    beta1^step)``. Adam's ``step`` is the 1-based count of server steps ``t``; Flower's ``FedAdam`` passes
+    ``server_round + 1``, i.e. ``t + 1`` (see :class:`~lightning_fedmut.aggregators.FedAdam`).
 
     Examples:
         >>> d, m, v = [torch.tensor([0.1])], [torch.zeros(1)], [torch.zeros(1)]

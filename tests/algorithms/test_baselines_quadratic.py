@@ -270,9 +270,9 @@ def test_fedmr_matches_the_float64_reference_with_its_recorded_permutations():
 
 def test_fedmr_first_stage_starts_from_the_global_model():
     recorder = Recorder()
-    _, result = fit(callbacks=[FedMR(first_stage_bound=2), recorder], rounds=3)
+    _, result = fit(callbacks=[FedMR(first_stage_bound=1), recorder], rounds=3)
     glb_after_0 = torch.stack([recorder.trained[(0, s)] for s in range(3)]).mean(0)
-    assert all(torch.equal(recorder.starts[(1, s)], glb_after_0) for s in range(3))  # round 1 < bound: global
+    assert all(torch.equal(recorder.starts[(1, s)], glb_after_0) for s in range(3))  # round 0 < bound: global
     assert [row["fedmr/recombined"] for row in result.history] == [0.0, 1.0, 1.0]
     trained_1 = torch.stack([recorder.trained[(1, s)] for s in range(3)])
     starts_2 = torch.stack([recorder.starts[(2, s)] for s in range(3)])

@@ -72,7 +72,7 @@ def test_fedadam_first_steps_match_a_hand_written_reference():
     assert float(got[0][0]) == pytest.approx(0.1 + 0.1 * 0.03 / (math.sqrt(0.00090099) + 1e-3), abs=1e-15)
 
 
-def test_fedadam_bias_correction_is_flowers_step_length():
+def test_fedadam_bias_correction_is_adams_at_server_step_t():
     got = run_rounds(FedAdam(server_lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3, bias_correction=True,
                              initial_accumulator=0.0), ROUNDS, START)
     want = adaptive_reference("adam", 0.1, 0.9, 0.99, 1e-3, bias_correction=True, v0=0.0)

@@ -229,16 +229,16 @@ def test_summary_reports_the_mean_per_configuration_over_seeds(capsys):
     means = configuration_means(rows, "maximize")
     assert [(c["values"]["mutation.radius"], c["seeds"]) for c in means] == [(1.0, [0, 1, 2]), (4.0, [0, 1, 2])]
     assert means[0]["mean"] == pytest.approx(0.6) and means[1]["mean"] == pytest.approx(1.4 / 3)
-    assert means[0]["std"] == pytest.approx(((0.1 ** 2 + 0.1 ** 2) / 3) ** 0.5)
+    assert means[0]["std"] == pytest.approx(((0.1 ** 2 + 0.1 ** 2) / 2) ** 0.5)  # the sample std, n - 1 = 2
     assert [c["values"]["mutation.radius"] for c in configuration_means(rows, "minimize")] == [4.0, 1.0]
 
     _summary(rows, "val_acc", "maximize", "g")
     out = capsys.readouterr().out.splitlines()
     # the single best seed (radius 4, seed 0: 0.95) does not make radius 4 the best configuration
     assert out[:4] == [
-        "Final val_acc per configuration (mean and std over seeds), best first:",
-        "  0.6000 +- 0.0816 over 3 seeds  mutation.radius=1.0 data=digits",
-        "  0.4667 +- 0.3424 over 3 seeds  mutation.radius=4.0 data=digits",
+        "Final val_acc per configuration (mean and sample std over seeds), best first:",
+        "  0.6000 +- 0.1000 over 3 seeds  mutation.radius=1.0 data=digits",
+        "  0.4667 +- 0.4193 over 3 seeds  mutation.radius=4.0 data=digits",
         "Best (maximize val_acc, mean over 3 seeds): 0.6000 with mutation.radius=1.0 data=digits",
     ]
     assert out[4] == "1 of 7 configuration(s) failed"

@@ -56,10 +56,12 @@ def test_several_seeds_show_the_sample_std_and_n():
     assert fedavg["std"] == pytest.approx(math.sqrt((0.2**2 + 0 + 0.2**2) / 2), abs=1e-15)  # n - 1 = 2
     mut_std = math.sqrt(((0.6 - 0.75) ** 2 + (0.9 - 0.75) ** 2) / 1)
     gain_std = math.sqrt(((0.1 - 0.15) ** 2 + (0.2 - 0.15) ** 2) / 1)
+    half = 12.706204736174698 * gain_std / math.sqrt(2)  # Student's t(0.975, 1 degree of freedom)
     assert format_table(summary).splitlines()[2:] == [
         "| FedAvg | 70.00 ± 20.00 (n = 3) |",
         f"| FedMut | **75.00 ± {100 * mut_std:.2f} (n = 2 of 3)** |",
-        f"| FedMut − FedAvg | +15.00 ± {100 * gain_std:.2f} (n = 2 of 3) |",
+        f"| FedMut − FedAvg | +15.00 ± {100 * gain_std:.2f} (n = 2 of 3; 95 % CI [{100 * (0.15 - half):+.2f},"
+        f" {100 * (0.15 + half):+.2f}]) |",
     ]
 
 
