@@ -9,6 +9,12 @@ import torch
 
 torch.set_num_threads(1)
 
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+# tests in other folders import the quadratic baselines' helpers from tests/algorithms/test_baselines_quadratic.py
+sys.path.append(str(Path(__file__).parent / "algorithms"))
+
 from helpers import make_synthetic  # noqa: E402
 
 

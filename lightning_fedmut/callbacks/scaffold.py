@@ -316,7 +316,7 @@ def _federation_size(loop: FederatedLoop) -> int:
 
 def _federation_examples(loop: FederatedLoop) -> int:
     """The number of training examples of all the clients handed to ``fit``."""
-    clients = getattr(loop, "clients", None) or loop._clients  # the loop has no public list of its clients yet
+    clients = loop.clients
     sizes = [c.num_examples for c in clients]
     if any(not n for n in sizes):
         raise ValueError("Scaffold(control_weights='data') weighs clients by their number of examples: give every"

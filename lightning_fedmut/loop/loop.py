@@ -254,6 +254,11 @@ class FederatedLoop:
         return self.progress.round
 
     @property
+    def clients(self) -> list[Client]:
+        """The federation's clients (of the ``fit`` in progress, or the last one); read-only."""
+        return list(self._clients)
+
+    @property
     def num_clients(self) -> int:
         """The number of clients of the federation (of the ``fit`` in progress, or the last one)."""
         return len(self._clients)
