@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from scipy import stats
 
 from lightning_fedmut.callbacks import FederatedCallback
 from lightning_fedmut.cli import main
@@ -146,7 +147,10 @@ def test_the_table_csv_and_summary_hold_the_histories_numbers(tiny_run):
     gains = []
     for partition in ("IID", "Dir(0.5)"):
         differences = [expected["FedMut", partition, s] - expected["FedAvg", partition, s] for s in (0, 1)]
-        gains.append(f"{100 * np.mean(differences):+.2f} ± {100 * np.std(differences, ddof=1):.2f} (n = 2)")
+        mean, std = np.mean(differences), np.std(differences, ddof=1)
+        half = stats.t.ppf(0.975, 1) * std / np.sqrt(2)  # the paired 95 % interval, Student's t with 1 df
+        gains.append(f"{100 * mean:+.2f} ± {100 * std:.2f} (n = 2; 95 % CI [{100 * (mean - half):+.2f},"
+                     f" {100 * (mean + half):+.2f}])")
     table.append(f"| FedMut − FedAvg | {gains[0]} | {gains[1]} |")
     assert "\n".join(table) in (out / "results.md").read_text(encoding="utf-8")
     assert summary["table"] == "\n".join(table)

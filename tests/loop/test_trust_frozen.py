@@ -17,6 +17,7 @@ from lightning_fedmut.aggregators import Aggregator, FedAdam
 from lightning_fedmut.callbacks import FedMR, FedProx, Scaffold
 from lightning_fedmut.data import partition_dirichlet
 from lightning_fedmut.functional import floating_keys, frozen_keys
+from lightning_fedmut.sampling import UniformSampler
 
 
 class FrozenFirstLayer(TinyModule):
@@ -207,7 +208,8 @@ def test_with_two_workers_a_frozen_layer_stands_and_the_run_equals_one_process(s
 @pytest.mark.parametrize("callback", [MutationCallback, FedMR])
 def test_a_checkpoint_that_moved_a_now_frozen_layer_is_refused_naming_it(callback):
     """State saved when the layer was still mutated (or recombined) is not loaded into a run that freezes it."""
-    loop = SimpleNamespace(seed=0, clients_per_round=2, aggregator=FedAvg(weighted=False), callbacks=[])
+    loop = SimpleNamespace(seed=0, clients_per_round=2, aggregator=FedAvg(weighted=False), callbacks=[],
+                           sampler=UniformSampler())
     torch.manual_seed(0)
     saved = callback()
     saved.setup(loop, TinyModule(), "fit")
