@@ -25,8 +25,8 @@ def frozen_keys(module: torch.nn.Module) -> frozenset[str]:
     The one rule for what no federated method touches: a frozen parameter is neither sent through the
     average, nor stepped by a server optimizer, nor mutated, nor recombined; the global copy stands bit for
     bit. During a ``fit`` whose :class:`~lightning_fedmut.federation.FederationPolicy` keeps entries local or
-    frozen, those are included (:func:`set_unshared`). Components read it once per fit, from the global module at setup. Buffers (BatchNorm running
-    statistics) are not parameters and are never frozen by this rule. A parameter shared under two names
+    frozen, those are included (``set_unshared``). Components read it once per fit, from the global module at
+    setup. Buffers (BatchNorm running statistics) are not parameters and are never frozen by this rule. A parameter shared under two names
     is frozen under both.
 
     Examples:
