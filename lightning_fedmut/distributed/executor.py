@@ -62,11 +62,12 @@ class DistributedExecutor(ClientExecutor):
     whatever the number of workers. The global model is evaluated by rank 0 and the metrics are shared.
     Rank 0 alone logs, shows progress and writes checkpoints.
 
-    The round goes in waves of ``workers`` clients: each rank trains one client of the wave, then the wave's
-    results are broadcast in slot order, one at a time, and each goes to the aggregator before the next is
-    received. A worker therefore holds about two trained models beyond its working copy and the global model,
-    whatever ``clients_per_round`` (``benchmarks/worker_memory.py`` measures it); every worker still receives
-    every trained state, which is what keeps the aggregate bitwise equal to one process's.
+    The round goes in chunks: each rank trains up to ``exchange_mb`` of its clients' states (at least one), then
+    the chunk's results are gathered and handed to the aggregator in slot order, one at a time, before the next
+    chunk trains. A worker therefore holds a bounded number of trained models beyond its working copy and the
+    global model, whatever ``clients_per_round`` (``benchmarks/worker_memory.py`` measures it), and small models
+    are exchanged once a round; every worker still receives every trained state, which is what keeps the
+    aggregate bitwise equal to one process's.
 
     Workers come from one of three places: started by the loop itself at ``fit`` (a plain ``python script.py``,
     or the CLI; they are forked: tutorial 9 says why), or the processes of
@@ -78,6 +79,9 @@ class DistributedExecutor(ClientExecutor):
         workers_per_device: workers sharing one GPU (rank ``r`` uses ``cuda:(local_rank // workers_per_device)``).
         timeout: seconds a worker waits for the others at an exchange before the run fails (gloo's timeout). A
             worker that trains more clients, or slower ones, keeps the others waiting for as long: keep it long.
+        exchange_mb: how many MB of its own trained states a worker may hold before the results are exchanged:
+            ``exchange_mb // model size`` clients each (at least one, at most all of the round's), so a worker's
+            memory stays within a bound whatever ``clients_per_round``, and small models are exchanged once a round.
         answer_timeout: with workers the loop started (not torchrun's or srun's), seconds a worker may stay
             silent while rank 0 waits for it before the run fails with :class:`WorkerError` naming its rank and
             PID. Workers answer from a thread of their own while they train, so only a stopped worker (SIGSTOP,
@@ -94,7 +98,7 @@ class DistributedExecutor(ClientExecutor):
     """
 
     def __init__(self, workers: int | None = None, inner: ClientExecutor | None = None, workers_per_device: int = 1,
-                 timeout: float = 1800.0, answer_timeout: float = 120.0) -> None:
+                 timeout: float = 1800.0, answer_timeout: float = 120.0, exchange_mb: float = 16.0) -> None:
         self.environment = detect_environment()
         if self.environment is not None and workers not in (None, self.environment.world_size):
             raise ValueError(
@@ -109,6 +113,7 @@ class DistributedExecutor(ClientExecutor):
         self.workers_per_device = check_int("workers_per_device", workers_per_device, low=1)
         self.timeout = check_real("timeout", timeout, low=1.0)
         self.answer_timeout = check_real("answer_timeout", answer_timeout, low=1.0)
+        self.exchange_mb = check_real("exchange_mb", exchange_mb, low=0.0)
         self._env: WorkerEnvironment | None = self.environment
         self._group: WorkerGroup | None = None
 
@@ -159,29 +164,36 @@ class DistributedExecutor(ClientExecutor):
         self.inner.setup(module, replace(training, trainer_kwargs=kwargs))
 
     def run(self, tasks: Iterable[ClientTask], hooks: TaskHooks) -> Iterator[ClientResult]:
-        """The round's results in slot order, in every worker, one at a time.
+        """The round's results in slot order, in every worker, a bounded number at a time.
 
-        The tasks go in waves of ``workers`` slots (slot ``s`` in wave ``s // workers``, trained by rank
-        ``s % workers``): each rank trains its slot of the wave, then the wave's results are broadcast one after
-        another, each by the rank that trained it, and yielded as they arrive. The loop feeds each to the
-        aggregator before the next arrives, so a worker holds one trained state of its own and one received,
-        whatever ``clients_per_round``.
+        Each rank trains ``c`` of its clients (``c = exchange_mb // model size``, at least 1, at most its share of
+        the round), then every rank's results of that chunk are gathered and yielded in slot order; the loop feeds
+        each to the aggregator before asking for the next. A worker thus holds at most ``c`` trained states of its
+        own and ``workers * c`` received ones, whatever ``clients_per_round``: one for a model above
+        ``exchange_mb``, and a whole round's (one exchange per round) for the small models simulations use.
         """
         tasks = list(tasks)
         if self._group is None:  # one process: nothing to exchange
             yield from self.inner.run(tasks, hooks)
             return
-        for start in range(0, len(tasks), self.world_size):
-            wave = tasks[start:start + self.world_size]
-            mine = None
-            for task in wave:
-                if slot_owner(task.slot, self.world_size) == self.rank:
-                    mine = _pack(next(iter(self.inner.run([task], hooks))))
-            for task in wave:
-                owner = slot_owner(task.slot, self.world_size)
-                record = self._group.broadcast_object(mine if owner == self.rank else None, src=owner)
-                yield _unpack(task, record)
-            del mine, record
+        if not tasks:
+            return
+        chunk = self.world_size * self._per_exchange(tasks)
+        for start in range(0, len(tasks), chunk):
+            group = tasks[start:start + chunk]
+            mine = [_pack(next(iter(self.inner.run([task], hooks)))) for task in group
+                    if slot_owner(task.slot, self.world_size) == self.rank]
+            received = {record["slot"]: record for records in self._group.all_gather_object(mine)
+                        for record in records}
+            del mine
+            for task in group:
+                yield _unpack(task, received.pop(task.slot))
+
+    def _per_exchange(self, tasks: list[ClientTask]) -> int:
+        """How many of its own clients a worker trains before an exchange (see ``exchange_mb``)."""
+        share = -(-len(tasks) // self.world_size)
+        size = sum(t.numel() * t.element_size() for t in tasks[0].start_state.values() if isinstance(t, Tensor))
+        return max(1, min(share, int(self.exchange_mb * 2**20 // max(size, 1))))
 
     def teardown(self) -> None:
         self.inner.teardown()

@@ -134,21 +134,25 @@ def fork_workers(workers: int, threads: int, run: Callable[[WorkerEnvironment, C
     children: list[_Child] = []
     sys.stdout.flush()
     sys.stderr.flush()
-    # Garbage of an earlier fit (a gloo group, a store) must be freed here, where its threads run: a child that
-    # collected its copy would join threads it does not have and abort.
-    gc.collect()
-    for rank in range(1, workers):
-        read, write = os.pipe()
-        beat_read, beat_write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # a worker: never returns
-            for fd in (read, beat_read, *(f for c in children for f in (c.errors, c.beats))):
-                os.close(fd)
-            _run_child(rank, workers, store_path, threads, parent, write, beat_write, run)
-        os.close(write)
-        os.close(beat_write)
-        os.set_blocking(beat_read, False)
-        children.append(_Child(rank=rank, pid=pid, errors=read, beats=beat_read, last_beat=time.monotonic()))
+    # Garbage of an earlier fit (a gloo group, a store) must never be freed in a child, which would join threads it
+    # does not have and abort: what exists now is frozen out of the collector's reach for the children (and not
+    # written to by collections, as the gc module advises before a fork); the parent unfreezes it after forking.
+    gc.freeze()
+    try:
+        for rank in range(1, workers):
+            read, write = os.pipe()
+            beat_read, beat_write = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # a worker: never returns
+                for fd in (read, beat_read, *(f for c in children for f in (c.errors, c.beats))):
+                    os.close(fd)
+                _run_child(rank, workers, store_path, threads, parent, write, beat_write, run)
+            os.close(write)
+            os.close(beat_write)
+            os.set_blocking(beat_read, False)
+            children.append(_Child(rank=rank, pid=pid, errors=read, beats=beat_read, last_beat=time.monotonic()))
+    finally:
+        gc.unfreeze()
     env = WorkerEnvironment(world_size=workers, rank=0, local_rank=0, main_address="127.0.0.1", main_port=0,
                             source="fork", store_path=store_path)
     previous_threads = torch.get_num_threads()
