@@ -42,7 +42,7 @@ class FixedPerturbationStep(OptimizerStepWrapper):
     ``zero_grad``, ``backward``, the ``on_before_optimizer_step`` hooks and gradient clipping, once) and copies
     ``w`` back exactly, so any optimizer that calls its closure works. The forward pass runs at ``w + e``: the
     logged loss, and BatchNorm's running statistics, are those of ``w + e`` (as in the FedLESAM authors' code).
-    Refusals as :class:`~lightning_fedmut.callbacks.sam.SharpnessAwareStep`'s.
+    Refusals as ``SharpnessAwareStep``'s (``lightning_fedmut.callbacks.sam``).
 
     Examples:
         >>> step = FixedPerturbationStep({"weight": torch.tensor([0.1, 0.0])})

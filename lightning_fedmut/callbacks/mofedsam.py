@@ -61,9 +61,9 @@ class GlobalMomentum(Callback):
     r"""A Lightning callback for one MoFedSAM client: mixes each step's gradient with the server direction.
 
     In ``on_before_optimizer_step`` (once per step, before Lightning's gradient clipping; with
-    :class:`~lightning_fedmut.callbacks.sam.SharpnessAwareStep`, on the gradient at ``w + e``) each named parameter
+    ``SharpnessAwareStep``, on the gradient at ``w + e``) each named parameter
     with a gradient gets ``g <- alpha * g + (1 - alpha) * direction``. It also adds, per parameter, the learning
-    rate of its parameter group at each step to :attr:`step_sums` (``K * eta_l`` for ``K`` steps at a constant
+    rate of its parameter group at each step to ``step_sums`` (``K * eta_l`` for ``K`` steps at a constant
     rate), which the server divides the next global update by.
     """
 
@@ -106,15 +106,9 @@ class GlobalMomentum(Callback):
 class MoSAM(LocalCallback):
     r"""MoFedSAM's client side: SAM steps whose gradient is mixed with the server's last global update direction.
 
-    Each client step (Algorithm 2 of Qu et al.) is
-
-    .. code-block:: text
-
-        e   = rho * g / |g|                      g: the gradient at w
-        v   = alpha * grad F(w + e) + (1 - alpha) * Delta
-        w  <- optimizer step with v              (plain SGD: w - eta_l * v)
-
-    with the server direction ``Delta = -(w_glb(t) - w_glb(t-1)) / (K eta_l)``, the last global update as a mean
+    Each client step (Algorithm 2 of Qu et al.) is: ``e = rho * g / |g|`` with ``g`` the gradient at ``w``;
+    ``v = alpha * grad F(w + e) + (1 - alpha) * Delta``; the optimizer's step with ``v`` (plain SGD:
+    ``w <- w - eta_l * v``); with the server direction ``Delta = -(w_glb(t) - w_glb(t-1)) / (K eta_l)``, the last global update as a mean
     gradient (``0`` before the first aggregation). ``K eta_l`` is the sum of the learning rates of the client's
     steps, averaged over the round's clients (per parameter, read from its optimizer group as it steps), so it is
     ``K eta_l`` with ``K`` steps at a constant rate. ``Delta`` is declared server state (checkpointed, so a resumed
