@@ -12,12 +12,14 @@ from lightning_fedmut.algorithms.fedavg import FedAvg
 from lightning_fedmut.algorithms.feddyn import FedDyn
 from lightning_fedmut.algorithms.fedexp import FedExP
 from lightning_fedmut.algorithms.fedgen import FedGen
+from lightning_fedmut.algorithms.fedlesam import FedLESAM
 from lightning_fedmut.algorithms.fedmr import FedMR
 from lightning_fedmut.algorithms.fedmut import FedMut
 from lightning_fedmut.algorithms.fednova import FedNova
 from lightning_fedmut.algorithms.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from lightning_fedmut.algorithms.fedprox import FedProx
 from lightning_fedmut.algorithms.fedsam import FedASAM, FedSAM
+from lightning_fedmut.algorithms.mofedsam import MoFedSAM
 from lightning_fedmut.algorithms.personalised import FedBN, FedPer
 from lightning_fedmut.algorithms.registry import (
     algorithm_class,
@@ -44,6 +46,7 @@ __all__ = [
     "FedDyn",
     "FedExP",
     "FedGen",
+    "FedLESAM",
     "FedMR",
     "FedMut",
     "FedNova",
@@ -53,6 +56,7 @@ __all__ = [
     "FedYogi",
     "FederatedAlgorithm",
     "LocalCallback",
+    "MoFedSAM",
     "StartModelCallback",
     "algorithm_class",
     "build_algorithm",

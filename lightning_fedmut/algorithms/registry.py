@@ -86,7 +86,7 @@ def resolve_name(name: str) -> str:
         >>> resolve_name("FedMutt")
         Traceback (most recent call last):
         ...
-        ValueError: Expected `algorithm` to be a registered method name, got 'FedMutt' (did you mean FedMut?); known: FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, ClusteredSampling, FedNova, FedSAM, FedASAM, FedDyn, DPFedAvg, DPFedMut, FedBN, FedPer, FedGen.
+        ValueError: Expected `algorithm` to be a registered method name, got 'FedMutt' (did you mean FedMut?); known: FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, ClusteredSampling, FedNova, FedSAM, FedASAM, FedDyn, DPFedAvg, DPFedMut, FedBN, FedPer, FedGen, MoFedSAM, FedLESAM.
     """
     if isinstance(name, str):
         for registered in _REGISTRY:
@@ -142,12 +142,14 @@ def _register_presets() -> None:
     from lightning_fedmut.algorithms.feddyn import FedDyn
     from lightning_fedmut.algorithms.fedexp import FedExP
     from lightning_fedmut.algorithms.fedgen import FedGen
+    from lightning_fedmut.algorithms.fedlesam import FedLESAM
     from lightning_fedmut.algorithms.fedmr import FedMR
     from lightning_fedmut.algorithms.fedmut import FedMut
     from lightning_fedmut.algorithms.fednova import FedNova
     from lightning_fedmut.algorithms.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
     from lightning_fedmut.algorithms.fedprox import FedProx
     from lightning_fedmut.algorithms.fedsam import FedASAM, FedSAM
+    from lightning_fedmut.algorithms.mofedsam import MoFedSAM
     from lightning_fedmut.algorithms.personalised import FedBN, FedPer
     from lightning_fedmut.algorithms.scaffold import SCAFFOLD
 
@@ -163,6 +165,8 @@ def _register_presets() -> None:
     register("FedBN", FedBN)
     register("FedPer", FedPer)
     register("FedGen", FedGen)
+    register("MoFedSAM", MoFedSAM)
+    register("FedLESAM", FedLESAM)
 
 
 _register_presets()

@@ -72,7 +72,57 @@ def asam_scales(named_params: Sequence[tuple[str, Tensor]], eta: float) -> list[
     return [p.detach().abs().add(eta) if "weight" in name else None for name, p in named_params]
 
 
-class SharpnessAwareStep(Callback):
+class OptimizerStepWrapper(Callback):
+    """A Lightning callback that wraps each optimizer's ``step`` from ``on_train_start`` to the end of training.
+
+    Subclasses implement :meth:`wrapped_step`, which receives the optimizer, its own ``step`` and the closure
+    Lightning passes in automatic optimization. ``setup`` refuses, before any step, the setups in which Lightning
+    steps without a closure or with a partial one (:func:`check_sam_trainer`). The optimizer's ``step`` is restored
+    when training ends, fails or the Trainer tears down.
+    """
+
+    def __init__(self) -> None:
+        self._module: LightningModule | None = None
+        self._names: dict[int, str] = {}
+        self._wrapped: list[tuple[Any, Any]] = []  # (optimizer, its own instance `step` or None)
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        check_sam_trainer(pl_module.automatic_optimization, trainer.accumulate_grad_batches,
+                          getattr(trainer.precision_plugin, "scaler", None) is not None)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._module = pl_module
+        self._names = {id(p): n for n, p in pl_module.named_parameters()}
+        for optimizer in trainer.optimizers:
+            own = optimizer.__dict__.get("step")  # an LR scheduler may have wrapped it already
+            base = optimizer.step
+            setattr(optimizer, "step", functools.partial(self.wrapped_step, optimizer, base))  # noqa: B010
+            self._wrapped.append((optimizer, own))
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._unwrap()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._unwrap()
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._unwrap()
+
+    def _unwrap(self) -> None:
+        for optimizer, own in reversed(self._wrapped):
+            if own is None:
+                optimizer.__dict__.pop("step", None)
+            else:
+                setattr(optimizer, "step", own)  # noqa: B010
+        self._wrapped, self._module = [], None
+
+    def wrapped_step(self, optimizer: Any, base_step: Callable[..., Any], closure: Callable[[], Any] | None = None,
+                     **kwargs: Any) -> Any:
+        """Called in place of ``optimizer.step(closure=closure, **kwargs)``; ``base_step`` is the optimizer's own."""
+        raise NotImplementedError
+
+
+class SharpnessAwareStep(OptimizerStepWrapper):
     r"""A Lightning callback that turns the optimizers' steps into SAM (or ASAM) steps, whatever the optimizer.
 
     From ``on_train_start`` to the end of training it wraps each optimizer's ``step``. Given the closure Lightning
@@ -112,45 +162,20 @@ class SharpnessAwareStep(Callback):
     """
 
     def __init__(self, rho: float, adaptive: bool = False, eta: float = 0.0) -> None:
+        super().__init__()
         self.rho = check_real("rho", rho, low=0.0, low_open=True)
         self.adaptive = _check_bool("adaptive", adaptive)
         self.eta = check_real("eta", eta, low=0.0)
         self.steps = 0
         self.split_closure: bool | None = None
-        self._module: LightningModule | None = None
-        self._names: dict[int, str] = {}
-        self._wrapped: list[tuple[Any, Any]] = []  # (optimizer, its own instance `step` or None)
-
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        check_sam_trainer(pl_module.automatic_optimization, trainer.accumulate_grad_batches,
-                          getattr(trainer.precision_plugin, "scaler", None) is not None)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._module = pl_module
-        self._names = {id(p): n for n, p in pl_module.named_parameters()}
         self.steps, self.split_closure = 0, None
-        for optimizer in trainer.optimizers:
-            own = optimizer.__dict__.get("step")  # an LR scheduler may have wrapped it already
-            base = optimizer.step
-            setattr(optimizer, "step", functools.partial(self._sam_step, optimizer, base))  # noqa: B010
-            self._wrapped.append((optimizer, own))
+        super().on_train_start(trainer, pl_module)
 
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._unwrap()
-
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self._unwrap()
-
-    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self._unwrap()
-
-    def _unwrap(self) -> None:
-        for optimizer, own in reversed(self._wrapped):
-            if own is None:
-                optimizer.__dict__.pop("step", None)
-            else:
-                setattr(optimizer, "step", own)  # noqa: B010
-        self._wrapped, self._module = [], None
+    def wrapped_step(self, optimizer: Any, base_step: Callable[..., Any], closure: Callable[[], Any] | None = None,
+                     **kwargs: Any) -> Any:
+        return self._sam_step(optimizer, base_step, closure, **kwargs)
 
     def _sam_step(self, optimizer: Any, base_step: Callable[..., Any], closure: Callable[[], Any] | None = None,
                   **kwargs: Any) -> Any:
