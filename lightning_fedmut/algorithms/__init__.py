@@ -12,12 +12,14 @@ from lightning_fedmut.algorithms.fedavg import FedAvg
 from lightning_fedmut.algorithms.feddyn import FedDyn
 from lightning_fedmut.algorithms.fedexp import FedExP
 from lightning_fedmut.algorithms.fedgen import FedGen
+from lightning_fedmut.algorithms.fedgloss import FedGloSS
 from lightning_fedmut.algorithms.fedmr import FedMR
 from lightning_fedmut.algorithms.fedmut import FedMut
 from lightning_fedmut.algorithms.fednova import FedNova
 from lightning_fedmut.algorithms.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from lightning_fedmut.algorithms.fedprox import FedProx
 from lightning_fedmut.algorithms.fedsam import FedASAM, FedSAM
+from lightning_fedmut.algorithms.fedsmoo import FedSMOO
 from lightning_fedmut.algorithms.personalised import FedBN, FedPer
 from lightning_fedmut.algorithms.registry import (
     algorithm_class,
@@ -28,6 +30,7 @@ from lightning_fedmut.algorithms.registry import (
     unregister,
 )
 from lightning_fedmut.algorithms.scaffold import SCAFFOLD
+from lightning_fedmut.algorithms.swa import FedASAMSWA, FedAvgSWA, FedSAMSWA
 from lightning_fedmut.callbacks.base import LocalCallback, StartModelCallback
 
 __all__ = [
@@ -61,3 +64,4 @@ __all__ = [
     "resolve_name",
     "unregister",
 ]
+__all__ += ["FedASAMSWA", "FedAvgSWA", "FedGloSS", "FedSAMSWA", "FedSMOO"]
