@@ -88,7 +88,7 @@ def test_fedgloss_matches_the_authors_code_in_float64():
     torch.testing.assert_close(torch.cat([buffers["sigma"]["u"], buffers["sigma"]["v"]]), sigma, rtol=0, atol=1e-12)
     torch.testing.assert_close(torch.cat([buffers["direction"]["u"], buffers["direction"]["v"]]), d, rtol=0,
                                atol=1e-12)
-    for (r, slot), start in starts.starts.items():
+    for (r, _slot), start in starts.starts.items():
         torch.testing.assert_close(start, expected_starts[r], rtol=0, atol=1e-12)
     for i in range(3):
         dual = loop.client_states.get(i)["FedGloSS/dual"]

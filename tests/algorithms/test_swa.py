@@ -9,8 +9,8 @@ import pytest
 import torch
 from global_sharpness_runs import check_resume, check_workers, run
 from lightning.pytorch import Trainer
-from torch.utils.data import DataLoader
 from test_baselines_quadratic import LR, W0, Quadratic, local_sgd, quadratic_clients, weights
+from torch.utils.data import DataLoader
 
 from lightning_fedmut import FederatedCallback, FederatedLoop
 from lightning_fedmut import algorithms as algos
