@@ -11,3 +11,8 @@ __all__ = [
     "Aggregator", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedDyn", "FedExP", "FedExPReport", "FedNova", "FedYogi",
     "ServerOptimizer",
 ]
+
+from lightning_fedmut.aggregators.fedgloss import FedGloSS  # noqa: E402
+from lightning_fedmut.aggregators.fedsmoo import FedSMOO  # noqa: E402
+
+__all__ += ["FedGloSS", "FedSMOO"]

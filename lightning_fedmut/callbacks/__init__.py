@@ -24,3 +24,8 @@ __all__ = [
     "Scaffold",
     "ServerReport",
 ]
+
+from lightning_fedmut.callbacks.fedsmoo import FedSMOO  # noqa: E402
+from lightning_fedmut.callbacks.swa import SWA  # noqa: E402
+
+__all__ += ["SWA", "FedSMOO"]
