@@ -12,7 +12,7 @@ __all__ = [
     "ServerOptimizer",
 ]
 
-from lightning_fedmut.aggregators.fedgloss import FedGloSS  # noqa: E402
-from lightning_fedmut.aggregators.fedsmoo import FedSMOO  # noqa: E402
+from lightning_fedmut.aggregators.fedgloss import FedGloSS
+from lightning_fedmut.aggregators.fedsmoo import FedSMOO
 
 __all__ += ["FedGloSS", "FedSMOO"]

@@ -66,7 +66,7 @@ class FedGloSS(FedAvgM):
         >>> def round_of(target, w):
         ...     agg.reset(); agg.update(SimpleNamespace(state={"w": torch.tensor([target])}, num_examples=1))
         ...     return agg.compute({"w": torch.tensor([w])})["w"].item()
-        >>> round_of(2.0, 0.0), agg.ascent_scale()  # d = -2: next round's clients start from w + 1.0 * d / |d|
+        >>> round_of(2.0, 0.0), round(agg.ascent_scale(), 9)  # d = -2: the next clients start from w + d / |d|
         (2.0, 0.5)
         >>> round_of(4.0, 2.0)  # Delta = 4 - (2 - 1) = 3
         5.0

@@ -25,7 +25,7 @@ __all__ = [
     "ServerReport",
 ]
 
-from lightning_fedmut.callbacks.fedsmoo import FedSMOO  # noqa: E402
-from lightning_fedmut.callbacks.swa import SWA  # noqa: E402
+from lightning_fedmut.callbacks.fedsmoo import FedSMOO
+from lightning_fedmut.callbacks.swa import SWA
 
 __all__ += ["SWA", "FedSMOO"]

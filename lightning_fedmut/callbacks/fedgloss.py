@@ -42,8 +42,8 @@ class GlobalPerturbation(StartModelCallback):
     is kept. In the first round (``d = 0``) the clients start from ``w``.
 
     Examples:
-        >>> GlobalPerturbation().hparams
-        {}
+        >>> isinstance(GlobalPerturbation(), StartModelCallback)
+        True
     """
 
     def setup(self, loop: FederatedLoop, module: LightningModule, stage: str) -> None:
