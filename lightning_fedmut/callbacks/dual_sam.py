@@ -83,7 +83,7 @@ class DualSharpnessStep(SharpnessAwareStep):
     4. Lightning's ``on_before_optimizer_step`` hooks (FedDyn's terms) and gradient clipping, at ``w``, on the
        gradients of step 3; the optimizer steps from ``w``.
 
-    Step 4 is where this differs from :class:`~lightning_fedmut.callbacks.sam.SharpnessAwareStep`, whose hooks run
+    Step 4 is where this differs from ``SharpnessAwareStep`` (FedSAM's step), whose hooks run
     inside the second closure, at ``w + e``: FedSMOO's and FedGloSS's reference codes add their regularisation
     after the weights came back to ``w``. A closure without Lightning's structure is refused.
 
