@@ -11,3 +11,8 @@ __all__ = [
     "Aggregator", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedDyn", "FedExP", "FedExPReport", "FedNova", "FedYogi",
     "ServerOptimizer",
 ]
+
+from lightning_fedmut.aggregators.fedgloss import FedGloSS
+from lightning_fedmut.aggregators.fedsmoo import FedSMOO
+
+__all__ += ["FedGloSS", "FedSMOO"]

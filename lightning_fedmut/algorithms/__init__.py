@@ -12,6 +12,7 @@ from lightning_fedmut.algorithms.fedavg import FedAvg
 from lightning_fedmut.algorithms.feddyn import FedDyn
 from lightning_fedmut.algorithms.fedexp import FedExP
 from lightning_fedmut.algorithms.fedgen import FedGen
+from lightning_fedmut.algorithms.fedgloss import FedGloSS
 from lightning_fedmut.algorithms.fedlesam import FedLESAM
 from lightning_fedmut.algorithms.fedmr import FedMR
 from lightning_fedmut.algorithms.fedmut import FedMut
@@ -19,6 +20,7 @@ from lightning_fedmut.algorithms.fednova import FedNova
 from lightning_fedmut.algorithms.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from lightning_fedmut.algorithms.fedprox import FedProx
 from lightning_fedmut.algorithms.fedsam import FedASAM, FedSAM
+from lightning_fedmut.algorithms.fedsmoo import FedSMOO
 from lightning_fedmut.algorithms.mofedsam import MoFedSAM
 from lightning_fedmut.algorithms.personalised import FedBN, FedPer
 from lightning_fedmut.algorithms.registry import (
@@ -30,6 +32,7 @@ from lightning_fedmut.algorithms.registry import (
     unregister,
 )
 from lightning_fedmut.algorithms.scaffold import SCAFFOLD
+from lightning_fedmut.algorithms.swa import FedASAMSWA, FedAvgSWA, FedSAMSWA
 from lightning_fedmut.callbacks.base import LocalCallback, StartModelCallback
 
 __all__ = [
@@ -38,14 +41,17 @@ __all__ = [
     "DPFedAvg",
     "DPFedMut",
     "FedASAM",
+    "FedASAMSWA",
     "FedAdagrad",
     "FedAdam",
     "FedAvg",
     "FedAvgM",
+    "FedAvgSWA",
     "FedBN",
     "FedDyn",
     "FedExP",
     "FedGen",
+    "FedGloSS",
     "FedLESAM",
     "FedMR",
     "FedMut",
@@ -53,6 +59,8 @@ __all__ = [
     "FedPer",
     "FedProx",
     "FedSAM",
+    "FedSAMSWA",
+    "FedSMOO",
     "FedYogi",
     "FederatedAlgorithm",
     "LocalCallback",

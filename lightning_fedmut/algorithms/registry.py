@@ -86,7 +86,7 @@ def resolve_name(name: str) -> str:
         >>> resolve_name("FedMutt")
         Traceback (most recent call last):
         ...
-        ValueError: Expected `algorithm` to be a registered method name, got 'FedMutt' (did you mean FedMut?); known: FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, ClusteredSampling, FedNova, FedSAM, FedASAM, FedDyn, DPFedAvg, DPFedMut, FedBN, FedPer, FedGen, MoFedSAM, FedLESAM.
+        ValueError: Expected `algorithm` to be a registered method name, got 'FedMutt' (did you mean FedMut?); known: FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, ClusteredSampling, FedNova, FedSAM, FedASAM, FedDyn, DPFedAvg, DPFedMut, FedBN, FedPer, FedGen, MoFedSAM, FedLESAM, FedGloSS, FedSMOO, FedASAMSWA, FedSAMSWA, FedAvgSWA.
     """
     if isinstance(name, str):
         for registered in _REGISTRY:
@@ -167,6 +167,16 @@ def _register_presets() -> None:
     register("FedGen", FedGen)
     register("MoFedSAM", MoFedSAM)
     register("FedLESAM", FedLESAM)
+    _register_global_sharpness()
+
+
+def _register_global_sharpness() -> None:
+    from lightning_fedmut.algorithms.fedgloss import FedGloSS
+    from lightning_fedmut.algorithms.fedsmoo import FedSMOO
+    from lightning_fedmut.algorithms.swa import FedASAMSWA, FedAvgSWA, FedSAMSWA
+
+    for cls in (FedGloSS, FedSMOO, FedASAMSWA, FedSAMSWA, FedAvgSWA):
+        register(cls.__name__, cls)
 
 
 _register_presets()

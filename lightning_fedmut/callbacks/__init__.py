@@ -24,3 +24,8 @@ __all__ = [
     "Scaffold",
     "ServerReport",
 ]
+
+from lightning_fedmut.callbacks.fedsmoo import FedSMOO
+from lightning_fedmut.callbacks.swa import SWA
+
+__all__ += ["SWA", "FedSMOO"]
