@@ -30,11 +30,18 @@ import math
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-__all__ = ["FLATNESS_KEYS", "FLATNESS_METRICS", "FlatnessSettings", "flatness_batches", "flatness_settings",
+from lightning_fedmut.callbacks import FederatedCallback
+
+if TYPE_CHECKING:
+    from lightning.pytorch import LightningModule
+
+    from lightning_fedmut.loop import FederatedLoop
+
+__all__ = ["FLATNESS_KEYS", "FLATNESS_METRICS", "FinalFlatness", "FlatnessSettings", "flatness_batches", "flatness_settings",
            "measure_flatness"]
 
 #: The figures a benchmark can measure, in the order its tables show them.
@@ -196,3 +203,49 @@ def measure_flatness(module: torch.nn.Module, batches: Sequence[Any], settings: 
             with objective(module, batches, None, None, settings.seed) as session:
                 out[name] = float(session.loss()[0])
     return out
+
+
+class FinalFlatness(FederatedCallback):
+    """Measure the global model once, when the last round has ended (``on_fit_end``), and log the figures as
+    ``flatness/<name>`` to the run's logger: into a W&B run's summary, or as metrics of the last round for
+    another logger. :attr:`figures` then holds ``settings``, ``values`` and ``seconds``.
+
+    Args:
+        settings: what to measure and how.
+        batches: the batches to measure on (:func:`flatness_batches`).
+
+    Examples:
+        >>> FinalFlatness(FlatnessSettings(), [0]).figures is None
+        True
+    """
+
+    def __init__(self, settings: FlatnessSettings, batches: Sequence[Any]) -> None:
+        self.settings = settings
+        self.batches = list(batches)
+        self.figures: dict[str, Any] | None = None
+
+    def on_fit_end(self, loop: FederatedLoop, module: LightningModule) -> None:
+        """Measure the final global model (in the process that logs) and log the figures."""
+        if not loop.is_global_zero:
+            return
+        values = self.measure(module)["values"]
+        logger = loop.logger
+        if logger is None:
+            return
+        from lightning.pytorch.loggers import WandbLogger
+
+        logged = {f"flatness/{name}": value for name, value in values.items()}
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update(logged)
+        else:
+            logger.log_metrics(logged, step=max(loop.progress.rounds_done - 1, 0))
+
+    def measure(self, module: torch.nn.Module) -> dict[str, Any]:
+        """Measure ``module`` now; set and return :attr:`figures`."""
+        import time
+
+        start = time.perf_counter()
+        values = measure_flatness(module, self.batches, self.settings)
+        self.figures = {"settings": self.settings.as_dict(), "values": values,
+                        "seconds": round(time.perf_counter() - start, 3)}
+        return self.figures

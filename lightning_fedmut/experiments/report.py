@@ -146,8 +146,8 @@ def summarize(
                 if run["status"] == "ok" and value is None:
                     run["error"] = f"no {metric} in the history"
                 if flatness is not None:
-                    figures = (record.get("flatness") or {}).get("values") if run["status"] == "ok" else None
-                    run["flatness"] = {k: figures[k] for k in flatness.metrics if k in (figures or {})}
+                    figures = ((record.get("flatness") or {}).get("values") or {}) if run["status"] == "ok" else {}
+                    run["flatness"] = {k: figures[k] for k in flatness.metrics if k in figures}
                 runs.append(run)
             ok = [r for r in runs if r["value"] is not None]
             mean, std = _mean_std([r["value"] for r in ok])

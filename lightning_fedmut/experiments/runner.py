@@ -44,6 +44,7 @@ from lightning_fedmut.experiments.config import (
     slug,
 )
 from lightning_fedmut.experiments.flatness import (
+    FinalFlatness,
     FlatnessSettings,
     flatness_batches,
     measure_flatness,
@@ -348,7 +349,7 @@ def flatness_problem(stored: Any, settings: FlatnessSettings) -> str | None:
     """
     if not isinstance(stored, Mapping) or not isinstance(stored.get("values"), Mapping):
         return f"holds no flatness figures (the benchmark measures {', '.join(settings.metrics)})"
-    old = stored.get("settings") if isinstance(stored.get("settings"), Mapping) else {}
+    old: Mapping[str, Any] = stored["settings"] if isinstance(stored.get("settings"), Mapping) else {}
     for key, value in settings.as_dict().items():
         if key != "metrics" and old.get(key) != value:
             return f"holds flatness figures measured with {key} {old.get(key)!r}, expected {value!r} (flatness.{key})"
@@ -446,11 +447,16 @@ def _fit_cell(args: Mapping[str, Any], folder: Path, meta: Mapping[str, Any], lo
             "benchmark.name": meta.get("benchmark"), "benchmark.method": meta["method"],
             "benchmark.partition": meta["partition"], "benchmark.seed": meta["seed"], **flatten_config(config)})
     loop = run.loop(logger=logger, seed=cfg.seed)
+    final = None
+    if meta.get("flatness") is not None:  # measured when the last round ends, while the run's logger is open
+        final = FinalFlatness(_settings(meta["flatness"]), _cell_batches(cfg, run.data, meta["flatness"]))
+        loop.callbacks.append(final)
     state["rounds"] = cfg.loop.rounds
     result = loop.fit(run.model, run.clients, val_dataloaders=run.val, ckpt_path=ckpt_path)
-    if meta.get("flatness") is not None:
-        state["flatness"] = _measure_cell(cfg, run.data, result.module, meta["flatness"])
-        _log_flatness(logger, state["flatness"]["values"], step=max(len(result.history) - 1, 0))
+    if final is not None:
+        if final.figures is None:  # measured in another process (workers): measure the returned global model
+            final.measure(result.module if result.module is not None else run.model)
+        state["flatness"] = final.figures
     state["run_id"] = None if logger is None or logger.version is None else str(logger.version)
     return result.history, len(result.failures)
 
@@ -459,28 +465,12 @@ def _settings(stored: Mapping[str, Any]) -> FlatnessSettings:
     return FlatnessSettings(**{**stored, "metrics": tuple(stored["metrics"])})
 
 
-def _measure_cell(cfg: Any, data: Any, module: Any, stored: Mapping[str, Any]) -> dict[str, Any]:
-    """The flatness figures of a cell's final global model, on the benchmark's batches of its training set."""
+def _cell_batches(cfg: Any, data: Any, stored: Mapping[str, Any]) -> list[Any]:
+    """The benchmark's flatness batches, drawn from the cell's training set."""
     from lightning_fedmut.cli.fit import _data
 
-    settings = _settings(stored)
     train, _val, collate_fn = _data(cfg, data)
-    start = time.perf_counter()
-    values = measure_flatness(module, flatness_batches(train, settings, collate_fn), settings)
-    return {"settings": settings.as_dict(), "values": values, "seconds": round(time.perf_counter() - start, 3)}
-
-
-def _log_flatness(logger: Any, values: Mapping[str, float], step: int) -> None:
-    """The figures as ``flatness/<name>``: in a W&B run's summary, else as metrics of the last round."""
-    if logger is None:
-        return
-    from lightning.pytorch.loggers import WandbLogger
-
-    figures = {f"flatness/{name}": value for name, value in values.items()}
-    if isinstance(logger, WandbLogger):
-        logger.experiment.summary.update(figures)
-    else:
-        logger.log_metrics(figures, step=step)
+    return flatness_batches(train, _settings(stored), collate_fn)
 
 
 def check_flatness(bench: Benchmark) -> None:
