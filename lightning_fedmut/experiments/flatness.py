@@ -208,7 +208,7 @@ def measure_flatness(module: torch.nn.Module, batches: Sequence[Any], settings: 
 class FinalFlatness(FederatedCallback):
     """Measure the global model once, when the last round has ended (``on_fit_end``), and log the figures as
     ``flatness/<name>`` to the run's logger: into a W&B run's summary, or as metrics of the last round for
-    another logger. :attr:`figures` then holds ``settings``, ``values`` and ``seconds``.
+    another logger. ``figures`` then holds ``settings``, ``values`` and ``seconds``.
 
     Args:
         settings: what to measure and how.
@@ -241,7 +241,7 @@ class FinalFlatness(FederatedCallback):
             logger.log_metrics(logged, step=max(loop.progress.rounds_done - 1, 0))
 
     def measure(self, module: torch.nn.Module) -> dict[str, Any]:
-        """Measure ``module`` now; set and return :attr:`figures`."""
+        """Measure ``module`` now; set and return ``figures``."""
         import time
 
         start = time.perf_counter()
