@@ -4,7 +4,9 @@ Every cell (a method under a partition with a seed) is one federated ``fit`` wit
 arguments, logged as one W&B run of one group; finished cells are skipped and a killed benchmark continues
 from each cell's last completed round. The outputs, in ``--output``: ``results.md`` (mean ± sample std over the seeds
 with n, best per column in bold, FedMut's gain over FedAvg last with its paired 95 % interval), ``results.csv`` (every run), ``curves.png`` and
-``summary.json``. See :mod:`lightning_fedmut.experiments` for the config's keys.
+``summary.json``. With a ``flatness:`` section, every cell's final global model is also measured (top Hessian
+eigenvalue, trace, sharpness) and the figures go next to the accuracy, with their rank correlation
+(:mod:`lightning_fedmut.experiments.flatness`). See :mod:`lightning_fedmut.experiments` for the config's keys.
 """
 
 from __future__ import annotations

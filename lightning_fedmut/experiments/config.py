@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from lightning_fedmut.experiments.flatness import FlatnessSettings, flatness_settings
+
 __all__ = ["METHODS", "METHOD_SETTINGS", "Benchmark", "Cell", "load_benchmark", "partition_options"]
 
 _MUTATION = "lightning_fedmut.callbacks.MutationCallback"
@@ -70,7 +72,7 @@ METHOD_SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
 _ALGORITHM_PARTS = ("mutation", "aggregator", "loop.sampler")
 
 _TOP_LEVEL = ("name", "description", "data", "model", "fit", "methods", "partitions", "seeds", "metric", "goal",
-              "last", "gain", "parallel", "logger", "project", "published", "source")
+              "last", "gain", "parallel", "logger", "project", "published", "source", "flatness")
 #: What every cell starts from before the benchmark's ``fit`` arguments: no mutation unless a method asks for it
 #: (``fit``'s own default is FedMut), no Lightning checkpoints of the global model, no progress bar.
 _BASE: dict[str, Any] = {"mutation": None, "model_checkpoint": None, "loop": {"enable_progress_bar": False}}
@@ -135,6 +137,8 @@ class Benchmark:
         published: published numbers to show beside the table: ``{method: {partition: value}}`` (those of the
             partitions the benchmark runs).
         source: where the published numbers come from.
+        flatness: how each cell's final global model is measured (``flatness:``; see
+            :mod:`lightning_fedmut.experiments.flatness`), or None for no flatness columns.
     """
 
     name: str
@@ -153,6 +157,7 @@ class Benchmark:
     description: str | None = None
     published: dict[str, dict[str, float]] = field(default_factory=dict)
     source: str | None = None
+    flatness: FlatnessSettings | None = None
 
 
 def partition_options(name: str) -> dict[str, Any]:
@@ -416,6 +421,7 @@ def _check(config: dict[str, Any], where: str) -> Benchmark:
     for key in ("data", "methods", "partitions", "seeds"):
         if config.get(key) is None:
             raise ValueError(f"`{key}` is required")
+    flatness = flatness_settings(config.get("flatness"))
     name = str(config.get("name") or "benchmark")
     data = config["data"]
     model = config.get("model")
@@ -471,7 +477,7 @@ def _check(config: dict[str, Any], where: str) -> Benchmark:
         metric=metric, goal=goal, last=_positive("last", config.get("last", 5)), gain=gain, parallel=parallel,
         logger=logger, project=config.get("project"), description=config.get("description"),
         published=_published(config.get("published") or {}, tuple(partitions)),
-        source=config.get("source"),
+        source=config.get("source"), flatness=flatness,
     )
 
 

@@ -23,8 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lightning_fedmut.experiments.flatness_table import flatness_cell, format_flatness, rank_correlations
+
 if TYPE_CHECKING:
     from lightning_fedmut.experiments.config import Benchmark
+    from lightning_fedmut.experiments.flatness import FlatnessSettings
 
 __all__ = ["format_table", "paired_interval", "run_settings", "run_value", "summarize", "write_report"]
 
@@ -96,8 +99,15 @@ def summarize(
     last: int = 5,
     goal: str = "max",
     gain: tuple[str, str] | None = None,
+    flatness: FlatnessSettings | None = None,
 ) -> dict[str, Any]:
     """Every number of the table, from the cells' records (one per method, partition and seed).
+
+    With ``flatness`` (the benchmark's settings), each run also has ``flatness`` (its figures, ``{name: value}``,
+    from its record), each cell ``flatness`` (per figure ``mean``, ``std``, ``n``, ``values``, ``seeds``:
+    :func:`~lightning_fedmut.experiments.flatness_table.flatness_cell`), and the summary ``flatness``:
+    ``metrics``, ``settings`` and per partition the rank ``correlation`` of accuracy and flatness
+    (:func:`~lightning_fedmut.experiments.flatness_table.rank_correlations`).
 
     Returns:
         ``cells[method][partition]``: ``mean``, ``std`` (sample standard deviation; ``None`` with fewer than
@@ -135,6 +145,9 @@ def summarize(
                            final=float(finals[-1]) if finals else None)
                 if run["status"] == "ok" and value is None:
                     run["error"] = f"no {metric} in the history"
+                if flatness is not None:
+                    figures = ((record.get("flatness") or {}).get("values") or {}) if run["status"] == "ok" else {}
+                    run["flatness"] = {k: figures[k] for k in flatness.metrics if k in figures}
                 runs.append(run)
             ok = [r for r in runs if r["value"] is not None]
             mean, std = _mean_std([r["value"] for r in ok])
@@ -143,6 +156,8 @@ def summarize(
                 "seeds": [r["seed"] for r in ok], "failed": [r["seed"] for r in runs if r["status"] == "failed"],
                 "missing": [r["seed"] for r in runs if r["status"] == "missing"], "runs": runs,
             }
+            if flatness is not None:
+                cells[method][partition]["flatness"] = flatness_cell(runs, flatness.metrics)
     best: dict[str, list[str]] = {}
     for partition in partitions:
         means = {m: cells[m][partition]["mean"] for m in methods if cells[m][partition]["mean"] is not None}
@@ -164,6 +179,9 @@ def summarize(
             per_partition[partition] = {"mean": mean, "std": std, "ci95": paired_interval(differences),
                                         "seeds": paired, "differences": differences}
         summary["gain"] = {"method": method, "baseline": baseline, "partitions": per_partition}
+    if flatness is not None:
+        summary["flatness"] = {"metrics": list(flatness.metrics), "settings": flatness.as_dict()}
+        summary["flatness"]["correlation"] = rank_correlations(summary)
     return summary
 
 
@@ -322,6 +340,7 @@ def _markdown(summary: Mapping[str, Any], bench: Benchmark | None) -> str:
         parts += ["Failed runs (left out of their cells):", ""]
         parts += [f"- {m} | {p} | seed {r['seed']}: {r['error']} (`{r['history_file']}`)" for m, p, r in failed]
         parts += [""]
+    parts += format_flatness(summary, lambda cell: _accuracy_text(cell, len(seeds), percent))
     if bench is not None and bench.published:
         parts += [f"Published{' (' + bench.source.strip() + ')' if bench.source else ''}:", "",
                   "| Method | " + " | ".join(summary["partitions"]) + " |",
@@ -341,11 +360,18 @@ def _markdown(summary: Mapping[str, Any], bench: Benchmark | None) -> str:
     return "\n".join(parts)
 
 
+def _accuracy_text(cell: Mapping[str, Any], total: int, percent: bool) -> str:
+    if cell["mean"] is None:
+        return "failed" if cell["failed"] else "not run"
+    return _cell_text(cell["mean"], cell["std"], cell["n"], total, percent)
+
+
 def _group(bench: Benchmark | None) -> str:
     return bench.name if bench is not None else "benchmark"
 
 
 def _csv_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    flatness = (summary.get("flatness") or {}).get("metrics", [])
     rows = []
     for method in summary["methods"]:
         for partition in summary["partitions"]:
@@ -358,6 +384,8 @@ def _csv_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
                     "evaluated_rounds": " ".join(str(r) for r in rounds), "run_name": run["run_name"] or "",
                     "wandb_run_id": run["run_id"] or "", "history_file": run["history_file"] or "",
                     "error": run["error"] or "",
+                    **{f"flatness/{name}": "" if name not in run.get("flatness", {}) else repr(run["flatness"][name])
+                       for name in flatness},
                 })
     return rows
 
@@ -371,7 +399,8 @@ def write_report(summary: Mapping[str, Any], records: Sequence[Mapping[str, Any]
     files = {"results.md": out / "results.md", "results.csv": out / "results.csv", "summary.json": out / "summary.json"}
     files["results.md"].write_text(_markdown(summary, bench), encoding="utf-8")
     with open(files["results.csv"], "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        flatness = [f"flatness/{name}" for name in (summary.get("flatness") or {}).get("metrics", [])]
+        writer = csv.DictWriter(f, fieldnames=[*CSV_COLUMNS, *flatness])
         writer.writeheader()
         writer.writerows(_csv_rows(summary))
     content = {"name": bench.name if bench is not None else None, "data": bench.data if bench is not None else None,

@@ -5,7 +5,8 @@ Each cell has a folder under the output folder, ``cells/<method>/<partition>/see
 - ``cell.json``: the cell's resolved ``fit`` config, written before it runs;
 - ``checkpoints/``: its federated checkpoints (``loop.checkpoint_dir``), one per round, so that a killed cell
   resumes from its last completed round (``ckpt_path="last"``) and ends as an uninterrupted one would;
-- ``history.json``: written when the cell finishes, atomically: the per-round history, the W&B run (the
+- ``history.json``: written when the cell finishes, atomically: the per-round history, the W&B run, and with a
+  ``flatness:`` section the figures of the final global model and the settings they were measured with (the
   checkpoints are then deleted);
 - ``failed.json``: the error of a cell that failed (it runs again, from its checkpoints, on the next run).
 
@@ -41,6 +42,12 @@ from lightning_fedmut.experiments.config import (
     merge,
     resolve,
     slug,
+)
+from lightning_fedmut.experiments.flatness import (
+    FinalFlatness,
+    FlatnessSettings,
+    flatness_batches,
+    measure_flatness,
 )
 from lightning_fedmut.experiments.report import run_value, summarize, write_report
 from lightning_fedmut.loop.connectors import tracking
@@ -151,6 +158,7 @@ def run_benchmark(
     if todo and not report_only:
         _check_data(bench.cells[0].config)
         check_metric(bench)
+        check_flatness(bench)
         for cell in todo:
             if problem := problems.get(cell.folder):
                 _set_aside(out / cell.folder / HISTORY, cell, problem, say)
@@ -160,7 +168,8 @@ def run_benchmark(
         ran = _run_all(bench, todo, out, logging, workers, say)
     records = [read_record(out / c.folder, c, bench) for c in bench.cells]
     summary = summarize(records, methods=bench.methods, partitions=tuple(bench.partitions), seeds=bench.seeds,
-                        metric=bench.metric, last=bench.last, goal=bench.goal, gain=bench.gain)
+                        metric=bench.metric, last=bench.last, goal=bench.goal, gain=bench.gain,
+                        flatness=bench.flatness)
     files = write_report(summary, records, out, bench) if any(r["status"] != "missing" for r in records) else {}
     failed = sum(r["status"] == "failed" for r in records)
     missing = sum(r["status"] == "missing" for r in records)
@@ -228,6 +237,7 @@ def _resolved(bench: Benchmark) -> dict[str, Any]:
         "name": bench.name, "data": bench.data, "metric": bench.metric, "goal": bench.goal, "last": bench.last,
         "gain": list(bench.gain) if bench.gain else None, "seeds": list(bench.seeds),
         "partitions": bench.partitions, "methods": methods,
+        "flatness": bench.flatness.as_dict() if bench.flatness is not None else None,
     }, default=str))
 
 
@@ -319,6 +329,33 @@ def history_problem(path: Path, cell: Cell, bench: Benchmark) -> str | None:
         return f"holds {_count(len(history), 'round')}, expected {rounds} (loop.rounds)"
     if _checked(bench.metric) and not any(_is_number(row.get(bench.metric)) for row in history):
         return f"holds no {bench.metric} (the benchmark's metric) in any round"
+    if bench.flatness is not None:
+        return flatness_problem(record.get("flatness"), bench.flatness)
+    return None
+
+
+def flatness_problem(stored: Any, settings: FlatnessSettings) -> str | None:
+    """Why a finished cell's stored flatness figures (its record's ``flatness``) do not fit the benchmark's
+    ``flatness:`` settings, or None when they do: the cell then runs again, since its final model is not kept.
+
+    Examples:
+        >>> settings = FlatnessSettings(metrics=("sharpness",))
+        >>> flatness_problem({"settings": settings.as_dict(), "values": {"sharpness": 0.01}}, settings) is None
+        True
+        >>> flatness_problem(None, settings)
+        'holds no flatness figures (the benchmark measures sharpness)'
+        >>> flatness_problem({"settings": {**settings.as_dict(), "rho": 0.1}, "values": {"sharpness": 0.01}}, settings)
+        'holds flatness figures measured with rho 0.1, expected 0.05 (flatness.rho)'
+    """
+    if not isinstance(stored, Mapping) or not isinstance(stored.get("values"), Mapping):
+        return f"holds no flatness figures (the benchmark measures {', '.join(settings.metrics)})"
+    old: Mapping[str, Any] = stored["settings"] if isinstance(stored.get("settings"), Mapping) else {}
+    for key, value in settings.as_dict().items():
+        if key != "metrics" and old.get(key) != value:
+            return f"holds flatness figures measured with {key} {old.get(key)!r}, expected {value!r} (flatness.{key})"
+    missing = [m for m in settings.metrics if not _is_number(stored["values"].get(m))]
+    if missing:
+        return f"holds no {missing[0]} (flatness.metrics)"
     return None
 
 
@@ -346,7 +383,10 @@ def run_cell(args: Mapping[str, Any], folder: str | os.PathLike, meta: Mapping[s
         args: the cell's ``fit`` arguments (``Cell.args``).
         folder: the cell's folder (its checkpoints go to ``checkpoints/`` in it).
         meta: ``benchmark``, ``method``, ``partition``, ``seed``, ``run_name`` and ``config``: written into the
-            record and, as ``benchmark.*`` keys, into the W&B run's config.
+            record and, as ``benchmark.*`` keys, into the W&B run's config; optionally ``flatness``, the
+            :class:`~lightning_fedmut.experiments.flatness.FlatnessSettings` as a dict: the final global model's
+            figures are then measured, stored in the record (``flatness``) and logged to the W&B run's summary
+            (``flatness/<name>``).
         logging: ``kind`` (wandb, csv or none), ``project``, ``group`` and ``save_dir`` of the cell's logger.
 
     Returns:
@@ -361,6 +401,8 @@ def run_cell(args: Mapping[str, Any], folder: str | os.PathLike, meta: Mapping[s
         history, failures = _fit_cell(args, folder, meta, logging, state)
         record.update(status="ok", history=history, client_failures=failures,
                       stopped_early=len(history) < state.get("rounds", len(history)))
+        if state.get("flatness") is not None:
+            record["flatness"] = state["flatness"]
     except Exception as err:  # noqa: BLE001 - any error fails the cell; Ctrl+C and SIGTERM stop the benchmark
         record.update(status="failed", error=_one_line(err),
                       traceback="".join(traceback.format_exception(err)[-6:]))
@@ -405,10 +447,54 @@ def _fit_cell(args: Mapping[str, Any], folder: Path, meta: Mapping[str, Any], lo
             "benchmark.name": meta.get("benchmark"), "benchmark.method": meta["method"],
             "benchmark.partition": meta["partition"], "benchmark.seed": meta["seed"], **flatten_config(config)})
     loop = run.loop(logger=logger, seed=cfg.seed)
+    final = None
+    if meta.get("flatness") is not None:  # measured when the last round ends, while the run's logger is open
+        final = FinalFlatness(_settings(meta["flatness"]), _cell_batches(cfg, run.data, meta["flatness"]))
+        loop.callbacks.append(final)
     state["rounds"] = cfg.loop.rounds
     result = loop.fit(run.model, run.clients, val_dataloaders=run.val, ckpt_path=ckpt_path)
+    if final is not None:
+        if final.figures is None:  # measured in another process (workers): measure the returned global model
+            final.measure(result.module if result.module is not None else run.model)
+        state["flatness"] = final.figures
     state["run_id"] = None if logger is None or logger.version is None else str(logger.version)
     return result.history, len(result.failures)
+
+
+def _settings(stored: Mapping[str, Any]) -> FlatnessSettings:
+    return FlatnessSettings(**{**stored, "metrics": tuple(stored["metrics"])})
+
+
+def _cell_batches(cfg: Any, data: Any, stored: Mapping[str, Any]) -> list[Any]:
+    """The benchmark's flatness batches, drawn from the cell's training set."""
+    from lightning_fedmut.cli.fit import _data
+
+    train, _val, collate_fn = _data(cfg, data)
+    return flatness_batches(train, _settings(stored), collate_fn)
+
+
+def check_flatness(bench: Benchmark) -> None:
+    """Check the benchmark's ``flatness:`` settings against the data and model before any cell runs: a
+    ``ValueError`` naming ``flatness`` when the training set has fewer examples than ``batches x batch_size`` or
+    the model gives no loss on a batch (its ``training_step`` returns none)."""
+    if bench.flatness is None:
+        return
+    from lightning_fedmut.cli._parser import CLIError
+
+    cell = bench.cells[0]
+    try:
+        cfg = _cell_config(cell.args, "flatness")
+        model, train, _val, collate_fn = _model_and_data(cfg)
+    except CLIError:  # the cell itself cannot be built: its run reports that (failed.json)
+        return
+    batches = flatness_batches(train, bench.flatness, collate_fn)
+    probe = FlatnessSettings(metrics=("loss",), batches=1, batch_size=bench.flatness.batch_size,
+                             seed=bench.flatness.seed)
+    try:
+        measure_flatness(model, batches[:1], probe)
+    except Exception as err:  # noqa: BLE001 - any error of the model's loss, before a cell runs
+        raise ValueError(f"flatness: expected the model's training_step to return the loss of a training batch,"
+                         f" got {type(err).__name__}: {' '.join(str(err).split())}") from None
 
 
 def _cell_config(args: Mapping[str, Any], where: str) -> Any:
@@ -498,7 +584,8 @@ def _finish_logger(logger: Any, state: dict[str, Any], failed: bool) -> None:
 # -------------------------------------------------------------------------------------------- all cells
 def _task(bench: Benchmark, cell: Cell, out: Path) -> tuple[dict[str, Any], str, dict[str, Any]]:
     meta = {"benchmark": bench.name, "method": cell.method, "partition": cell.partition, "seed": cell.seed,
-            "run_name": cell.name, "config": cell.config}
+            "run_name": cell.name, "config": cell.config,
+            "flatness": bench.flatness.as_dict() if bench.flatness is not None else None}
     return cell.args, str(out / cell.folder), meta
 
 
@@ -514,6 +601,8 @@ def _line(bench: Benchmark, record: Mapping[str, Any]) -> str:
         return f"failed: {record.get('error')}"
     value, rows = run_value(record.get("history") or [], bench.metric, bench.last)
     shown = f"{bench.metric} {value:.4f} (mean of the last {len(rows)})" if value is not None else f"no {bench.metric}"
+    figures = (record.get("flatness") or {}).get("values") or {}
+    shown += "".join(f", {name} {number:.4g}" for name, number in figures.items())
     return f"ok, {shown}, {record.get('seconds', 0):.1f} s"
 
 
