@@ -18,7 +18,7 @@ from lightning_fedmut.algorithms.fednova import FedNova
 from lightning_fedmut.algorithms.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from lightning_fedmut.algorithms.fedprox import FedProx
 from lightning_fedmut.algorithms.fedsam import FedASAM, FedSAM
-from lightning_fedmut.algorithms.personalised import FedBN, FedPer
+from lightning_fedmut.algorithms.personalised import FedBN, FedPer, FedRep
 from lightning_fedmut.algorithms.registry import (
     algorithm_class,
     build_algorithm,
@@ -49,6 +49,7 @@ __all__ = [
     "FedNova",
     "FedPer",
     "FedProx",
+    "FedRep",
     "FedSAM",
     "FedYogi",
     "FederatedAlgorithm",

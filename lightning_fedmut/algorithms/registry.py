@@ -86,7 +86,7 @@ def resolve_name(name: str) -> str:
         >>> resolve_name("FedMutt")
         Traceback (most recent call last):
         ...
-        ValueError: Expected `algorithm` to be a registered method name, got 'FedMutt' (did you mean FedMut?); known: FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, ClusteredSampling, FedNova, FedSAM, FedASAM, FedDyn, DPFedAvg, DPFedMut, FedBN, FedPer, FedGen.
+        ValueError: Expected `algorithm` to be a registered method name, got 'FedMutt' (did you mean FedMut?); known: FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, ClusteredSampling, FedNova, FedSAM, FedASAM, FedDyn, DPFedAvg, DPFedMut, FedBN, FedPer, FedGen, FedRep.
     """
     if isinstance(name, str):
         for registered in _REGISTRY:
@@ -148,7 +148,7 @@ def _register_presets() -> None:
     from lightning_fedmut.algorithms.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
     from lightning_fedmut.algorithms.fedprox import FedProx
     from lightning_fedmut.algorithms.fedsam import FedASAM, FedSAM
-    from lightning_fedmut.algorithms.personalised import FedBN, FedPer
+    from lightning_fedmut.algorithms.personalised import FedBN, FedPer, FedRep
     from lightning_fedmut.algorithms.scaffold import SCAFFOLD
 
     for cls in (FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR,
@@ -163,6 +163,7 @@ def _register_presets() -> None:
     register("FedBN", FedBN)
     register("FedPer", FedPer)
     register("FedGen", FedGen)
+    register("FedRep", FedRep)
 
 
 _register_presets()

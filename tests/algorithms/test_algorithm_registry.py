@@ -9,7 +9,7 @@ from lightning_fedmut.aggregators import FedAvg as Mean
 from lightning_fedmut.algorithms import FederatedAlgorithm, build_algorithm, names, register, unregister
 
 BUILT_IN = ["FedAvg", "FedMut", "FedProx", "SCAFFOLD", "FedAvgM", "FedAdagrad", "FedAdam", "FedYogi", "FedExP",
-            "FedMR", "ClusteredSampling", "FedNova", "FedSAM", "FedASAM", "FedDyn", "DPFedAvg", "DPFedMut", "FedBN", "FedPer", "FedGen"]
+            "FedMR", "ClusteredSampling", "FedNova", "FedSAM", "FedASAM", "FedDyn", "DPFedAvg", "DPFedMut", "FedBN", "FedPer", "FedGen", "FedRep"]
 
 
 class Halves(FederatedAlgorithm):

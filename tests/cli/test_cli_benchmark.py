@@ -296,7 +296,7 @@ def test_a_failing_cell_is_marked_failed_and_the_others_go_on(tmp_path, capsys):
 BAD = [
     (["--set", "methods=[FedAvg, FedFoo]"],
      ("tiny.yaml: methods: unknown method 'FedFoo' (did you mean FedYogi?): expected one of FedAvg, FedMut, FedProx,"
-     " SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, Clustered sampling, FedNova, FedSAM, FedASAM, FedDyn, DPFedAvg, DPFedMut, FedBN, FedPer, FedGen, or a mapping of the"
+     " SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, Clustered sampling, FedNova, FedSAM, FedASAM, FedDyn, DPFedAvg, DPFedMut, FedBN, FedPer, FedGen, FedRep, or a mapping of the"
      " method's name to its fit arguments")),
     (["--set", "partitions=[iid, dirichlet]"],
      ("tiny.yaml: partitions: Expected a partition name among iid, dir<alpha> (e.g. dir0.1), shards<n> (e.g. shards2)"
