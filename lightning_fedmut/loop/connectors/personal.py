@@ -167,7 +167,7 @@ class PersonalEvaluation(DeclaredState):
         self.enabled = enabled
         self.active = False
         self._local: list[str] = []
-        self.results: dict[int, EvaluationResult]
+        self.results: dict[int, dict[str, Any]]  # workers exchange plain data: each result as a dict
         self.add_state("results", {}, reduce="cat", scope="round")  # by slot: this process's, then the round's
 
     def setup(self, local: Sequence[str], clients: Sequence[Client], warn: bool = True) -> None:
@@ -192,6 +192,7 @@ class PersonalEvaluation(DeclaredState):
         self.reset_state("round")
         for task in personal_tasks(clients, store, self._local):
             if slot_owner(task.slot, executor.world_size) == executor.rank:
-                self.results[task.slot] = evaluate_task(evaluator, module, task)
+                result = evaluate_task(evaluator, module, task)
+                self.results[task.slot] = {"client_id": result.client_id, "metrics": result.metrics}
         reduce_round_state([self], executor)  # every worker's results, in slot order
-        return personal_metrics([self.results[s] for s in sorted(self.results)])
+        return personal_metrics([EvaluationResult(slot=s, **self.results[s]) for s in sorted(self.results)])
