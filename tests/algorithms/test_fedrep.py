@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -78,14 +80,14 @@ def check(model, initial, loop, trained, parts):
 
 def test_fedper_one_round_by_hand():
     model, initial, dataset, parts, loop = one_round(algos.FedPer(head="head"), local_epochs=1)
-    params = {k: v for k, v in initial.items()}
+    params = dict(initial)
     trained = [step(model, params, BODY + HEAD, dataset, part) for part in parts]
     check(model, initial, loop, trained, parts)
 
 
 def test_fedrep_one_round_by_hand_head_epoch_then_body_epoch():
     model, initial, dataset, parts, loop = one_round(algos.FedRep(head="head", head_epochs=1), local_epochs=2)
-    params = {k: v for k, v in initial.items()}
+    params = dict(initial)
     trained = [step(model, step(model, params, HEAD, dataset, part), BODY, dataset, part) for part in parts]
     check(model, initial, loop, trained, parts)
     assert all(p.requires_grad for p in model.parameters())
@@ -136,7 +138,7 @@ def test_head_epochs_move_only_the_head_and_body_epochs_only_the_body_with_momen
     head = {"net.2.weight", "net.2.bias"}
     assert len(ends.runs) == 4
     for run in ends.runs:
-        for epoch, (before, after) in enumerate(zip(run, run[1:])):
+        for epoch, (before, after) in enumerate(itertools.pairwise(run)):
             moved = {k for k in before if not torch.equal(before[k], after[k])}
             assert moved == (head if epoch < 2 else {"net.0.weight"}), epoch
     assert flags.flags == [[True, False, True, True]] * 4

@@ -3,6 +3,8 @@ per client, kept across rounds, across workers and across a resume."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from helpers import Crash, TinyModule, make_synthetic, state_of
@@ -94,7 +96,7 @@ def local_entries_are_per_client_and_persist(method, workers):
     again = [c for c, rounds in rounds_of.items() if len(rounds) > 1]
     assert again, "some client must train twice for this check"
     for client in again:  # its next round starts from its own entries
-        for before, after in zip(rounds_of[client], rounds_of[client][1:]):
+        for before, after in itertools.pairwise(rounds_of[client]):
             assert all(torch.equal(starts.starts[(after, client)][k], ends[(before, client)][k]) for k in keys)
     values = {c: torch.cat([own[c][k].flatten() for k in keys]) for c in trained}
     distinct = {tuple(v.tolist()) for v in values.values()}

@@ -79,7 +79,7 @@ def personal_tasks(clients: Sequence[Client], store: ClientStateStore, local: Se
         >>> [(t.slot, t.client.id, dict(t.local_state)) for t in personal_tasks(clients, store, ["bias"])]
         [(0, 1, {}), (1, 2, {'bias': tensor([1.])})]
     """
-    tasks = []
+    tasks: list[EvaluationTask] = []
     for client in clients:
         if client.val_data is None:
             continue
