@@ -148,3 +148,15 @@ def test_local_heads_survive_a_crash_and_resume(method, tmp_path):
 @pytest.mark.parametrize("method", sorted(LOCAL))
 def test_local_entries_survive_a_crash_and_resume_with_two_workers(method, tmp_path):
     resume_keeps_local_entries(method, tmp_path, workers=2)
+
+
+def test_a_methods_policy_and_the_loops_add_up_and_a_conflict_is_refused_before_training():
+    class NoTraining(FederatedCallback):
+        def on_client_fit_start(self, loop, module, task):
+            raise AssertionError("a client trained")
+
+    loop = FederatedLoop(rounds=1, clients_per_round=1, algorithm=build_algorithm("FedPer", {"head": "net.3"}),
+                         federation=FederationPolicy(frozen=["net.0.*"]))
+    assert loop.federation.hparams == {"local": ["net.3.*"], "frozen": ["net.0.*"]}
+    with pytest.raises(ValueError, match=r"Expected each entry to be either local or frozen, got \['net.3.bias'\]"):
+        run("FedPer", federation=FederationPolicy(frozen=["net.3.bias"]), extra=[NoTraining()])
