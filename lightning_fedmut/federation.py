@@ -83,6 +83,18 @@ class FederationPolicy:
         """Whether every entry but the frozen parameters is federated."""
         return not self.local and not self.frozen
 
+    def merged(self, other: FederationPolicy) -> FederationPolicy:
+        """This policy with ``other``'s selectors added: a method's own policy (FedBN's, FedPer's, FedRep's) with the
+        loop's ``federation``. An entry then selected both local and frozen is refused by :meth:`split`.
+
+        Examples:
+            >>> FederationPolicy(local=["head.*"]).merged(FederationPolicy(frozen=["embed.*"]))
+            FederationPolicy(local=['head.*'], frozen=['embed.*'])
+        """
+        if not isinstance(other, FederationPolicy):
+            raise TypeError(f"Expected `other` to be a FederationPolicy, got {type(other).__name__}.")
+        return FederationPolicy(local=[*self.local, *other.local], frozen=[*self.frozen, *other.frozen])
+
     def split(self, module: nn.Module) -> tuple[list[str], frozenset[str], frozenset[str]]:
         """``(federated keys in state_dict order, local keys, frozen keys)`` of ``module``.
 

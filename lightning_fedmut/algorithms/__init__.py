@@ -22,7 +22,7 @@ from lightning_fedmut.algorithms.fedprox import FedProx
 from lightning_fedmut.algorithms.fedsam import FedASAM, FedSAM
 from lightning_fedmut.algorithms.fedsmoo import FedSMOO
 from lightning_fedmut.algorithms.mofedsam import MoFedSAM
-from lightning_fedmut.algorithms.personalised import FedBN, FedPer
+from lightning_fedmut.algorithms.personalised import FedBN, FedPer, FedRep
 from lightning_fedmut.algorithms.registry import (
     algorithm_class,
     build_algorithm,
@@ -58,6 +58,7 @@ __all__ = [
     "FedNova",
     "FedPer",
     "FedProx",
+    "FedRep",
     "FedSAM",
     "FedSAMSWA",
     "FedSMOO",

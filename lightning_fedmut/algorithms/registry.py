@@ -86,7 +86,7 @@ def resolve_name(name: str) -> str:
         >>> resolve_name("FedMutt")
         Traceback (most recent call last):
         ...
-        ValueError: Expected `algorithm` to be a registered method name, got 'FedMutt' (did you mean FedMut?); known: FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, ClusteredSampling, FedNova, FedSAM, FedASAM, FedDyn, DPFedAvg, DPFedMut, FedBN, FedPer, FedGen, MoFedSAM, FedLESAM, FedGloSS, FedSMOO, FedASAMSWA, FedSAMSWA, FedAvgSWA.
+        ValueError: Expected `algorithm` to be a registered method name, got 'FedMutt' (did you mean FedMut?); known: FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, ClusteredSampling, FedNova, FedSAM, FedASAM, FedDyn, DPFedAvg, DPFedMut, FedBN, FedPer, FedGen, MoFedSAM, FedLESAM, FedGloSS, FedSMOO, FedASAMSWA, FedSAMSWA, FedAvgSWA, FedRep.
     """
     if isinstance(name, str):
         for registered in _REGISTRY:
@@ -142,6 +142,7 @@ def _register_presets() -> None:
     from lightning_fedmut.algorithms.feddyn import FedDyn
     from lightning_fedmut.algorithms.fedexp import FedExP
     from lightning_fedmut.algorithms.fedgen import FedGen
+    from lightning_fedmut.algorithms.fedgloss import FedGloSS
     from lightning_fedmut.algorithms.fedlesam import FedLESAM
     from lightning_fedmut.algorithms.fedmr import FedMR
     from lightning_fedmut.algorithms.fedmut import FedMut
@@ -149,33 +150,18 @@ def _register_presets() -> None:
     from lightning_fedmut.algorithms.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
     from lightning_fedmut.algorithms.fedprox import FedProx
     from lightning_fedmut.algorithms.fedsam import FedASAM, FedSAM
+    from lightning_fedmut.algorithms.fedsmoo import FedSMOO
     from lightning_fedmut.algorithms.mofedsam import MoFedSAM
-    from lightning_fedmut.algorithms.personalised import FedBN, FedPer
+    from lightning_fedmut.algorithms.personalised import FedBN, FedPer, FedRep
     from lightning_fedmut.algorithms.scaffold import SCAFFOLD
+    from lightning_fedmut.algorithms.swa import FedASAMSWA, FedAvgSWA, FedSAMSWA
 
     for cls in (FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR,
                 ClusteredSampling):
         register(cls.__name__, cls)
     register("FedNova", FedNova)
-    register("FedSAM", FedSAM)
-    register("FedASAM", FedASAM)
-    register("FedDyn", FedDyn)
-    register("DPFedAvg", DPFedAvg)
-    register("DPFedMut", DPFedMut)
-    register("FedBN", FedBN)
-    register("FedPer", FedPer)
-    register("FedGen", FedGen)
-    register("MoFedSAM", MoFedSAM)
-    register("FedLESAM", FedLESAM)
-    _register_global_sharpness()
-
-
-def _register_global_sharpness() -> None:
-    from lightning_fedmut.algorithms.fedgloss import FedGloSS
-    from lightning_fedmut.algorithms.fedsmoo import FedSMOO
-    from lightning_fedmut.algorithms.swa import FedASAMSWA, FedAvgSWA, FedSAMSWA
-
-    for cls in (FedGloSS, FedSMOO, FedASAMSWA, FedSAMSWA, FedAvgSWA):
+    for cls in (FedSAM, FedASAM, FedDyn, DPFedAvg, DPFedMut, FedBN, FedPer, FedGen, MoFedSAM, FedLESAM, FedGloSS,
+                FedSMOO, FedASAMSWA, FedSAMSWA, FedAvgSWA, FedRep):
         register(cls.__name__, cls)
 
 

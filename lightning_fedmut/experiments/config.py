@@ -400,7 +400,7 @@ def load_benchmark(source: str | os.PathLike | Mapping[str, Any], overrides: Map
         >>> load_benchmark({"data": "digits", "methods": ["FedAvg", "FedNope"], "partitions": ["iid"], "seeds": 1})
         Traceback (most recent call last):
         ...
-        ValueError: benchmark: methods: unknown method 'FedNope' (did you mean FedNova?): expected one of FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, Clustered sampling, FedNova, FedSAM, FedASAM, FedDyn, DPFedAvg, DPFedMut, FedBN, FedPer, FedGen, MoFedSAM, FedLESAM, FedGloSS, FedSMOO, FedASAMSWA, FedSAMSWA, FedAvgSWA, or a mapping of the method's name to its fit arguments
+        ValueError: benchmark: methods: unknown method 'FedNope' (did you mean FedNova?): expected one of FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, Clustered sampling, FedNova, FedSAM, FedASAM, FedDyn, DPFedAvg, DPFedMut, FedBN, FedPer, FedGen, MoFedSAM, FedLESAM, FedGloSS, FedSMOO, FedASAMSWA, FedSAMSWA, FedAvgSWA, FedRep, or a mapping of the method's name to its fit arguments
     """
     config, where = read_config(source)
     if overrides:
@@ -554,7 +554,7 @@ def method_args(name: Any) -> dict[str, Any]:
         >>> method_args("FedFoo")
         Traceback (most recent call last):
         ...
-        ValueError: methods: unknown method 'FedFoo' (did you mean FedYogi?): expected one of FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, Clustered sampling, FedNova, FedSAM, FedASAM, FedDyn, DPFedAvg, DPFedMut, FedBN, FedPer, FedGen, MoFedSAM, FedLESAM, FedGloSS, FedSMOO, FedASAMSWA, FedSAMSWA, FedAvgSWA, or a mapping of the method's name to its fit arguments
+        ValueError: methods: unknown method 'FedFoo' (did you mean FedYogi?): expected one of FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, Clustered sampling, FedNova, FedSAM, FedASAM, FedDyn, DPFedAvg, DPFedMut, FedBN, FedPer, FedGen, MoFedSAM, FedLESAM, FedGloSS, FedSMOO, FedASAMSWA, FedSAMSWA, FedAvgSWA, FedRep, or a mapping of the method's name to its fit arguments
     """
     from lightning_fedmut.algorithms.registry import algorithm_class, names, resolve_name
 

@@ -32,6 +32,7 @@ from lightning_fedmut.loop.connectors import failures as fault
 from lightning_fedmut.loop.connectors import tracking
 from lightning_fedmut.loop.connectors.checkpoint import CheckpointConnector, fingerprint
 from lightning_fedmut.loop.connectors.logger import RoundLog
+from lightning_fedmut.loop.connectors.personal import PersonalEvaluation
 from lightning_fedmut.loop.connectors.signals import SignalGuard
 from lightning_fedmut.loop.run_state import RunState
 from lightning_fedmut.loop.task_hooks import LoopTaskHooks
@@ -114,10 +115,16 @@ class FederatedLoop:
         federation: a :class:`~lightning_fedmut.federation.FederationPolicy`: which entries of the model are
             federated, kept local on each client (FedBN's BatchNorm, FedPer's head) or frozen; default: every entry
             but the frozen parameters is federated (an algorithm's own policy, such as ``FedBN()``'s, is used when
-            this is ``None``).
+            this is ``None``, and extended by this one otherwise).
         algorithm: a :class:`~lightning_fedmut.algorithms.FederatedAlgorithm` (``FedMut()``, ``FedProx(mu=0.01)``
             ...): its aggregator, sampler and federated callbacks, instead of passing them one by one (not
             together with ``aggregator`` or ``sampler``); ``callbacks`` are added after the algorithm's.
+        personal_evaluation: every ``evaluate_every`` rounds, evaluate each client's own model (the global
+            federated entries with its local ones) on its own validation data (``Client(val_data=...)``), as client
+            work shared by the workers, and add ``personal/<metric>_mean``, ``_std`` (sample), ``_worst10`` and
+            ``_n`` to the history for every ``val_*`` metric. ``None`` (default): when the federation policy keeps
+            entries local (FedBN, FedPer, FedRep) and some client has validation data; ``True`` also without local
+            entries (the global model's per-client accuracy).
 
     Examples:
         >>> from lightning_fedmut import MutationCallback
@@ -161,6 +168,7 @@ class FederatedLoop:
         client_timeout: float | None = None,
         algorithm: FederatedAlgorithm | None = None,
         federation: FederationPolicy | None = None,
+        personal_evaluation: bool | None = None,
     ) -> None:
         self.rounds = check_int("rounds", rounds, low=1)
         self.clients_per_round = check_int("clients_per_round", clients_per_round, low=1)
@@ -171,6 +179,8 @@ class FederatedLoop:
         self.algorithm, aggregator, sampler, callbacks = checks.check_algorithm(algorithm, aggregator, sampler, callbacks)
         self.federation = checks.check_instance("federation", federation, FederationPolicy, "a FederationPolicy",
                                                 lambda: getattr(self.algorithm, "federation", None) or FederationPolicy())
+        if federation is not None and getattr(self.algorithm, "federation", None) is not None:  # both: the union
+            self.federation = self.algorithm.federation.merged(self.federation)  # type: ignore[union-attr]
         self.aggregator = checks.check_instance("aggregator", aggregator, Aggregator, "a lightning_fedmut Aggregator", FedAvg)
         self.callbacks = checks.check_callbacks(callbacks)
         self.logger = None if logger is None else checks.check_instance(
@@ -193,6 +203,7 @@ class FederatedLoop:
         self.client_timeout = None if client_timeout is None else check_real("client_timeout", client_timeout,
                                                                              low=0.0, low_open=True)
         self.evaluator = Evaluator(self.trainer_kwargs, prepare_data=False)  # the loop prepares once per fit
+        self.personal = PersonalEvaluation(personal_evaluation)  # each client's own model on its own data
         self.run_state = RunState()  # history, client history, failures, timings, progress: what a fit has done
         self.checkpoint_connector = CheckpointConnector(
             self.checkpoint_dir, None if checkpoint_every is None else check_int("checkpoint_every", checkpoint_every, low=1),
@@ -345,6 +356,7 @@ class FederatedLoop:
         _, local, frozen = self.federation.split(model)  # every component reads frozen_keys(model) from here on
         set_unshared(model, local | frozen)
         self._local = sorted(local)
+        self.personal.setup(self._local, self._clients, warn=self.is_global_zero)
         self._call("setup", model, "fit")
         self._frozen = frozen_keys(model)
         self.aggregator.setup(model)
@@ -415,11 +427,14 @@ class FederatedLoop:
             fault.round_failed(self, trained, failed)
         else:
             self._aggregate(model)
-        evaluated = self._val is not None and (
-            (round_index + 1) % self.evaluate_every == 0 or round_index + 1 == self.rounds)
+        due = (round_index + 1) % self.evaluate_every == 0 or round_index + 1 == self.rounds
+        evaluated = self._val is not None and due
         keep = partial(self._round_log.log, trained, failed, skipped, start)
         keep = partial(self._collect_metrics, keep)  # the components' figures, once, before the round is logged
         val_metrics = self._evaluate(model, keep) if evaluated else {}
+        if due and self.personal.active:
+            self.round_metrics.update(self.personal.evaluate(self.evaluator, model, self._clients, self.client_states,
+                                                             self.executor))
         keep(val_metrics)
         self._check_logged_metrics(trained, val_metrics if evaluated else None)
         self._call("on_round_end", model)

@@ -60,13 +60,13 @@ def test_a_method_name_resolves_through_the_registry():
     assert fedmut == load_benchmark({**TINY, "methods": ["FedMut"]}).cells[0].config
     assert clustered["loop"]["sampler"]["class_path"] == "lightning_fedmut.sampling.ClusteredSampler"
     with pytest.raises(ValueError, match=r"^benchmark: methods: unknown method 'FedMutt' \(did you mean FedMut\?\):"
-                                         r" expected one of FedAvg, .*, Clustered sampling, FedNova, FedSAM, FedASAM, FedDyn, DPFedAvg, DPFedMut, FedBN, FedPer, FedGen, MoFedSAM, FedLESAM, FedGloSS, FedSMOO, FedASAMSWA, FedSAMSWA, FedAvgSWA, or a mapping"):
+                                         r" expected one of FedAvg, .*, Clustered sampling, FedNova, FedSAM, FedASAM, FedDyn, DPFedAvg, DPFedMut, FedBN, FedPer, FedGen, MoFedSAM, FedLESAM, FedGloSS, FedSMOO, FedASAMSWA, FedSAMSWA, FedAvgSWA, FedRep, or a mapping"):
         load_benchmark({**TINY, "methods": ["FedMutt"]})
 
 
 def test_a_registered_method_is_known_to_the_benchmark(prox_half):
     with pytest.raises(ValueError, match=r"^benchmark: methods: unknown method 'ProxHalff' \(did you mean"
-                                         r" ProxHalf\?\): expected one of .*, Clustered sampling, FedNova, FedSAM, FedASAM, FedDyn, DPFedAvg, DPFedMut, FedBN, FedPer, FedGen, MoFedSAM, FedLESAM, FedGloSS, FedSMOO, FedASAMSWA, FedSAMSWA, FedAvgSWA, ProxHalf, or a"):
+                                         r" ProxHalf\?\): expected one of .*, Clustered sampling, FedNova, FedSAM, FedASAM, FedDyn, DPFedAvg, DPFedMut, FedBN, FedPer, FedGen, MoFedSAM, FedLESAM, FedGloSS, FedSMOO, FedASAMSWA, FedSAMSWA, FedAvgSWA, FedRep, ProxHalf, or a"):
         load_benchmark({**TINY, "methods": ["ProxHalff"]})
     with pytest.raises(ValueError, match=r"^benchmark: methods.Mine: `algorithm` brings its own aggregator, start model"
                                          r" and sampler; remove `aggregator` \(from the method or from `fit`\)$"):

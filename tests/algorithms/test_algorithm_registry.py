@@ -10,7 +10,7 @@ from lightning_fedmut.algorithms import FederatedAlgorithm, build_algorithm, nam
 
 BUILT_IN = ["FedAvg", "FedMut", "FedProx", "SCAFFOLD", "FedAvgM", "FedAdagrad", "FedAdam", "FedYogi", "FedExP",
             "FedMR", "ClusteredSampling", "FedNova", "FedSAM", "FedASAM", "FedDyn", "DPFedAvg", "DPFedMut", "FedBN", "FedPer", "FedGen",
-            "MoFedSAM", "FedLESAM", "FedGloSS", "FedSMOO", "FedASAMSWA", "FedSAMSWA", "FedAvgSWA"]
+            "MoFedSAM", "FedLESAM", "FedGloSS", "FedSMOO", "FedASAMSWA", "FedSAMSWA", "FedAvgSWA", "FedRep"]
 
 
 class Halves(FederatedAlgorithm):

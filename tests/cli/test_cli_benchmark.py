@@ -297,7 +297,7 @@ BAD = [
     (["--set", "methods=[FedAvg, FedFoo]"],
      ("tiny.yaml: methods: unknown method 'FedFoo' (did you mean FedYogi?): expected one of FedAvg, FedMut, FedProx,"
      " SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, Clustered sampling, FedNova, FedSAM, FedASAM, FedDyn, DPFedAvg, DPFedMut, FedBN, FedPer, FedGen, MoFedSAM, FedLESAM,"
-     " FedGloSS, FedSMOO, FedASAMSWA, FedSAMSWA, FedAvgSWA, or a mapping of the"
+     " FedGloSS, FedSMOO, FedASAMSWA, FedSAMSWA, FedAvgSWA, FedRep, or a mapping of the"
      " method's name to its fit arguments")),
     (["--set", "partitions=[iid, dirichlet]"],
      ("tiny.yaml: partitions: Expected a partition name among iid, dir<alpha> (e.g. dir0.1), shards<n> (e.g. shards2)"
@@ -318,7 +318,7 @@ BAD = [
     (["--set", "metods=[FedAvg]"],
      ("tiny.yaml: unknown key `metods` (did you mean `methods`?); a benchmark file takes name, description, data,"
      " model, fit, methods, partitions, seeds, metric, goal, last, gain, parallel, logger, project, published,"
-     " source")),
+     " source, flatness")),
     (["--set", "seeds=[0, 0]"], "tiny.yaml: seeds: expected distinct seeds, got [0, 0]"),
     (["--set", "gain=[FedMut, FedProx]"],
      ("tiny.yaml: gain: expected [method, baseline], two of the benchmark's methods (FedAvg, FedMut), or null, got"
