@@ -88,15 +88,16 @@ def adapter_keys(module: nn.Module, adapter_name: str | None = None) -> list[str
             f" adapters with add_adapter), got {type(module).__name__} with no `peft_config` among its"
             f" {sum(1 for _ in module.modules())} submodules. Wrap the base model with peft first.")
     state = module.state_dict(keep_vars=True)
-    keys_of = {}
+    keys_of: dict[int, list[str]] = {}
     for key, value in state.items():
         keys_of.setdefault(id(value), []).append(key)
     chosen: set[str] = set()
     for prefix, model in models:
-        names = list(model.peft_config) if adapter_name is None else [adapter_name]
-        missing = [n for n in names if n not in model.peft_config]
+        config: dict[str, Any] = model.peft_config  # type: ignore[assignment]  # peft_models() checked it
+        names = list(config) if adapter_name is None else [adapter_name]
+        missing = [n for n in names if n not in config]
         if missing:
-            raise ValueError(f"Expected `adapter_name` to be one of {sorted(model.peft_config)} (the adapters of"
+            raise ValueError(f"Expected `adapter_name` to be one of {sorted(config)} (the adapters of"
                              f" {prefix or type(module).__name__!r}), got {adapter_name!r}.")
         own = {k[len(prefix) + 1:] if prefix else k: v for k, v in state.items()
                if not prefix or k.startswith(prefix + ".")}

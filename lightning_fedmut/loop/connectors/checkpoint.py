@@ -277,7 +277,7 @@ def frozen_digest(state: Mapping[str, torch.Tensor], keys: Sequence[str]) -> dic
         head = f"{key}\0{tensor.dtype}\0{tuple(tensor.shape)}\n".encode()
         layout.update(head)
         content.update(head)
-        content.update(memoryview(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
+        content.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return {"keys": len(keys), "layout_sha256": layout.hexdigest(), "sha256": content.hexdigest()}
 
 
