@@ -166,7 +166,7 @@ class FedExPReport(FederatedCallback):
     ``on_validation_start`` and ``on_validation_end``) and the last iterate again right after, so the clients,
     the aggregator and the federated checkpoints see the iterate and the validation metrics are the average's.
     The first aggregated round is evaluated as it is (there is no earlier iterate), as in the authors' code.
-    Only the module's floating parameters are averaged (buffers are the last iterate's). It works with any
+    Only the module's federated floating parameters are averaged (buffers are the last iterate's). It works with any
     aggregator; it holds one copy of the parameters, and a second one while the evaluation runs.
     ``lightning_fedmut.algorithms.FedExP(average_last_two=True)`` adds it after the method's other components.
 
@@ -194,7 +194,7 @@ class FedExPReport(FederatedCallback):
     def setup(self, loop: FederatedLoop, module: LightningModule, stage: str) -> None:
         self._iterates, self._previous_iterate, self._stash = 0, -1, None
         state = module.state_dict()
-        names = {name for name, _ in module.named_parameters()}
+        names = {name for name, _ in module.named_parameters()} - frozen_keys(module)  # frozen ones never move
         self._keys = [k for k, v in state.items() if k in names and is_floating(v)]
         self._previous = [state[k].detach().clone() for k in self._keys]
 
@@ -235,6 +235,10 @@ class FedExPReport(FederatedCallback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:
             return
+        saved = list(state_dict["keys"])
+        if self._keys and saved != self._keys and set(self._keys) <= set(saved):  # written when frozen ones were kept
+            previous = dict(zip(saved, state_dict["previous"]))
+            state_dict = {**state_dict, "keys": list(self._keys), "previous": [previous[k] for k in self._keys]}
         if self._keys and list(state_dict["keys"]) != self._keys:
             raise ValueError(f"Expected the FedExPReport state of parameters {self._keys[:5]}..., got one of"
                              f" {list(state_dict['keys'])[:5]}...: the checkpoint is of another model.")

@@ -7,6 +7,7 @@ import math
 import os
 import pickle
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,12 @@ class GlobalModelCheckpoint(FederatedCallback):
     hold the whole run. This callback writes beside them by default, and its own state (the best rounds and
     their files) is part of them, so a resumed run goes on with the same top-k.
 
+    With a peft model (LoRA ...) in the global module, each file ``NAME.ckpt`` also gets a folder
+    ``NAME-adapters`` that the model's ``save_pretrained`` writes (``adapter_config.json`` and
+    ``adapter_model.safetensors``): ``PeftModel.from_pretrained(base, folder)`` loads the federated adapters onto
+    the base, as peft's users load adapters. A module with several peft models gets one subfolder per model,
+    named by its attribute path.
+
     Args:
         dirpath: folder of the files; default: the loop's ``checkpoint_dir``.
         monitor: the round metric that ranks rounds, e.g. ``"val_acc"``; ``None`` keeps no best files
@@ -53,6 +60,8 @@ class GlobalModelCheckpoint(FederatedCallback):
             optional format such as ``{val_acc:.3f}``; each field is written ``name=value``, as Lightning's
             ``ModelCheckpoint`` does, with ``/`` in a name written ``_``. Default ``"{round}"``, followed by
             ``"-{<monitor>:.4f}"`` when ``monitor`` is set.
+        save_adapters: also write the ``NAME-adapters`` folders; ``None``: when the global module holds a peft
+            model (``False`` with one writes none; ``True`` without one is refused at setup).
 
     Examples:
         >>> ckpt = GlobalModelCheckpoint(monitor="val_acc", mode="max", save_top_k=2)
@@ -72,6 +81,7 @@ class GlobalModelCheckpoint(FederatedCallback):
         save_top_k: int = 1,
         save_last: bool = True,
         filename: str | None = None,
+        save_adapters: bool | None = None,
     ) -> None:
         if dirpath is not None and not isinstance(dirpath, (str, os.PathLike)):
             raise TypeError(f"Expected `dirpath` to be a path or None, got {type(dirpath).__name__}.")
@@ -89,6 +99,10 @@ class GlobalModelCheckpoint(FederatedCallback):
             raise TypeError(f"Expected `save_last` to be a bool, got {save_last!r}.")
         if filename is not None and not isinstance(filename, str):
             raise TypeError(f"Expected `filename` to be a string template or None, got {type(filename).__name__}.")
+        if save_adapters is not None and not isinstance(save_adapters, bool):
+            raise TypeError(f"Expected `save_adapters` to be a bool or None, got {save_adapters!r}.")
+        self.save_adapters = save_adapters
+        self._adapters: list[tuple[str, Any]] = []  # (name, peft model) of the global module, at setup
         self.dirpath = None if dirpath is None else Path(dirpath)
         self.monitor = monitor
         self.mode = mode
@@ -106,9 +120,12 @@ class GlobalModelCheckpoint(FederatedCallback):
     @property
     def hparams(self) -> dict[str, Any]:
         """The constructor arguments, for run configs."""
-        return {"dirpath": None if self.dirpath is None else str(self.dirpath), "monitor": self.monitor,
-                "mode": self.mode, "save_top_k": self.save_top_k, "save_last": self.save_last,
-                "filename": self.filename}
+        hparams = {"dirpath": None if self.dirpath is None else str(self.dirpath), "monitor": self.monitor,
+                   "mode": self.mode, "save_top_k": self.save_top_k, "save_last": self.save_last,
+                   "filename": self.filename}
+        if self.save_adapters is not None:  # only when set: runs written before it resume with the same settings
+            hparams["save_adapters"] = self.save_adapters
+        return hparams
 
     @property
     def best_model_path(self) -> str | None:
@@ -149,6 +166,15 @@ class GlobalModelCheckpoint(FederatedCallback):
         self._dir = Path(folder)
         self._seen_metrics = set()
         _check_hparams_load_safely(module)
+        self._adapters = []
+        if self.save_adapters is not False:
+            from lightning_fedmut.adapters import peft_models
+
+            self._adapters = [(name, m) for name, m in peft_models(module) if callable(getattr(m, "save_pretrained",
+                                                                                                None))]
+            if self.save_adapters and not self._adapters:
+                raise ValueError(f"GlobalModelCheckpoint(save_adapters=True) needs a peft model in the global module,"
+                                 f" got {type(module).__name__} with none: pass save_adapters=None or False.")
 
     def on_validation_end(self, loop: FederatedLoop, module: LightningModule) -> None:
         self._evaluated = True
@@ -214,6 +240,7 @@ class GlobalModelCheckpoint(FederatedCallback):
         if full and worst is not None and worst != path:
             del self.best_k_models[worst], self.best_rounds[worst]
             Path(worst).unlink(missing_ok=True)
+            shutil.rmtree(adapters_path(worst), ignore_errors=True)
 
     def _rank_key(self, path: str) -> tuple[float, int]:
         """Sorts the kept files best first: by score, ties won by the earlier round."""
@@ -222,6 +249,8 @@ class GlobalModelCheckpoint(FederatedCallback):
 
     def _write(self, module: LightningModule, path: Path, round_index: int) -> None:
         write_lightning_checkpoint(module, path, round_index)
+        if self._adapters:
+            write_adapters(self._adapters, adapters_path(path))
 
     def _missing(self, name: str, metrics: dict[str, Any], round_index: int, what: str) -> str:
         available = ", ".join(repr(k) for k in sorted(metrics)) or "none"
@@ -288,6 +317,38 @@ def write_lightning_checkpoint(module: LightningModule, path: str | os.PathLike,
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def adapters_path(path: str | os.PathLike) -> Path:
+    """The folder of the adapters saved with the checkpoint file ``path``: ``NAME.ckpt`` -> ``NAME-adapters``.
+
+    Examples:
+        >>> adapters_path("ckpt/round=3-val_acc=0.8125.ckpt").as_posix()
+        'ckpt/round=3-val_acc=0.8125-adapters'
+    """
+    path = Path(path)
+    return path.with_name(path.name.removesuffix(".ckpt") + "-adapters")
+
+
+def write_adapters(models: list[tuple[str, Any]], folder: Path) -> Path:
+    """Write each ``(name, peft model)``'s ``save_pretrained`` into ``folder`` (one model: into it; several: into
+    ``folder/name``), replacing what was there only once the new files are complete."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-", suffix="-adapters"))
+    try:
+        for name, model in models:
+            model.save_pretrained(str(tmp if len(models) == 1 else tmp / (name or "model")))
+        old = None
+        if folder.exists():
+            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".old-", suffix="-adapters"))
+            os.replace(folder, old / "previous")
+        os.replace(tmp, folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
 
 
 def _check_template(filename: str, save_top_k: int) -> str:

@@ -8,6 +8,7 @@ import hashlib
 import math
 import os
 import socket
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -16,7 +17,7 @@ from lightning.pytorch import LightningModule
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
 from lightning_fedmut import checkpoint as ckpt
-from lightning_fedmut.functional.state import copy_
+from lightning_fedmut.functional.state import copy_, frozen_keys
 from lightning_fedmut.loop.config import class_path
 from lightning_fedmut.loop.connectors import tracking
 from lightning_fedmut.utilities.warnings import warn_user
@@ -42,7 +43,11 @@ class CheckpointConnector:
 
     A checkpoint holds the global model, the sampler, aggregator, callbacks and client-state store and the
     run's progress; the history rows are appended once to ``history.jsonl`` beside it. Restoring it puts every
-    part back as it was after that round. With ``model_checkpoint``, each save also writes ``last.ckpt``, a
+    part back as it was after that round. When the federation policy freezes entries (a peft model's base under
+    :func:`~lightning_fedmut.adapters.adapter_policy`, parameters with ``requires_grad=False``), the checkpoint
+    holds the federated and local entries only, with :func:`frozen_digest` of the frozen ones: on resume they
+    come from the module passed to ``fit``, and a module whose frozen entries differ is refused. With
+    ``model_checkpoint``, each save also writes ``last.ckpt``, a
     Lightning checkpoint of the global model, unless a
     :class:`~lightning_fedmut.callbacks.GlobalModelCheckpoint` writes into the same folder.
     """
@@ -60,6 +65,9 @@ class CheckpointConnector:
         self._lock: IO[str] | None = None
         self._history: ckpt.HistoryLog | None = None
         self._last_hparams = True
+        self._frozen: list[str] = []  # the policy's frozen entries, in state_dict order: left out of checkpoints
+        self._frozen_record: dict[str, Any] | None = None  # their digest, as checkpoints hold it
+        self._verified: dict[str, Any] | None = None  # the digest restore() checked, reused by setup()
 
     @property
     def enabled(self) -> bool:
@@ -128,6 +136,7 @@ class CheckpointConnector:
         The estimate of a checkpoint's size, the interval ``checkpoint_every=None`` picks and the warning
         (rank 0, once) follow :func:`estimate_checkpoint_bytes` and :func:`checkpoint_plan`.
         """
+        verified, self._verified = self._verified, None
         if not self.enabled:
             return
         from lightning_fedmut.callbacks.model_checkpoint import GlobalModelCheckpoint, hparams_load_safely
@@ -141,6 +150,13 @@ class CheckpointConnector:
             if problem is not None:
                 self._last_hparams = False
                 warn_user(f"{problem} `last.ckpt` is written without hyperparameters.", UserWarning)
+        self._frozen = frozen_entries(loop, module)
+        if verified is not None:  # restore() checked the module's frozen entries moments ago
+            self._frozen_record = verified
+        elif self._frozen and loop.is_global_zero:  # rank 0 alone writes checkpoints
+            self._frozen_record = frozen_digest(module.state_dict(), self._frozen)
+        else:
+            self._frozen_record = None
         size = estimate_checkpoint_bytes(loop, module)
         model_bytes = _tensor_bytes(module.state_dict())
         if self.every_n_rounds is None:
@@ -175,6 +191,7 @@ class CheckpointConnector:
         progress = {**loop.progress.state_dict(), "round": rounds_done, "rounds_done": rounds_done,
                     "last_saved": rounds_done}
         rows = loop.run_state.rows()
+        frozen = set(self._frozen)
         if self._history is None or self._history.path.parent != Path(self.dirpath):
             self._history = ckpt.HistoryLog(self.dirpath)
         try:  # the rows first, synced: a checkpoint never covers rows that are not on disk
@@ -187,7 +204,8 @@ class CheckpointConnector:
             "rounds_done": rounds_done,
             "progress": progress,
             "fingerprint": self.fingerprint,
-            "model": {k: v.detach().cpu().clone() for k, v in module.state_dict().items()},
+            "model": {k: v.detach().cpu().clone() for k, v in module.state_dict().items() if k not in frozen},
+            "frozen": self._frozen_record if frozen else None,  # what the resumed module's frozen entries must be
             "sampler": loop.sampler.state_dict() if sampler_state is None else sampler_state,
             "aggregator": loop.aggregator.state_dict(),
             "callbacks": {cb.state_key: cb.state_dict() for cb in loop.callbacks},
@@ -208,6 +226,11 @@ class CheckpointConnector:
     def restore(self, loop: FederatedLoop, module: LightningModule, saved: dict[str, Any]) -> None:
         """Put every part of ``loop`` and ``module`` back as ``saved`` holds it."""
         state = module.state_dict()
+        recorded = saved.get("frozen")
+        if recorded is not None:  # the frozen entries were left out: the module's own must be the run's
+            found = frozen_digest(state, frozen_entries(loop, module))
+            check_frozen_digest(recorded, found)
+            self._verified = found
         copy_([state[k] for k in saved["model"]], list(saved["model"].values()))
         loop.sampler.load_state_dict(saved["sampler"])
         loop.aggregator.load_state_dict(saved["aggregator"])
@@ -225,6 +248,65 @@ class CheckpointConnector:
         loop.run_state.load_state_dict(saved)
 
 
+def frozen_entries(loop: FederatedLoop, module: LightningModule) -> list[str]:
+    """The keys of ``module``'s ``state_dict`` that the loop's federation policy freezes, in ``state_dict`` order."""
+    policy = getattr(loop, "federation", None)
+    if policy is None:
+        return []
+    frozen = policy.split(module)[2]
+    return [k for k in module.state_dict(keep_vars=True) if k in frozen]
+
+
+@torch.no_grad()
+def frozen_digest(state: Mapping[str, torch.Tensor], keys: Sequence[str]) -> dict[str, Any]:
+    """What a checkpoint records of the frozen entries ``keys`` of ``state`` that it leaves out.
+
+    ``keys``: their number; ``layout_sha256``: the SHA-256 of their names, dtypes and shapes; ``sha256``: the
+    SHA-256 of the same and of every tensor's bytes, in ``keys`` order.
+
+    Examples:
+        >>> record = frozen_digest({"w": torch.ones(2), "b": torch.zeros(1)}, ["w"])
+        >>> record["keys"], record["sha256"] == frozen_digest({"w": torch.ones(2)}, ["w"])["sha256"]
+        (1, True)
+        >>> record["sha256"] == frozen_digest({"w": torch.tensor([1.0, 2.0])}, ["w"])["sha256"]
+        False
+    """
+    layout, content = hashlib.sha256(), hashlib.sha256()
+    for key in keys:
+        tensor = state[key].detach()
+        head = f"{key}\0{tensor.dtype}\0{tuple(tensor.shape)}\n".encode()
+        layout.update(head)
+        content.update(head)
+        content.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return {"keys": len(keys), "layout_sha256": layout.hexdigest(), "sha256": content.hexdigest()}
+
+
+def check_frozen_digest(recorded: Mapping[str, Any], found: Mapping[str, Any]) -> None:
+    """Refuse to resume when the module's frozen entries (``found``) are not those a checkpoint recorded.
+
+    Examples:
+        >>> a = frozen_digest({"w": torch.ones(2)}, ["w"])
+        >>> check_frozen_digest(a, a)
+        >>> check_frozen_digest(a, frozen_digest({"w": torch.zeros(2)}, ["w"]))
+        Traceback (most recent call last):
+        ...
+        ValueError: Cannot resume: the base model differs from the one this run was started with. The checkpoint holds the federated entries only; its 1 frozen entries come from the module passed to `fit`, and their bytes differ (SHA-256 ...
+    """
+    if recorded.get("sha256") == found["sha256"]:
+        return
+    if recorded.get("layout_sha256") != found["layout_sha256"] or recorded.get("keys") != found["keys"]:
+        what = (f"the module has {found['keys']} frozen entries, the run had {recorded.get('keys')}, and their names,"
+                " dtypes or shapes differ")
+    else:
+        what = (f"their bytes differ (SHA-256 {found['sha256'][:16]}... in the module,"
+                f" {str(recorded.get('sha256'))[:16]}... in the checkpoint)")
+    raise ValueError(
+        "Cannot resume: the base model differs from the one this run was started with. The checkpoint holds the"
+        f" federated entries only; its {recorded.get('keys')} frozen entries come from the module passed to `fit`,"
+        f" and {what}. Build the module's frozen part as that run did (the same pretrained weights or seed, the same"
+        " dtype, the same federation policy).")
+
+
 def estimate_checkpoint_bytes(loop: FederatedLoop, module: LightningModule) -> int:
     """Bytes of one federated checkpoint of this run, once every client has stored its state (at setup).
 
@@ -232,22 +314,28 @@ def estimate_checkpoint_bytes(loop: FederatedLoop, module: LightningModule) -> i
     store as they are now, the buffers a server optimizer (FedAvgM, FedAdam ...) makes at its first step, and, for
     each client without stored state yet, what the run's components will
     store for it: SCAFFOLD's control variate (the trainable parameters, in at least float32) and clustered
-    sampling's last update (the floating entries, in float32). Torch's framing adds a few KB.
+    sampling's last update (the floating entries, in float32). Torch's framing adds a few KB. The entries the
+    federation policy freezes are left out (a checkpoint does not hold them), and so are the unshared ones from
+    server optimizers' buffers and SCAFFOLD's control variates.
     """
     from lightning_fedmut.callbacks.scaffold import Scaffold
     from lightning_fedmut.sampling import ClusteredSampler
 
-    total = _tensor_bytes(module.state_dict())
+    frozen = set(frozen_entries(loop, module))
+    unshared = frozen_keys(module)
+    total = _tensor_bytes({k: v for k, v in module.state_dict().items() if k not in frozen})
     total += _tensor_bytes(loop.aggregator.state_dict()) + _tensor_bytes(loop.sampler.state_dict())
     total += sum(_tensor_bytes(cb.state_dict()) for cb in loop.callbacks)
     total += _tensor_bytes(loop.client_states.state_dict())
     init_state = getattr(loop.aggregator, "init_state", None)  # the FedOpt family makes its buffers at its first step
     if callable(init_state) and not getattr(loop.aggregator, "buffers", dict)():
         buffers = len(init_state([torch.zeros(1)]))
-        total += buffers * sum(p.numel() * p.element_size() for p in module.parameters() if p.is_floating_point())
+        total += buffers * sum(p.numel() * p.element_size() for n, p in module.named_parameters()
+                               if p.is_floating_point() and n not in unshared)
     per_client = 0
     if any(isinstance(cb, Scaffold) for cb in loop.callbacks):
-        per_client += sum(p.numel() * max(p.element_size(), 4) for p in module.parameters() if p.requires_grad)
+        per_client += sum(p.numel() * max(p.element_size(), 4) for n, p in module.named_parameters()
+                          if p.requires_grad and n not in unshared)
     if isinstance(loop.sampler, ClusteredSampler):
         per_client += sum(v.numel() * 4 for v in module.state_dict().values() if v.is_floating_point())
     return total + per_client * max(0, loop.num_clients - len(loop.client_states))
