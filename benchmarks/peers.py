@@ -183,15 +183,15 @@ def generated_images(n: int, seed: int, templates: torch.Tensor) -> tuple[torch.
     return templates[y] + 2.0 * torch.randn(n, 3, 32, 32, generator=gen), y
 
 
-def workload_c(rounds: int = 1, width: int = 16, clients: int = 20, per_client: int = 50,
-               batch_size: int = 25) -> PeerWorkload:
+def workload_c(rounds: int = 1, width: int = 16, clients: int = 20, per_client: int = 50, batch_size: int = 25,
+               local_epochs: int = 1) -> PeerWorkload:
     templates = torch.randn(10, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     x, y = generated_images(clients * per_client, 2, templates)
     x_val, y_val = generated_images(500, 3, templates)
     return build("C", f"generated 3x32x32 images ({clients * per_client} train / 500 val), ResNet of width {width} "
-                 f"(GroupNorm), {clients} IID clients, 10/round, E=1, batch {batch_size}",
+                 f"(GroupNorm), {clients} IID clients, 10/round, E={local_epochs}, batch {batch_size}",
                  functools.partial(SmallResNet, width=width), x, y, x_val, y_val, num_clients=clients,
-                 local_epochs=1, batch_size=batch_size, rounds=rounds)
+                 local_epochs=local_epochs, batch_size=batch_size, rounds=rounds)
 
 
 WORKLOADS: dict[str, Callable[..., PeerWorkload]] = {"A": workload_a, "B": workload_b, "C": workload_c}
