@@ -63,12 +63,12 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, Tensor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import overhead  # noqa: E402  (benchmarks/overhead.py: the hand-written and plain-PyTorch baselines)
+import overhead  # benchmarks/overhead.py: the hand-written Lightning and plain-PyTorch baselines
 
-import lightning_fedmut  # noqa: E402
-from lightning_fedmut.data import Client, partition_iid  # noqa: E402
-from lightning_fedmut.models.classifier import Classifier  # noqa: E402
-from lightning_fedmut.utilities.seed import SAMPLING_STREAM, derive_seed  # noqa: E402
+import lightning_fedmut
+from lightning_fedmut.data import Client, partition_iid
+from lightning_fedmut.models.classifier import Classifier
+from lightning_fedmut.utilities.seed import SAMPLING_STREAM, derive_seed
 
 torch.set_num_threads(1)
 
@@ -228,7 +228,7 @@ def pfl_runner() -> tuple[Callable[[PeerWorkload], dict[str, float]] | None, str
             return F.cross_entropy(self(x), y)
 
         @torch.no_grad()
-        def metrics(self, x: torch.Tensor, y: torch.Tensor, eval: bool = True) -> dict[str, Any]:  # noqa: A002
+        def metrics(self, x: torch.Tensor, y: torch.Tensor, eval: bool = True) -> dict[str, Any]:
             self.eval()
             logits = self(x)
             n = len(y)
@@ -326,14 +326,16 @@ def measure(wl: PeerWorkload, run: dict[str, Callable[[PeerWorkload], dict[str, 
         for m in methods:
             run[m](warm)
     seconds: dict[str, list[float]] = {m: [] for m in methods}
+    cpu: dict[str, list[float]] = {m: [] for m in methods}
     metrics: dict[str, dict[str, float]] = {}
     for rep, order in enumerate(rotations(methods, repeats)):
         for m in order:
-            wall, _, metrics[m] = overhead.time_once(run[m], wl)
+            wall, cpu_s, metrics[m] = overhead.time_once(run[m], wl)
             seconds[m].append(wall)
+            cpu[m].append(cpu_s)
         print(f"  [{wl.name}] repeat {rep + 1}/{repeats}: "
               + "  ".join(f"{m}={seconds[m][-1]:.3f}s" for m in methods), flush=True)
-    return summarise(wl, seconds, metrics)
+    return summarise(wl, seconds, cpu, metrics)
 
 
 def spread(values: list[float]) -> float:
@@ -341,7 +343,11 @@ def spread(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarise(wl: PeerWorkload, seconds: dict[str, list[float]], metrics: dict[str, dict[str, float]]) -> dict:
+def summarise(wl: PeerWorkload, seconds: dict[str, list[float]], cpu: dict[str, list[float]],
+              metrics: dict[str, dict[str, float]]) -> dict:
+    """Per implementation: clients/s (median, sample sd, best), the paired time ratio ``ours / its`` (median,
+    sample sd), the ratio of median process-CPU times (least disturbed by other work on shared cores), and the
+    final validation metrics."""
     clients = wl.rounds * wl.clients_per_round
     n = len(seconds["fedloop"])
     out: dict[str, Any] = {"workload": wl.name, "description": wl.description, "rounds": wl.rounds, "pairs": n,
@@ -349,17 +355,20 @@ def summarise(wl: PeerWorkload, seconds: dict[str, list[float]], metrics: dict[s
     print(f"\nWorkload {wl.name}: {wl.description}; {wl.rounds} rounds ({clients} clients) per run, "
           f"{wl.steps_per_client:g} steps per client, n = {n} repetitions")
     print(f"  {'implementation':<32}{'clients/s median':>17}{'sd':>8}{'best':>8}"
-          f"{'ours time / its time':>22}{'sd':>7}{'val_acc':>9}{'val_loss':>10}")
+          f"{'ours time / its time':>22}{'sd':>7}{'CPU ratio':>10}{'val_acc':>9}{'val_loss':>10}")
     for m, times in seconds.items():
         rates = [clients / t for t in times]
         paired = [f / t for f, t in zip(seconds["fedloop"], times)]
         row = {"clients_per_s_median": statistics.median(rates), "clients_per_s_sd": spread(rates),
                "clients_per_s_best": max(rates), "time_ratio_ours_over_it_median": statistics.median(paired),
-               "time_ratio_sd": spread(paired), "wall_s": times, **metrics[m]}
+               "time_ratio_sd": spread(paired),
+               "cpu_ratio_ours_over_it": statistics.median(cpu["fedloop"]) / statistics.median(cpu[m]),
+               "wall_s": times, "cpu_s": cpu[m], **metrics[m]}
         out["methods"][m] = row
         print(f"  {LABELS[m]:<32}{row['clients_per_s_median']:17.2f}{row['clients_per_s_sd']:8.2f}"
               f"{row['clients_per_s_best']:8.2f}{row['time_ratio_ours_over_it_median']:22.3f}"
-              f"{row['time_ratio_sd']:7.3f}{metrics[m]['val_acc']:9.4f}{metrics[m]['val_loss']:10.5f}")
+              f"{row['time_ratio_sd']:7.3f}{row['cpu_ratio_ours_over_it']:10.3f}{metrics[m]['val_acc']:9.4f}"
+              f"{metrics[m]['val_loss']:10.5f}")
     accs = [metrics[m]["val_acc"] for m in seconds]
     out["val_acc_max_difference"] = max(accs) - min(accs)
     print(f"  largest difference in final val_acc between implementations: {out['val_acc_max_difference']:.4f}")
@@ -387,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = {k: int(v) for k, v in (item.split("=") for item in args.rounds.split(","))}
     repeats = {k: int(v) for k, v in (item.split("=") for item in args.repeats.split(","))}
     if args.quick:
-        repeats, args.warmup_rounds = {k: 1 for k in WORKLOADS}, 0
+        repeats, args.warmup_rounds = dict.fromkeys(WORKLOADS, 1), 0
     names = [w.strip().upper() for w in args.workloads.split(",") if w.strip()]
     unknown = sorted(set(names) - set(WORKLOADS))
     if unknown:
