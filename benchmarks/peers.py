@@ -27,7 +27,7 @@ Workloads:
 * ``A``: mnist1d made locally, ``overhead.py``'s 1-D CNN module, 20 IID clients, 10 per round, E=5, batch 50.
 * ``B``: scikit-learn digits, ``DigitsCNN(batch_norm=False)`` (pfl federates parameters only, and BatchNorm's
   running statistics are buffers), 100 IID clients, 10 per round, E=1, batch 50 (one batch per client).
-* ``C``: a small ResNet (3 stages of basic blocks with GroupNorm, width 16, 0.17 M parameters) on generated
+* ``C``: a small ResNet (3 stages of basic blocks with GroupNorm, width 16, 78 k parameters) on generated
   3x32x32 images of 10 classes, 20 clients of 50 images, 10 per round, E=1, batch 25: compute dominates.
 
 Run in an environment that has pfl (its pins may clash with the project's; see ``benchmarks/README.md``)::
@@ -160,7 +160,7 @@ def small_resnet(width: int = 16, num_classes: int = 10) -> nn.Sequential:
 
     >>> net = small_resnet(8)
     >>> net(torch.zeros(2, 3, 32, 32)).shape, sum(p.numel() for p in net.parameters())
-    (torch.Size([2, 10]), 21130)
+    (torch.Size([2, 10]), 19954)
     """
     return nn.Sequential(
         nn.Conv2d(3, width, 3, padding=1, bias=False), nn.GroupNorm(4, width), nn.ReLU(),

@@ -225,6 +225,12 @@ def max_diff(a, b):
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
 
 
+def write(report: dict, out: str) -> None:
+    text = json.dumps(report, indent=1)
+    print(text)
+    Path(out).write_text(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--accelerator", default="gpu")
@@ -234,6 +240,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="fewer rounds, a narrower ResNet and fewer repeats (a dry run on the CPU in under a minute)")
     parser.add_argument("--no-timings", action="store_true", help="skip the scaling and per-client overhead figures")
+    parser.add_argument("--timings-only", action="store_true", help="only the scaling and per-client overhead figures")
     parser.add_argument("--scaling-case", metavar="WORKERS,PRECISION", help=argparse.SUPPRESS)  # one case, one process
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -254,19 +261,18 @@ def main() -> None:
                 run(acc, ckpt_dir=Path(d), crash_at=3, deterministic=True)
             report["det_resumed"], d3 = run(acc, ckpt_dir=Path(d), resume=True, deterministic=True)
         report["det_resume_bitwise_equal"] = all(torch.equal(d1[k], d3[k]) for k in d1)
-        text = json.dumps(report, indent=1)
-        print(text)
-        Path(args.out).write_text(text)
+        write(report, args.out)
         return
 
     if not args.no_timings:
         report["scaling"] = scaling(acc, args.quick)  # first: each case in a process of its own
         report["client_overhead"] = client_overhead(acc, args.quick)
+    if args.timings_only:
+        write(report, args.out)
+        return
     if args.quick:  # one short FedMut run stands for the checks
         report["fp32"], _ = run(acc, rounds=1)
-        text = json.dumps(report, indent=1)
-        print(text)
-        Path(args.out).write_text(text)
+        write(report, args.out)
         return
     report["fp32"], s1 = run(acc)
     report["fp32_repeat"], s2 = run(acc)
@@ -289,9 +295,7 @@ def main() -> None:
     report["wide_cpu"], _ = run("cpu", rounds=3, width=128)
     report["wide_gpu"], _ = run(acc, rounds=3, width=128)
 
-    text = json.dumps(report, indent=1)
-    print(text)
-    Path(args.out).write_text(text)
+    write(report, args.out)
 
 
 if __name__ == "__main__":

@@ -68,3 +68,9 @@ def test_rotated_order_and_sample_spread(peers):
     assert list(peers.rotations(["a", "b"], 3)) == [["a", "b"], ["b", "a"], ["a", "b"]]
     assert peers.spread([1.0, 2.0, 4.0]) == pytest.approx((7 / 3) ** 0.5, rel=1e-12)  # sd with n - 1
     assert peers.spread([3.0]) == 0.0
+
+
+def test_the_benchmarks_examples_run(peers):
+    import doctest
+
+    assert doctest.testmod(peers, optionflags=doctest.ELLIPSIS).failed == 0
