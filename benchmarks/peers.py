@@ -385,8 +385,8 @@ def versions(pfl_version: str) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workloads", default="A,B,C", help="comma-separated subset of A,B,C (default: A,B,C)")
-    p.add_argument("--rounds", default="A=3,B=10,C=2", help="rounds per run, per workload (default: A=3,B=10,C=2)")
-    p.add_argument("--repeats", default="A=11,B=15,C=7",
+    p.add_argument("--rounds", default="A=1,B=5,C=1", help="rounds per run, per workload (default: A=1,B=5,C=1)")
+    p.add_argument("--repeats", default="A=21,B=21,C=11",
                    help="timed repetitions (each runs every implementation once), per workload")
     p.add_argument("--warmup-rounds", type=int, default=1, help="untimed warm-up rounds per implementation")
     p.add_argument("--no-pfl", action="store_true", help="leave pfl out even where it is installed")
