@@ -59,13 +59,15 @@ STEP_HOOKS = frozenset({"training_step", "on_train_batch_start", "on_train_batch
 
 
 def supported_task_callbacks() -> tuple[type[Callback], ...]:
-    """The Lightning callbacks of the loop's local components that the runner calls (all their hooks run):
-    FedProx's :class:`~lightning_fedmut.callbacks.fedprox.ProximalTerm` and SCAFFOLD's
-    :class:`~lightning_fedmut.callbacks.scaffold.ControlVariateCorrection`."""
+    """The Lightning callbacks the loop and its local components add to a task that the runner calls (all their
+    hooks run): FedProx's :class:`~lightning_fedmut.callbacks.fedprox.ProximalTerm`, SCAFFOLD's
+    :class:`~lightning_fedmut.callbacks.scaffold.ControlVariateCorrection` and the loop's guard against a client
+    whose data yields no batch under ``local_steps``."""
     from lightning_fedmut.callbacks.fedprox import ProximalTerm
     from lightning_fedmut.callbacks.scaffold import ControlVariateCorrection
+    from lightning_fedmut.loop.task_hooks import _EpochGuard
 
-    return ProximalTerm, ControlVariateCorrection
+    return ProximalTerm, ControlVariateCorrection, _EpochGuard
 
 
 class FabricExecutor(SequentialExecutor):
@@ -192,7 +194,7 @@ def check_fabric_task(task: ClientTask) -> None:
     refused = [type(cb).__name__ for cb in task.callbacks if type(cb) not in supported]
     if refused:
         raise ValueError(f"FabricExecutor cannot run the Lightning callbacks {refused} that the loop's components"
-                         f" add to client {client.id!r}; it runs {[c.__name__ for c in supported]}. Use"
+                         f" add to client {client.id!r}; it runs {[c.__name__ for c in supported[:2]]}. Use"
                          " SequentialExecutor (the default) with them.")
 
 
@@ -215,6 +217,7 @@ class ClientRun:
         self.current_epoch = 0
         self.global_step = 0
         self.should_stop = False
+        self.limit_train_batches = 1.0
         self.optimizers: list[torch.optim.Optimizer] = []
         self.logged = LoggedMetrics()
         self._hook = ""
@@ -223,7 +226,7 @@ class ClientRun:
     def __getattr__(self, name: str) -> Any:
         raise AttributeError(f"`self.trainer.{name}` is not available under FabricExecutor (no Trainer runs); it"
                              " offers current_epoch, global_step, max_epochs, max_steps, should_stop,"
-                             " callback_metrics, optimizers and lightning_module. Use SequentialExecutor.")
+                             " limit_train_batches, callback_metrics, optimizers and lightning_module. Use SequentialExecutor.")
 
     @property
     def callback_metrics(self) -> dict[str, torch.Tensor]:
