@@ -240,8 +240,8 @@ _CPU = torch.device("cpu")
 
 
 def module_on(module: torch.nn.Module, device: torch.device) -> bool:
-    """Whether moving ``module`` to ``device`` would move nothing: its parameters, their gradients, its buffers,
-    its torchmetrics metrics and the ``device`` its Lightning modules record are all on ``device``.
+    """Whether moving ``module`` to ``device`` would move nothing: its parameters (and so their gradients), its
+    buffers, its torchmetrics metrics and the ``device`` its Lightning modules record are all on ``device``.
 
     Examples:
         >>> module_on(torch.nn.Linear(2, 1), torch.device("cpu")), module_on(torch.nn.Linear(2, 1), torch.device("meta"))
@@ -250,10 +250,7 @@ def module_on(module: torch.nn.Module, device: torch.device) -> bool:
     from lightning.fabric.utilities.device_dtype_mixin import _DeviceDtypeModuleMixin
     from torchmetrics import Metric
 
-    for p in module.parameters():
-        if p.device != device or (p.grad is not None and p.grad.device != device):
-            return False
-    if any(b.device != device for b in module.buffers()):
+    if any(t.device != device for t in module.parameters()) or any(b.device != device for b in module.buffers()):
         return False
     for m in module.modules():
         if isinstance(m, (_DeviceDtypeModuleMixin, Metric)) and m.device != device:
