@@ -66,8 +66,9 @@ class LoggedMetrics:
         elif previous is None:
             self._epoch[name] = (reduction, tensor.clone(), None, forked)
         else:
-            combine = {"sum": torch.add, "max": torch.maximum, "min": torch.minimum}[reduction]
-            self._epoch[name] = (reduction, combine(previous[1], tensor), None, forked)
+            combined = (torch.add(previous[1], tensor) if reduction == "sum" else
+                        torch.maximum(previous[1], tensor) if reduction == "max" else torch.minimum(previous[1], tensor))
+            self._epoch[name] = (reduction, combined, None, forked)
 
     def end_epoch(self) -> None:
         """Store each ``on_epoch`` value's reduction over the epoch that ends, and start the next epoch empty."""
@@ -92,7 +93,7 @@ def _as_tensor(name: str, value: Any) -> Tensor:
                              f" {tuple(value.shape)}.")
         tensor = value.detach().squeeze()
         return tensor if tensor.is_floating_point() else tensor.to(torch.get_default_dtype())
-    if isinstance(value, numbers.Number) and not isinstance(value, bool):
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return torch.tensor(float(value))
     raise ValueError(f"`self.log({name!r}, value)` takes a number, a scalar tensor or a torchmetrics Metric;"
                      f" received {type(value).__name__}.")

@@ -11,8 +11,8 @@ from lightning.pytorch import Callback, LightningDataModule, LightningModule
 from lightning.pytorch.utilities.data import extract_batch_size
 
 from lightning_fedmut.exceptions import NonFiniteWeightsError
-from lightning_fedmut.execution._logged import LoggedMetrics
 from lightning_fedmut.execution._calls import scalars
+from lightning_fedmut.execution._logged import LoggedMetrics
 from lightning_fedmut.execution.base import ClientTraining
 from lightning_fedmut.execution.sequential import SequentialExecutor
 from lightning_fedmut.functional.state import first_non_finite
@@ -377,7 +377,7 @@ def _optimizers(module: LightningModule) -> tuple[torch.optim.Optimizer, list[An
     """The module's one optimizer and its lr scheduler configurations, parsed as Lightning parses them."""
     from lightning.pytorch.core.optimizer import _configure_optimizers, _configure_schedulers_automatic_opt
 
-    config = module.configure_optimizers()
+    config: Any = module.configure_optimizers()
     optimizers, schedulers, monitor = _configure_optimizers(config)
     if len(optimizers) != 1:
         raise ValueError(f"FabricExecutor trains with one optimizer; `configure_optimizers` of"

@@ -252,10 +252,7 @@ def module_on(module: torch.nn.Module, device: torch.device) -> bool:
 
     if any(t.device != device for t in module.parameters()) or any(b.device != device for b in module.buffers()):
         return False
-    for m in module.modules():
-        if isinstance(m, (_DeviceDtypeModuleMixin, Metric)) and m.device != device:
-            return False
-    return True
+    return all(m.device == device for m in module.modules() if isinstance(m, (_DeviceDtypeModuleMixin, Metric)))
 
 
 @contextmanager

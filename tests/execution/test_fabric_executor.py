@@ -3,12 +3,14 @@ client trains, of every Lightning feature it cannot honour."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers import TinyDataModule, TinyModule
 from lightning.pytorch.callbacks import LearningRateMonitor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_fedmut import Client, FederatedCallback, FederatedLoop, make_clients
@@ -52,7 +54,7 @@ def test_same_global_model_bit_for_bit_after_two_rounds(synthetic, algorithm):
 class _Scheduled(TinyModule):
     """An lr schedule per step (every 2 steps) and per epoch, and a module that reads the run's counters."""
 
-    seen: list[tuple[int, int]] = []  # every copy of the module appends here
+    seen: ClassVar[list[tuple[int, int]]] = []  # every copy of the module appends here
 
     def on_train_batch_start(self, batch, batch_idx):
         _Scheduled.seen.append((self.current_epoch, self.global_step))
@@ -72,14 +74,17 @@ def test_schedulers_counters_and_step_counts_match_the_trainer(synthetic, length
         torch.manual_seed(0)
         module = _Scheduled()
         _Scheduled.seen = []
-        steps = []
+        steps: list[int] = []
 
         class Steps(FederatedCallback):
+            def __init__(self, into):
+                self.into = into
+
             def on_client_fit_end(self, loop, module, result):
-                steps.append(result.num_steps)
+                self.into.append(result.num_steps)
 
         loop = FederatedLoop(rounds=1, clients_per_round=2, executor=executor, seed=0, enable_progress_bar=False,
-                             callbacks=[Steps()], **length)
+                             callbacks=[Steps(steps)], **length)
         loop.fit(module, _clients(train))
         runs.append((module.state_dict(), steps, _Scheduled.seen))
     (state_a, steps_a, seen_a), (state_b, steps_b, seen_b) = runs
