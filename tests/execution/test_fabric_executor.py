@@ -247,3 +247,11 @@ def test_no_override_outlives_a_client(synthetic):
                          callbacks=[Look()], enable_progress_bar=False)
     loop.fit(TinyModule(), _clients(train))
     assert after == [(False, False, None), (False, False, None)]
+
+
+@pytest.mark.slow
+def test_workers_run_it_as_they_run_the_trainer_path(synthetic):
+    train, _ = synthetic
+    trainer_path = _fit(SequentialExecutor(), algorithm=FedMut(), train=train, workers=2)
+    fabric_path = _fit(FabricExecutor(), algorithm=FedMut(), train=train, workers=2)
+    _assert_same_runs(trainer_path, fabric_path)
