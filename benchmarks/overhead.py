@@ -7,6 +7,8 @@ A-B-C, A-B-C, ...:
 * ``lightning`` -- the loop a user would write by hand around the same short-lived, quiet Lightning
   ``Trainer`` per client (load the global weights into a working copy, ``Trainer.fit``, accumulate the
   average; after the round write the average into the global model and ``Trainer.validate``);
+* ``fedloop+fabric`` -- the same ``FederatedLoop`` with ``executor=FabricExecutor()``: no Trainer per client,
+  the module's hooks driven by a short loop (``--no-fabric`` skips it);
 * ``torch``     -- a minimal plain-PyTorch loop: same model class, data, seeds, optimizer
   (``configure_optimizers``), clients per round, local epochs and batch size; forward / cross-entropy /
   backward / step, then average, then evaluate the global model on the validation set.
@@ -91,6 +93,8 @@ torch.set_num_threads(1)
 
 #: The bars of the issue: FederatedLoop / hand-written Lightning, FederatedLoop / plain PyTorch.
 BARS = {"A": {"lightning": 1.05, "torch": 1.10}, "B": {"lightning": 1.15, "torch": 2.0}}
+#: The goals of the lighter client runner: FederatedLoop(executor=FabricExecutor()) / plain PyTorch.
+FABRIC_BARS = {"A": {"torch": 1.25}, "B": {"torch": 2.0}}
 
 #: What a careful user passes to each short-lived client Trainer (the issue's hand-written loop).
 HAND_TRAINER_KWARGS: dict[str, Any] = dict(
@@ -251,7 +255,7 @@ def fresh_model(wl: Workload) -> LightningModule:
 FEDLOOP_KWARGS: dict[str, Any] = {}
 
 
-def run_fedloop(wl: Workload) -> dict[str, float]:
+def run_fedloop(wl: Workload, **kwargs: Any) -> dict[str, float]:
     model = fresh_model(wl)
     loop = FederatedLoop(
         rounds=wl.rounds,
@@ -260,9 +264,17 @@ def run_fedloop(wl: Workload) -> dict[str, float]:
         aggregator=FedAvg(weighted=wl.weighted),
         seed=SEED,
         **FEDLOOP_KWARGS,
+        **kwargs,
     )
     result = loop.fit(model, wl.clients, val_dataloaders=wl.val_loader)
     return {k: float(v) for k, v in result.history[-1].items() if k.startswith("val_")}
+
+
+def run_fedloop_fabric(wl: Workload) -> dict[str, float]:
+    """FederatedLoop with its lighter client runner, ``executor=FabricExecutor()`` (no Trainer per client)."""
+    from lightning_fedmut.execution import FabricExecutor
+
+    return run_fedloop(wl, executor=FabricExecutor())
 
 
 def _seed_client(round_idx: int, client_idx: int) -> None:
@@ -374,12 +386,14 @@ def run_plain_torch(wl: Workload) -> dict[str, float]:
 
 METHODS: dict[str, Callable[[Workload], dict[str, float]]] = {
     "fedloop": run_fedloop,
+    "fedloop+fabric": run_fedloop_fabric,
     "lightning": run_lightning_by_hand,
     "lightning+cache": run_lightning_by_hand_cached,
     "torch": run_plain_torch,
 }
 LABELS = {
     "fedloop": "FederatedLoop",
+    "fedloop+fabric": "FederatedLoop(executor=FabricExecutor())",
     "lightning": "hand-written Lightning",
     "lightning+cache": "hand-written Lightning in quiet_lightning()",
     "torch": "plain PyTorch",
@@ -426,6 +440,20 @@ def _meets(ratio: dict[str, Any]) -> bool:
     return min(ratio["best"], ratio["paired"]) <= ratio["bar"]
 
 
+def _ratio(timings: Timings, subject: str, base: str, bars: dict[str, dict[str, float]], workload: str
+           ) -> dict[str, Any]:
+    """``subject``'s time over ``base``'s: best-of, median, paired median (each repetition's ``subject`` time over
+    the ``base`` time of the same repetition, which cancels drifts in the machine's load) and median CPU."""
+    fl, bl = timings.seconds[subject], timings.seconds[base]
+    return {
+        "best": min(fl) / min(bl),
+        "median": statistics.median(fl) / statistics.median(bl),
+        "paired": statistics.median(f / b for f, b in zip(fl, bl)),
+        "median_cpu": statistics.median(timings.cpu[subject]) / statistics.median(timings.cpu[base]),
+        "bar": bars.get(workload, {}).get(base),
+    }
+
+
 def report(wl: Workload, timings: Timings, methods: list[str]) -> dict[str, Any]:
     n_clients = wl.rounds * wl.clients_per_round
     reps = len(timings.seconds[methods[0]])
@@ -445,23 +473,18 @@ def report(wl: Workload, timings: Timings, methods: list[str]) -> dict[str, Any]
                              "cpu_s": timings.cpu[m], "val_acc": acc}
     print("  (ms/round and ms/client from the best-of wall time)")
     out["ratios"] = {}
-    for base in ("lightning", "lightning+cache", "torch"):
-        if base not in methods or "fedloop" not in methods:
+    for subject, key in (("fedloop", "ratios"), ("fedloop+fabric", "ratios_fabric")):
+        if subject not in methods:
             continue
-        fl, bl = timings.seconds["fedloop"], timings.seconds[base]
-        ratio = {
-            "best": min(fl) / min(bl),
-            "median": statistics.median(fl) / statistics.median(bl),
-            # each repetition's FederatedLoop time over the baseline's right after it: drifts in the load of
-            # the machine cancel out
-            "paired": statistics.median(f / b for f, b in zip(fl, bl)),
-            "median_cpu": statistics.median(timings.cpu["fedloop"]) / statistics.median(timings.cpu[base]),
-            "bar": BARS.get(wl.name, {}).get(base),
-        }
-        verdict = "" if ratio["bar"] is None else f"  bar {ratio['bar']:.2f}: {'met' if _meets(ratio) else 'NOT met'}"
-        print(f"  FederatedLoop / {LABELS[base]:<44} best-of {ratio['best']:6.3f}  median {ratio['median']:6.3f}"
-              f"  paired {ratio['paired']:6.3f}  median CPU {ratio['median_cpu']:6.3f}{verdict}")
-        out["ratios"][base] = ratio
+        out[key] = {}
+        for base in ("lightning", "lightning+cache", "torch"):
+            if base not in methods:
+                continue
+            out[key][base] = ratio = _ratio(timings, subject, base, BARS if subject == "fedloop" else FABRIC_BARS,
+                                            wl.name)
+            verdict = "" if ratio["bar"] is None else f"  bar {ratio['bar']:.2f}: {'met' if _meets(ratio) else 'NOT met'}"
+            print(f"  {LABELS[subject]} / {LABELS[base]:<44} best-of {ratio['best']:6.3f}  median {ratio['median']:6.3f}"
+                  f"  paired {ratio['paired']:6.3f}  median CPU {ratio['median_cpu']:6.3f}{verdict}")
     accs = {m: timings.metrics[m].get("val_acc") for m in methods}
     same = len({round(a, 6) for a in accs.values() if a is not None}) == 1
     print(f"  same final val_acc in all variants (same work): {same}")
@@ -766,6 +789,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-rounds", type=int, default=1, help="untimed warm-up rounds per method (default: 1)")
     p.add_argument("--no-cached-baseline", action="store_true",
                    help="skip the 4th variant (hand-written Lightning inside quiet_lightning())")
+    p.add_argument("--no-fabric", action="store_true",
+                   help="skip the variant FederatedLoop(executor=FabricExecutor()), the runner without a Trainer")
     p.add_argument("--no-profile", dest="profile", action="store_false",
                    help="skip the per-part breakdown (instrumented runs after the timed ones)")
     p.add_argument("--profile-repeats", type=int, default=9, help="instrumented runs per method (default: 9)")
@@ -791,7 +816,8 @@ def main(argv: list[str] | None = None) -> int:
           f"lightning {__import__('lightning').__version__}, python {platform.python_version()}, "
           f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, {platform.machine()}; "
           f"source {source_version()}; load average {_load()}")
-    methods = ["fedloop", "lightning", *([] if args.no_cached_baseline else ["lightning+cache"]), "torch"]
+    methods = ["fedloop", *([] if args.no_fabric else ["fedloop+fabric"]), "lightning",
+               *([] if args.no_cached_baseline else ["lightning+cache"]), "torch"]
     setups = {"A": (lambda: workload_a(args.rounds_a), args.repeats_a),
               "B": (lambda: workload_b(args.rounds_b), args.repeats_b)}
     names = [w.strip().upper() for w in args.workloads.split(",") if w.strip()]
@@ -821,13 +847,14 @@ def main(argv: list[str] | None = None) -> int:
     print("\nSUMMARY  FederatedLoop time / baseline time "
           "(best-of wall | median wall | paired median wall | median CPU)")
     for name, res in results["workloads"].items():
-        for base, ratio in res["ratios"].items():
-            bar = ratio["bar"]
-            verdict = "" if bar is None else f"   bar {bar:.2f} {'met' if _meets(ratio) else 'NOT met'}"
-            if bar is not None and base == "lightning" and not _meets(ratio):
-                failed = True
-            print(f"  {name}  vs {LABELS[base]:<44} {ratio['best']:6.3f} | {ratio['median']:6.3f} | "
-                  f"{ratio['paired']:6.3f} | {ratio['median_cpu']:6.3f}{verdict}")
+        for key, subject in (("ratios", "FederatedLoop"), ("ratios_fabric", "FabricExecutor")):
+            for base, ratio in res.get(key, {}).items():
+                bar = ratio["bar"]
+                verdict = "" if bar is None else f"   bar {bar:.2f} {'met' if _meets(ratio) else 'NOT met'}"
+                if bar is not None and key == "ratios" and base == "lightning" and not _meets(ratio):
+                    failed = True
+                print(f"  {name}  {subject:<14} vs {LABELS[base]:<44} {ratio['best']:6.3f} | {ratio['median']:6.3f} |"
+                      f" {ratio['paired']:6.3f} | {ratio['median_cpu']:6.3f}{verdict}")
     print(f"total benchmark wall time {time.perf_counter() - wall:.1f} s; load average {_load()}")
     results["load_end"] = _load()
     if args.json:

@@ -3,6 +3,7 @@
 from lightning_fedmut.execution.base import ClientExecutor, ClientTraining, TaskHooks
 from lightning_fedmut.execution.client_logger import ClientLogger
 from lightning_fedmut.execution.evaluation import Evaluator, evaluate
+from lightning_fedmut.execution.fabric import FabricExecutor
 from lightning_fedmut.execution.sequential import SequentialExecutor
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "ClientLogger",
     "ClientTraining",
     "Evaluator",
+    "FabricExecutor",
     "SequentialExecutor",
     "TaskHooks",
     "evaluate",
