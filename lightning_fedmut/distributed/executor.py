@@ -15,7 +15,7 @@ from torch import Tensor
 from lightning_fedmut.distributed.environment import WorkerEnvironment, detect_environment
 from lightning_fedmut.distributed.group import WorkerGroup
 from lightning_fedmut.distributed.launcher import fork_workers
-from lightning_fedmut.distributed.sharding import reduce_metric_sums, shard_dataloaders, unshardable_reason
+from lightning_fedmut.distributed.sharding import reduce_metric_terms, shard_dataloaders, unshardable_reason
 from lightning_fedmut.distributed.timers import PhaseTimes
 from lightning_fedmut.execution.base import ClientExecutor, ClientTraining, TaskHooks
 from lightning_fedmut.execution.evaluation import Evaluator
@@ -223,25 +223,27 @@ class DistributedExecutor(ClientExecutor):
         """The global model's metrics in every worker, each worker evaluating a share of the batches.
 
         Rank ``r`` validates batches ``r, r + N ...`` of each loader (see
-        :mod:`~lightning_fedmut.distributed.sharding`) and sends each metric's sum and count; every rank combines
-        them exactly, so a batch-size-weighted mean (Lightning's ``self.log`` default) equals one process's up to
-        the rounding of Lightning's running sum. Rank 0 evaluates the whole data alone, and the others wait for
-        its metrics, when the data cannot be split (see
-        :func:`~lightning_fedmut.distributed.sharding.unshardable_reason`) or a metric cannot be combined from
-        sums (a torchmetrics object, ``reduce_fx="max"``, one logged at the epoch's end): the first evaluation
-        finds out, the fit's later ones go to rank 0 at once. :attr:`evaluation_fallback` says why.
+        :mod:`~lightning_fedmut.distributed.sharding`) and sends, per metric, what each of its batches added to
+        Lightning's running sum; every rank adds all the terms in batch order, as one process does, so a
+        batch-size-weighted mean (Lightning's ``self.log`` default) or a ``reduce_fx="sum"`` metric equals the
+        one-process value bit for bit. Rank 0 evaluates the whole data alone, and the others wait for its metrics,
+        when the data cannot be split (see :func:`~lightning_fedmut.distributed.sharding.unshardable_reason`) or
+        a metric cannot be combined from terms (a torchmetrics object, ``reduce_fx="max"``, one logged at the
+        epoch's end): the first evaluation finds out, the fit's later ones go to rank 0 at once.
+        :attr:`evaluation_fallback` says why.
         """
         if self._group is None:  # a single process, rank 0
             return evaluator.evaluate(module, dataloaders)
         shard, reason = self._share(evaluator, dataloaders)
         if reason is None:
+            rank, world = self.rank, self.world_size
             with self.times("evaluate"):
-                sums, reason = evaluator.evaluate_sums(module, shard)
+                terms, reason = evaluator.evaluate_terms(module, shard, lambda i: rank + i * world)
             with self.times("evaluate_exchange"):
-                parts = self._group.all_gather_object([sums, reason])
+                parts = self._group.all_gather_object([terms, reason])
             reasons = [r for _, r in parts if r is not None]
             if not reasons:
-                return reduce_metric_sums([s for s, _ in parts])
+                return reduce_metric_terms([t for t, _ in parts])
             reason = reasons[0]
             self._shards[id(dataloaders)] = (None, reason)
         self.evaluation_fallback = reason

@@ -2,21 +2,20 @@
 
 Rank ``r`` of ``N`` takes batches ``r, r + N, r + 2N ...`` of every validation loader, a deterministic split that
 keeps the user's ``DataLoader`` settings (workers, collate function, pinning ...). Each rank returns, per metric,
-the sum Lightning accumulated and the number of examples it weighted it by; :func:`reduce_metric_sums` combines
-them exactly (a correctly rounded float64 sum), so that a batch-size-weighted mean equals the one-process value
-but for the rounding of Lightning's own running sum (float32 unless the default dtype is float64).
+the term each of its batches added to Lightning's running sum (for a batch-size-weighted mean, the batch's value
+times its size) and the batch size; :func:`reduce_metric_terms` adds all the terms in the order of the batches,
+in the running sum's dtype, as one process does: the metrics equal the one-process values bit for bit.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, Sampler
 
-__all__ = ["ShardBatchSampler", "reduce_metric_sums", "shard_dataloaders", "unshardable_reason"]
+__all__ = ["ShardBatchSampler", "reduce_metric_terms", "shard_dataloaders", "unshardable_reason"]
 
 #: The DataLoader arguments a shard keeps from the user's loader (besides the data set).
 _LOADER_SETTINGS = ("num_workers", "collate_fn", "pin_memory", "timeout", "worker_init_fn",
@@ -97,30 +96,34 @@ def shard_dataloaders(dataloaders: Any, rank: int, world_size: int) -> Any:
                       **settings)
 
 
-def reduce_metric_sums(parts: list[dict[str, tuple[str, float, float, str]]]) -> dict[str, float]:
-    """The metrics of the workers' ``parts`` combined: each maps a metric to ``(reduce, sum, count, dtype)``.
+def reduce_metric_terms(parts: list[dict[str, tuple[str, list[tuple[int, float, str, int]]]]]) -> dict[str, float]:
+    """The metrics of the workers' ``parts``, each mapping a metric to ``(reduce, terms)``, as one process has them.
 
-    ``"mean"``: the sum of the sums over the sum of the counts (Lightning's batch-size-weighted mean); ``"sum"``:
-    the sum of the sums. Sums are added exactly (``math.fsum``, correctly rounded), so the result does not depend
-    on the number of workers, then rounded to ``dtype`` (Lightning's accumulator's) as one process's value is.
-    A metric a worker did not log (no batch of its share logged it) comes from the others.
+    A term is ``(batch, value, dtype, count)``: what Lightning added to the metric's running sum for that batch of
+    the whole data. The terms of every worker are added in batch order, in their dtype, starting from zero, as
+    Lightning's ``_ResultMetric`` does; ``"mean"`` then divides by the summed counts (the number of examples),
+    ``"sum"`` does not. A worker whose share never logged a metric sends no terms for it.
 
     Examples:
-        >>> parts = [{"val_loss": ("mean", 3.0, 2.0, "float64")}, {"val_loss": ("mean", 0.5, 1.0, "float64")}]
-        >>> reduce_metric_sums(parts)
-        {'val_loss': 1.1666666666666667}
-        >>> reduce_metric_sums([{"n": ("sum", 2.0, 2.0, "float32")}, {"n": ("sum", 3.0, 1.0, "float32")}])
+        >>> parts = [{"loss": ("mean", [(0, 4.0, "float32", 2), (2, 3.0, "float32", 1)])},
+        ...          {"loss": ("mean", [(1, 1.0, "float32", 2)])}]
+        >>> reduce_metric_terms(parts)
+        {'loss': 1.600000023841858}
+        >>> reduce_metric_terms([{"n": ("sum", [(1, 2.0, "float64", 0)])}, {"n": ("sum", [(0, 3.0, "float64", 0)])}])
         {'n': 5.0}
     """
-    names = [name for part in parts for name in part]
     out: dict[str, float] = {}
-    for name in dict.fromkeys(names):
+    for name in dict.fromkeys(name for part in parts for name in part):
         entries = [part[name] for part in parts if name in part]
-        kinds = {entry[0] for entry in entries}
+        kinds = {kind for kind, _ in entries}
         if len(kinds) != 1 or next(iter(kinds)) not in ("mean", "sum"):
             raise ValueError(f"Expected metric {name!r} to be reduced by 'mean' or 'sum' on every worker, got"
                              f" {sorted(kinds)}.")
-        total = math.fsum(entry[1] for entry in entries)
-        value = total / math.fsum(entry[2] for entry in entries) if entries[0][0] == "mean" else total
-        out[name] = float(torch.tensor(value, dtype=torch.float64).to(getattr(torch, entries[0][3])))
+        terms = sorted((term for _, ts in entries for term in ts), key=lambda term: term[0])
+        total = torch.tensor(0.0, dtype=getattr(torch, terms[0][2]))
+        count = torch.tensor(0)
+        for _, value, dtype, n in terms:  # Lightning's `self.value = self.value + value * batch_size`, replayed
+            total = total + torch.tensor(value, dtype=getattr(torch, dtype))
+            count = count + n
+        out[name] = float(total / count if entries[0][0] == "mean" else total)
     return out
