@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSampler
 
 __all__ = ["ShardBatchSampler", "reduce_metric_terms", "shard_dataloaders", "unshardable_reason"]
 
