@@ -69,7 +69,7 @@ class Evaluator:
         What a worker that evaluates a share of the data sends (see
         :func:`~lightning_fedmut.distributed.sharding.reduce_metric_terms`); ``batch_index`` maps a batch's index
         in the share to its index in the whole data. Returns ``(terms, reason)``: ``reason`` names a metric that
-        cannot be combined from terms (see :class:`BatchTerms`), else ``None``. The evaluation Trainer's own
+        cannot be combined from terms (see ``BatchTerms`` in this module), else ``None``. The evaluation Trainer's own
         metrics are not meaningful here: its running sums are emptied after every batch.
         """
         recorder = BatchTerms(batch_index)
