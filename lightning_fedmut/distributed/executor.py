@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
@@ -14,6 +15,8 @@ from torch import Tensor
 from lightning_fedmut.distributed.environment import WorkerEnvironment, detect_environment
 from lightning_fedmut.distributed.group import WorkerGroup
 from lightning_fedmut.distributed.launcher import fork_workers
+from lightning_fedmut.distributed.sharding import reduce_metric_terms, shard_dataloaders, unshardable_reason
+from lightning_fedmut.distributed.timers import PhaseTimes
 from lightning_fedmut.execution.base import ClientExecutor, ClientTraining, TaskHooks
 from lightning_fedmut.execution.evaluation import Evaluator
 from lightning_fedmut.execution.sequential import SequentialExecutor
@@ -59,7 +62,9 @@ class DistributedExecutor(ClientExecutor):
     trained states as CPU tensors, metrics, step counts, payloads, per-client states, errors) to every other, and every
     worker hands the round's results to the loop in slot order: the aggregator, the history and the
     client-state store then see exactly what one process sees, so results equal a one-process run bit for bit,
-    whatever the number of workers. The global model is evaluated by rank 0 and the metrics are shared.
+    whatever the number of workers. The global model is evaluated by all workers, each on a share of the
+    validation batches, and its metrics combined exactly (see :meth:`evaluate`); :attr:`rank_times` itemises
+    where each rank's time went.
     Rank 0 alone logs, shows progress and writes checkpoints.
 
     The round goes in chunks: each rank trains up to ``exchange_mb`` of its clients' states (at least one), then
@@ -116,6 +121,13 @@ class DistributedExecutor(ClientExecutor):
         self.exchange_mb = check_real("exchange_mb", exchange_mb, low=0.0)
         self._env: WorkerEnvironment | None = self.environment
         self._group: WorkerGroup | None = None
+        self._launched = 0.0
+        self._shards: dict[int, tuple[Any, str | None]] = {}  # per validation data: its share, or why none
+        #: Seconds per phase of the last fit, one dict per rank (see :class:`~lightning_fedmut.distributed.timers.PhaseTimes`).
+        self.rank_times: list[dict[str, float]] = []
+        #: Why the last fit's global model was evaluated by rank 0 alone (``None``: every worker evaluated a share).
+        self.evaluation_fallback: str | None = None
+        self.times = PhaseTimes()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(workers={self.workers}, inner={self.inner!r})"
@@ -130,6 +142,7 @@ class DistributedExecutor(ClientExecutor):
         return 0 if self._env is None else self._env.rank
 
     def launch(self, fn: Callable[[], T]) -> T:
+        self.times, self.rank_times, self._launched = PhaseTimes(), [], time.perf_counter()
         if self.environment is None:
             threads = max(1, torch.get_num_threads() // self.workers)
             return fork_workers(self.workers, threads, lambda env, watch: self._connected(env, fn, watch),
@@ -139,14 +152,20 @@ class DistributedExecutor(ClientExecutor):
     def _connected(self, env: WorkerEnvironment, fn: Callable[[], T], watch: Callable[..., None] | None = None) -> T:
         self._env = env
         self._group = WorkerGroup(env, self.timeout, watch)
+        # forked workers inherit `_launched` (a system-wide monotonic clock): their start-up includes the fork
+        self.times.add("startup", time.perf_counter() - self._launched)
+        self.evaluation_fallback = None
         try:
             out = fn()
-            self._group.barrier()  # nobody leaves while another still exchanges
+            summary = self.times.summary(time.perf_counter() - self._launched)
+            # nobody leaves while another still exchanges: the gather is the last barrier
+            self.rank_times = self._group.all_gather_object(summary)
             return out
         finally:
             self._group.close()
             self._group = None
             self._env = self.environment
+            self._shards = {}
 
     # -------------------------------------------------------------- training
     def setup(self, module: LightningModule, training: ClientTraining) -> None:
@@ -181,10 +200,12 @@ class DistributedExecutor(ClientExecutor):
         chunk = self.world_size * self._per_exchange(tasks)
         for start in range(0, len(tasks), chunk):
             group = tasks[start:start + chunk]
-            mine = [_pack(next(iter(self.inner.run([task], hooks)))) for task in group
-                    if slot_owner(task.slot, self.world_size) == self.rank]
-            received = {record["slot"]: record for records in self._group.all_gather_object(mine)
-                        for record in records}
+            with self.times("train"):
+                mine = [_pack(next(iter(self.inner.run([task], hooks)))) for task in group
+                        if slot_owner(task.slot, self.world_size) == self.rank]
+            with self.times("exchange"):
+                received = {record["slot"]: record for records in self._group.all_gather_object(mine)
+                            for record in records}
             del mine
             for task in group:
                 yield _unpack(task, received.pop(task.slot))
@@ -199,18 +220,57 @@ class DistributedExecutor(ClientExecutor):
         self.inner.teardown()
 
     def evaluate(self, evaluator: Evaluator, module: LightningModule, dataloaders: Any) -> dict[str, float]:
-        metrics = evaluator.evaluate(module, dataloaders) if self.is_global_zero else None
-        if self._group is None:  # a single process, rank 0: the metrics it computed
-            return cast("dict[str, float]", metrics)
-        return self._group.broadcast_object(metrics, src=0)
+        """The global model's metrics in every worker, each worker evaluating a share of the batches.
+
+        Rank ``r`` validates batches ``r, r + N ...`` of each loader (see
+        :mod:`~lightning_fedmut.distributed.sharding`) and sends, per metric, what each of its batches added to
+        Lightning's running sum; every rank adds all the terms in batch order, as one process does, so a
+        batch-size-weighted mean (Lightning's ``self.log`` default) or a ``reduce_fx="sum"`` metric equals the
+        one-process value bit for bit. Rank 0 evaluates the whole data alone, and the others wait for its metrics,
+        when the data cannot be split (see :func:`~lightning_fedmut.distributed.sharding.unshardable_reason`) or
+        a metric cannot be combined from terms (a torchmetrics object, ``reduce_fx="max"``, one logged at the
+        epoch's end): the first evaluation finds out, the fit's later ones go to rank 0 at once.
+        :attr:`evaluation_fallback` says why.
+        """
+        if self._group is None:  # a single process, rank 0
+            return evaluator.evaluate(module, dataloaders)
+        shard, reason = self._share(evaluator, dataloaders)
+        if reason is None:
+            rank, world = self.rank, self.world_size
+            with self.times("evaluate"):
+                terms, reason = evaluator.evaluate_terms(module, shard, lambda i: rank + i * world)
+            with self.times("evaluate_exchange"):
+                parts = self._group.all_gather_object([terms, reason])
+            reasons = [r for _, r in parts if r is not None]
+            if not reasons:
+                return reduce_metric_terms([t for t, _ in parts])
+            reason = reasons[0]
+            self._shards[id(dataloaders)] = (None, reason)
+        self.evaluation_fallback = reason
+        with self.times("evaluate"):
+            metrics = evaluator.evaluate(module, dataloaders) if self.is_global_zero else None
+        with self.times("evaluate_exchange"):
+            return cast("dict[str, float]", self._group.broadcast_object(metrics, src=0))
+
+    def _share(self, evaluator: Evaluator, dataloaders: Any) -> tuple[Any, str | None]:
+        """This rank's share of ``dataloaders`` (made once per fit), or why the evaluation is not shared."""
+        if id(dataloaders) not in self._shards:
+            reason = unshardable_reason(dataloaders, self.world_size, evaluator.trainer_kwargs)
+            shard = None if reason else shard_dataloaders(dataloaders, self.rank, self.world_size)
+            self._shards[id(dataloaders)] = (shard, reason)
+        return self._shards[id(dataloaders)]
 
     # ----------------------------------------------------------- collectives
     def all_reduce_(self, tensors: list[Tensor]) -> None:
         if self._group is not None:
-            self._group.all_reduce_(tensors)
+            with self.times("state_exchange"):
+                self._group.all_reduce_(tensors)
 
     def all_gather_object(self, obj: Any) -> list[Any]:
-        return [obj] if self._group is None else self._group.all_gather_object(obj)
+        if self._group is None:
+            return [obj]
+        with self.times("state_exchange"):
+            return self._group.all_gather_object(obj)
 
 
 def _pack(result: ClientResult) -> dict[str, Any]:

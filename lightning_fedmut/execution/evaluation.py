@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from lightning.pytorch import LightningModule, Trainer
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.utils.data import DataLoader
 
 from lightning_fedmut.execution._calls import interruptible, merged_scalars
 from lightning_fedmut.utilities.trainer import QUIET_TRAINER_DEFAULTS, quiet_lightning
 
-__all__ = ["Evaluator", "evaluate"]
+__all__ = ["BatchTerms", "Evaluator", "evaluate"]
+
+#: What :meth:`Evaluator.evaluate_terms` returns per metric: its reduction (``"mean"`` or ``"sum"``) and its terms,
+#: one ``(batch, term, dtype, count)`` per batch of the data: the value Lightning added to its running sum
+#: (for a mean, the batch's value times its size), the sum's dtype and the batch size.
+MetricTerms = tuple[str, list[tuple[int, float, str, int]]]
 
 #: Evaluation Trainers are as quiet as client ones but do validate.
 EVAL_TRAINER_DEFAULTS = {k: v for k, v in QUIET_TRAINER_DEFAULTS.items() if k != "limit_val_batches"}
@@ -55,6 +61,88 @@ class Evaluator:
             trainer = Trainer(**{**EVAL_TRAINER_DEFAULTS, **self.trainer_kwargs})
             results = interruptible(trainer, trainer.validate, module, dataloaders=dataloaders, verbose=False)
         return merged_scalars(results)
+
+    def evaluate_terms(self, module: LightningModule, dataloaders: DataLoader | Sequence[DataLoader],
+                       batch_index: Callable[[int], int] = lambda i: i) -> tuple[dict[str, MetricTerms], str | None]:
+        """Validate ``module`` on ``dataloaders`` and return, per metric, the terms of Lightning's running sum.
+
+        What a worker that evaluates a share of the data sends (see
+        :func:`~lightning_fedmut.distributed.sharding.reduce_metric_terms`); ``batch_index`` maps a batch's index
+        in the share to its index in the whole data. Returns ``(terms, reason)``: ``reason`` names a metric that
+        cannot be combined from terms (see ``BatchTerms`` in this module), else ``None``. The evaluation Trainer's own
+        metrics are not meaningful here: its running sums are emptied after every batch.
+        """
+        recorder = BatchTerms(batch_index)
+        kwargs = {**EVAL_TRAINER_DEFAULTS, **self.trainer_kwargs}
+        user = kwargs.get("callbacks") or []
+        kwargs["callbacks"] = [*([user] if isinstance(user, Callback) else user), recorder]
+        with quiet_lightning(self._entry_points, prepare_data=self.prepare_data):
+            trainer = Trainer(**kwargs)
+            results = interruptible(trainer, trainer.validate, module, dataloaders=dataloaders, verbose=False)
+        return recorder.terms(merged_scalars(results))
+
+
+class BatchTerms(Callback):
+    """Records, batch by batch, what Lightning adds to the running sum behind each logged metric.
+
+    After each validation batch it reads every running sum (which then holds that batch's term alone, exactly)
+    and empties it. Replaying the terms of all batches in their order
+    (:func:`~lightning_fedmut.distributed.sharding.reduce_metric_terms`) gives Lightning's one-process value bit
+    for bit, whoever evaluated which batch.
+
+    Recorded: a tensor logged in ``validation_step`` and reduced by ``"mean"`` (Lightning weights it by the batch
+    size) or ``"sum"``. Named as not combinable: a torchmetrics object, a metric logged in an epoch-end hook (it
+    would be computed from one worker's share), any other ``reduce_fx`` (``"max"``, ``"min"``, a function).
+
+    Args:
+        batch_index: maps a batch's index among those this Trainer sees to its index in the whole data.
+    """
+
+    def __init__(self, batch_index: Callable[[int], int] = lambda i: i) -> None:
+        self.batch_index = batch_index
+        self.recorded: dict[str, MetricTerms] = {}
+        self.reasons: dict[str, str] = {}  # why a metric has no terms
+
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._read(trainer, self.batch_index(batch_idx))
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._read(trainer, None)  # what the epoch-end hooks logged: named, never combined
+
+    def _read(self, trainer: Trainer, batch: int | None) -> None:
+        collection = trainer.validate_loop._results
+        for metric in collection.values():
+            name = collection._forked_name(metric, False)[1]
+            hook = metric.meta.fx.split(".")[0]
+            if metric.has_reset or name in self.reasons:
+                continue
+            if not metric.is_tensor:
+                self.reasons[name] = f"metric {name!r} is a torchmetrics object"
+            elif hook != "validation_step":
+                self.reasons[name] = f"metric {name!r} is logged in `{hook}`"
+            elif batch is None:
+                continue
+            elif not (metric.meta.is_mean_reduction or metric.meta.is_sum_reduction):
+                reduce = getattr(metric.meta.reduce_fx, "__name__", metric.meta.reduce_fx)
+                self.reasons[name] = f"metric {name!r} is reduced with `reduce_fx={reduce}`"
+            else:
+                mean = metric.meta.is_mean_reduction
+                count = int(metric.cumulated_batch_size) if mean else 0
+                term = (batch, float(metric.value), str(metric.value.dtype).removeprefix("torch."), count)
+                self.recorded.setdefault(name, ("mean" if mean else "sum", []))[1].append(term)
+                metric.value = torch.zeros_like(metric.value)  # the next batch's term alone, exactly
+                if mean:
+                    metric.cumulated_batch_size = torch.zeros_like(metric.cumulated_batch_size)
+
+    def terms(self, returned: dict[str, float]) -> tuple[dict[str, MetricTerms], str | None]:
+        """The terms behind the metrics ``returned`` by ``Trainer.validate``, or why one has none."""
+        for name in returned:
+            if name in self.reasons:
+                return {}, self.reasons[name]
+            if name not in self.recorded:
+                return {}, f"metric {name!r} is not one Lightning accumulated"
+        return {name: self.recorded[name] for name in returned}, None
 
 
 def evaluate(
