@@ -627,8 +627,8 @@ def instrument(attr: Attribution, wl: Workload) -> None:
     from torch.utils.data.dataloader import _BaseDataLoaderIter
 
     import lightning_fedmut.execution.sequential as executor_module
-    import lightning_fedmut.loop.loop as loop_module
     import lightning_fedmut.loop.connectors.failures as failures_module
+    import lightning_fedmut.loop.loop as loop_module
 
     this = sys.modules[__name__]
     model_cls = type(fresh_model(wl))

@@ -156,12 +156,11 @@ def _register_presets() -> None:
     from lightning_fedmut.algorithms.scaffold import SCAFFOLD
     from lightning_fedmut.algorithms.swa import FedASAMSWA, FedAvgSWA, FedSAMSWA
 
-    for cls in (FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR,
-                ClusteredSampling):
-        register(cls.__name__, cls)
-    register("FedNova", FedNova)
-    for cls in (FedSAM, FedASAM, FedDyn, DPFedAvg, DPFedMut, FedBN, FedPer, FedGen, MoFedSAM, FedLESAM, FedGloSS,
-                FedSMOO, FedASAMSWA, FedSAMSWA, FedAvgSWA, FedRep):
+    presets: tuple[type[FederatedAlgorithm], ...] = (
+        FedAvg, FedMut, FedProx, SCAFFOLD, FedAvgM, FedAdagrad, FedAdam, FedYogi, FedExP, FedMR, ClusteredSampling,
+        FedNova, FedSAM, FedASAM, FedDyn, DPFedAvg, DPFedMut, FedBN, FedPer, FedGen, MoFedSAM, FedLESAM, FedGloSS,
+        FedSMOO, FedASAMSWA, FedSAMSWA, FedAvgSWA, FedRep)
+    for cls in presets:
         register(cls.__name__, cls)
 
 

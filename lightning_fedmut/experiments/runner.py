@@ -191,6 +191,22 @@ def _comparable(config: Any) -> str:
     return json.dumps(config, sort_keys=True, default=str)
 
 
+def _unset_settings_dropped(old: Any, new: Any) -> Any:
+    """``new`` without the settings ``old`` lacks and ``new`` leaves unset (``None``): a setting added to the
+    library since a cell ran, at its default, leaves the finished cell valid.
+
+    Examples:
+        >>> _unset_settings_dropped({"loop": {"rounds": 3}}, {"loop": {"rounds": 3, "personal_evaluation": None}})
+        {'loop': {'rounds': 3}}
+        >>> _unset_settings_dropped({"loop": {"rounds": 3}}, {"loop": {"rounds": 3, "workers": 2}})
+        {'loop': {'rounds': 3, 'workers': 2}}
+    """
+    if not (isinstance(old, Mapping) and isinstance(new, Mapping)):
+        return new
+    return {key: _unset_settings_dropped(old.get(key), value) for key, value in new.items()
+            if key in old or value is not None}
+
+
 def _first_difference(old: Any, new: Any, prefix: str = "") -> str:
     if isinstance(old, Mapping) and isinstance(new, Mapping):
         for key in sorted(set(old) | set(new), key=str):
@@ -209,7 +225,7 @@ def _check_folders(bench: Benchmark, out: Path) -> None:
             old = json.loads(stored.read_text(encoding="utf-8"))["config"]
         except (OSError, ValueError, KeyError):
             continue  # a cell.json cut short by a kill: the cell starts again (its checkpoints are checked by fit)
-        new = json.loads(_comparable(cell.config))
+        new = _unset_settings_dropped(old, json.loads(_comparable(cell.config)))
         if _comparable(old) != _comparable(new):
             raise ValueError(f"{out / cell.folder} holds a run of other arguments ({_first_difference(old, new)}):"
                              " delete that folder to run the cell again, or choose another output folder")

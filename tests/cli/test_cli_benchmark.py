@@ -220,6 +220,20 @@ def test_a_changed_config_is_refused_before_anything_runs(tiny_run, capsys):
     assert (out / "summary.json").read_text() == before
 
 
+def test_a_cell_run_before_a_setting_existed_still_counts_at_its_default(tiny_run, capsys):
+    """A cell whose stored arguments lack a setting added since (left unset) is finished; one set is not."""
+    config, out, _ = tiny_run
+    stored = out / "cells/fedavg/iid/seed-0/cell.json"
+    cell = json.loads(stored.read_text())
+    del cell["config"]["loop"]["personal_evaluation"]
+    stored.write_text(json.dumps(cell))
+    capsys.readouterr()
+    assert main(["benchmark", str(config), "--output", str(out)]) == 0
+    assert "8 cells; 8 finished, 0 to run" in capsys.readouterr().out
+    assert main(["benchmark", str(config), "--output", str(out), "--set", "fit.loop.personal_evaluation=false"]) == 2
+    assert "(loop.personal_evaluation: None there, False now)" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------ kill, resume
 @pytest.mark.slow
 def test_a_killed_benchmark_resumes_to_the_uninterrupted_numbers_in_parallel(tiny_run, tmp_path):
