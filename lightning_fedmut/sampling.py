@@ -66,7 +66,8 @@ class ClientSampler(DeclaredState):
     def observe(self, result: ClientResult, global_state: Mapping[str, Tensor]) -> None:
         """Called with each successful client result, before the aggregator sees it.
 
-        ``global_state`` is the global model the round started from. Write what the sampler learns about
+        ``global_state`` is the global model the round started from: its federated entries (those the
+        federation policy keeps local or frozen are left out). Write what the sampler learns about
         the client into ``result.client_state``; the loop stores it after the round.
         """
 
@@ -306,8 +307,8 @@ class ClusteredSampler(ClientSampler):
     @torch.no_grad()
     def observe(self, result: ClientResult, global_state: Mapping[str, Tensor]) -> None:
         assert result.state is not None and result.client_state is not None  # a client that trained
-        parts = [(v.detach().float() - global_state[k].detach().to(v.device).float()).flatten().cpu()
-                 for k, v in result.state.items() if is_floating(v)]
+        parts = [(result.state[k].detach().float() - g.detach().to(result.state[k].device).float()).flatten().cpu()
+                 for k, g in global_state.items() if is_floating(g)]
         result.client_state[UPDATE_KEY] = torch.cat(parts) if parts else torch.zeros(0)
         result.client_state[UPDATE_ROUND_KEY] = int(result.task.round)
 

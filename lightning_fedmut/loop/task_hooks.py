@@ -11,7 +11,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning_fedmut.exceptions import ClientDataExhaustedError, DivergenceError
 from lightning_fedmut.execution.base import TaskHooks
 from lightning_fedmut.federation import local_key
-from lightning_fedmut.functional.state import first_non_finite
+from lightning_fedmut.functional.state import first_non_finite, frozen_keys
 from lightning_fedmut.loop.connectors.failures import divergence_causes
 from lightning_fedmut.state import DeclaredState
 from lightning_fedmut.tasks import ClientResult, ClientTask
@@ -54,6 +54,8 @@ class LoopTaskHooks(TaskHooks):
         self._keys = [k for k, p in module.named_parameters() if p.requires_grad and p.is_floating_point()]
         self._start: dict[int, float] = {}  # each slot's start weights, as one number
         self._declaring = [c for c in loop._components() if isinstance(c, DeclaredState) and c.declares("client")]
+        unshared = frozen_keys(module)  # the sampler learns from the federated entries only
+        self._federated = {k: v for k, v in global_state.items() if k not in unshared}
 
     def on_task_start(self, task: ClientTask) -> None:
         loop = self.loop
@@ -83,7 +85,7 @@ class LoopTaskHooks(TaskHooks):
             self.loop._call("on_client_fit_failure", self.module, result)
         else:
             self.loop._call("on_client_fit_end", self.module, result)
-            self.loop.sampler.observe(result, self.global_state)
+            self.loop.sampler.observe(result, self._federated)
         for component in self._declaring:  # kept with the client's state; a failed client's is dropped
             component.store_client_state(None if result.failed else result.client_state)
         if not result.failed and self.loop._local and result.state is not None and result.client_state is not None:

@@ -168,3 +168,30 @@ def test_clustered_sampler_keeps_updates_in_the_client_state_store_and_resumes(s
     resumed, _ = run(ckpt_path="last")
     assert resumed.client_history == full.client_history
     assert resumed.history == full.history
+
+
+def test_the_stored_update_holds_the_federated_entries_only(synthetic):
+    """With the first layer frozen and the BatchNorm local, a client's stored update is the update of the other
+    entries, in state_dict order: as many numbers as they hold, not the whole model's."""
+    from lightning_fedmut.federation import FederationPolicy
+
+    train, val = synthetic
+    federation = make_clients(train, partition_iid(len(train), 6, seed=0), batch_size=16)
+    torch.manual_seed(0)
+    model = TinyModule(batch_norm=True)
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    seen = {}
+
+    class Peek(FederatedCallback):
+        def on_client_fit_end(self, loop, module, result):
+            seen[result.task.client.id] = {k: v.detach().clone() for k, v in result.state.items()}
+
+    loop = FederatedLoop(rounds=1, clients_per_round=3, local_steps=2, sampler=ClusteredSampler(), seed=0,
+                         aggregator=FedAvg(weighted=False), callbacks=[Peek()], enable_progress_bar=False,
+                         federation=FederationPolicy(local=["net.1.*"], frozen=["net.0.*"]))
+    loop.fit(model, federation, val_dataloaders=DataLoader(val, batch_size=60))
+    federated = ["net.3.weight", "net.3.bias"]
+    for client_id, trained in seen.items():
+        stored = loop.client_states.get(client_id)[UPDATE_KEY]
+        expected = torch.cat([(trained[k].float() - start[k].float()).flatten() for k in federated])
+        assert torch.equal(stored, expected)
