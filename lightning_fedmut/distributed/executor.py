@@ -20,6 +20,7 @@ from lightning_fedmut.distributed.timers import PhaseTimes
 from lightning_fedmut.execution.base import ClientExecutor, ClientTraining, TaskHooks
 from lightning_fedmut.execution.evaluation import Evaluator
 from lightning_fedmut.execution.sequential import SequentialExecutor
+from lightning_fedmut.functional.state import frozen_keys
 from lightning_fedmut.tasks import ClientResult, ClientTask
 from lightning_fedmut.utilities.validation import check_int, check_real
 
@@ -123,6 +124,7 @@ class DistributedExecutor(ClientExecutor):
         self._group: WorkerGroup | None = None
         self._launched = 0.0
         self._shards: dict[int, tuple[Any, str | None]] = {}  # per validation data: its share, or why none
+        self._unshared: frozenset[str] = frozenset()  # entries no worker needs from another (frozen, local)
         #: Seconds per phase of the last fit, one dict per rank (see :class:`~lightning_fedmut.distributed.timers.PhaseTimes`).
         self.rank_times: list[dict[str, float]] = []
         #: Why the last fit's global model was evaluated by rank 0 alone (``None``: every worker evaluated a share).
@@ -180,6 +182,7 @@ class DistributedExecutor(ClientExecutor):
         if gpu and "devices" not in training.trainer_kwargs:
             local_rank = 0 if self._env is None else self._env.local_rank
             kwargs["devices"] = [local_rank // self.workers_per_device]
+        self._unshared = frozen_keys(module)  # the fit's federation policy is set before the executor
         self.inner.setup(module, replace(training, trainer_kwargs=kwargs))
 
     def run(self, tasks: Iterable[ClientTask], hooks: TaskHooks) -> Iterator[ClientResult]:
@@ -201,7 +204,7 @@ class DistributedExecutor(ClientExecutor):
         for start in range(0, len(tasks), chunk):
             group = tasks[start:start + chunk]
             with self.times("train"):
-                mine = [_pack(next(iter(self.inner.run([task], hooks)))) for task in group
+                mine = [_pack(next(iter(self.inner.run([task], hooks))), self._unshared) for task in group
                         if slot_owner(task.slot, self.world_size) == self.rank]
             with self.times("exchange"):
                 received = {record["slot"]: record for records in self._group.all_gather_object(mine)
@@ -213,7 +216,8 @@ class DistributedExecutor(ClientExecutor):
     def _per_exchange(self, tasks: list[ClientTask]) -> int:
         """How many of its own clients a worker trains before an exchange (see ``exchange_mb``)."""
         share = -(-len(tasks) // self.world_size)
-        size = sum(t.numel() * t.element_size() for t in tasks[0].start_state.values() if isinstance(t, Tensor))
+        size = sum(t.numel() * t.element_size() for k, t in tasks[0].start_state.items()
+                   if isinstance(t, Tensor) and k not in self._unshared)
         return max(1, min(share, int(self.exchange_mb * 2**20 // max(size, 1))))
 
     def teardown(self) -> None:
@@ -273,10 +277,13 @@ class DistributedExecutor(ClientExecutor):
             return self._group.all_gather_object(obj)
 
 
-def _pack(result: ClientResult) -> dict[str, Any]:
+def _pack(result: ClientResult, leave_out: frozenset[str] = frozenset()) -> dict[str, Any]:
     """A client's result as it travels between workers: CPU tensors and plain data, nothing else.
 
-    A failed client's error travels as its type name, message and traceback text.
+    A failed client's error travels as its type name, message and traceback text. The trained state travels
+    without the entries in ``leave_out`` (those the federation policy keeps frozen or local: nothing aggregates
+    them, and a client's local entries travel in its client state); the receiving worker reads them from the
+    task's start state (see ``_unpack``), so an adapter-only run exchanges the adapters, not the base model.
 
     Examples:
         >>> from lightning_fedmut.tasks import ClientTask
@@ -289,7 +296,8 @@ def _pack(result: ClientResult) -> dict[str, Any]:
     if result.error is not None:
         text = "".join(traceback.format_exception(result.error))
         error = (result.error_type or "Exception", str(result.error), text)
-    state = None if result.state is None else {k: v.detach().cpu().clone() for k, v in result.state.items()}
+    state = None if result.state is None else {k: v.detach().cpu().clone() for k, v in result.state.items()
+                                               if k not in leave_out}
     return {"slot": result.task.slot, "num_examples": result.num_examples, "state": state,
             "metrics": dict(result.metrics), "payload": result.payload, "client_state": result.client_state,
             "error": error, "num_steps": result.num_steps}
@@ -297,6 +305,9 @@ def _pack(result: ClientResult) -> dict[str, Any]:
 
 def _unpack(task: ClientTask, record: dict[str, Any]) -> ClientResult:
     error = None if record["error"] is None else RemoteClientError(*record["error"])
-    return ClientResult(task=task, num_examples=record["num_examples"], state=record["state"],
+    state = record["state"]
+    if state is not None and len(state) < len(task.start_state):  # entries left out: the start state's, in order
+        state = {**{k: state.get(k, v) for k, v in task.start_state.items()}, **state}
+    return ClientResult(task=task, num_examples=record["num_examples"], state=state,
                         metrics=record["metrics"], payload=record["payload"], client_state=record["client_state"],
                         error=error, num_steps=record["num_steps"])

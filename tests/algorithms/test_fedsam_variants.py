@@ -321,7 +321,7 @@ def test_bad_settings_are_refused_when_built(build, message):
 
 
 def test_the_presets_are_registered():
-    assert names()[-2:] == ["MoFedSAM", "FedLESAM"]
+    assert {"MoFedSAM", "FedLESAM"} <= set(names())
     assert build_algorithm("mofedsam", {"alpha": 0.2}).hparams == {"rho": 0.05, "alpha": 0.2, "weighted": False}
     assert build_algorithm("FedLESAM", {"estimate": "client"}).hparams == {"rho": 0.05, "estimate": "client",
                                                                             "weighted": False}

@@ -39,6 +39,7 @@ PROMISED = {
     "10_reproducing_the_paper": ["digits-small/results.md", "digits-small/results.csv", "digits-small/summary.json",
                                  "digits-small/curves.png", "digits_table.md"],
     "11_privacy": ["table.md", "history.csv"],
+    "12_accuracy_and_flatness": ["generalisation-small/results.md", "generalisation-small/results.csv", "flatness.md"],
     "13_federated_lora": ["table.md", "last-adapters/adapter_config.json", "last-adapters/adapter_model.safetensors"],
 }
 #: How many files some patterns must match (default: at least one).

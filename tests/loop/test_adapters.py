@@ -196,8 +196,8 @@ def test_global_model_checkpoint_writes_adapters_that_peft_loads(tmp_path):
 
 #: FedGen trains its generator through the model's head, which the base freezes here.
 NEEDS_A_TRAINABLE_HEAD = {"FedGen"}
-#: Clustered sampling stores each client's whole update (its sampler is not told the frozen entries yet).
-STORES_WHOLE_UPDATES = {"ClusteredSampling"}
+#: Methods whose own policy keeps part of the base local (BatchNorm, a head): refused with the adapter policy.
+KEEP_BASE_LOCAL = {"FedBN", "FedPer", "FedRep"}
 
 
 def _tensor_bytes(obj):
@@ -211,7 +211,7 @@ def _tensor_bytes(obj):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in algos.names() if n not in NEEDS_A_TRAINABLE_HEAD])
+@pytest.mark.parametrize("name", [n for n in algos.names() if n not in NEEDS_A_TRAINABLE_HEAD | KEEP_BASE_LOCAL])
 def test_every_registered_method_federates_the_adapters_alone(tmp_path, name):
     model = LoraModule(hidden=256)
     initial = state_of(model)
@@ -224,5 +224,13 @@ def test_every_registered_method_federates_the_adapters_alone(tmp_path, name):
     saved = ckpt.load_checkpoint(tmp_path / "round-00002.ckpt", history=False)
     assert list(saved["model"]) == ADAPTERS
     server = _tensor_bytes([saved["aggregator"], saved["callbacks"], saved["client_states"]])
-    if name not in STORES_WHOLE_UPDATES:  # moments, controls, K models, per-client states: a few adapter copies
-        assert server <= 10 * adapter_bytes < base_bytes / 4
+    assert server <= 10 * adapter_bytes < base_bytes / 4  # moments, controls, K models, per-client states
+
+
+def test_a_method_that_keeps_part_of_the_base_local_is_refused_before_training(tmp_path):
+    model = LoraModule(hidden=256)
+    initial = state_of(model)
+    with pytest.raises(ValueError, match=r"^Expected each entry to be either local or frozen, got \['net\.base_model"
+                                         r"\.model\.1\.bias'"):
+        run(algos.FedBN(), tmp_path, rounds=1, model=model)
+    assert all(torch.equal(v, initial[k]) for k, v in state_of(model).items())
