@@ -53,7 +53,7 @@ def federate(workers: int | None):
 def main() -> None:
     torch.set_num_threads(1)
     if "--torchrun" in sys.argv:  # every torchrun process runs this; rank 0 reports
-        model, result, seconds, loop = federate(None)
+        _, result, seconds, loop = federate(None)
         if loop.is_global_zero:
             print(f"{loop.executor.world_size} workers under torchrun: val_acc {result.history[-1]['val_acc']:.4f}"
                   f" in {seconds:.1f} s")
