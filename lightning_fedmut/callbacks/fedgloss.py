@@ -11,7 +11,7 @@ from lightning_fedmut.aggregators.fedgloss import scheduled_rho
 from lightning_fedmut.callbacks.base import LocalCallback, StartModelCallback
 from lightning_fedmut.callbacks.dual_sam import DualSharpnessStep
 from lightning_fedmut.callbacks.feddyn import DynamicRegularizer
-from lightning_fedmut.callbacks.sam import NORM_EPS, check_sam_trainer
+from lightning_fedmut.callbacks.sam import NORM_EPS, check_sam_loop
 from lightning_fedmut.functional.state import frozen_keys
 from lightning_fedmut.utilities.validation import check_int, check_real
 
@@ -104,9 +104,7 @@ class FedGloSS(LocalCallback):
         unshared = frozen_keys(module)
         self._names = [n for n, p in module.named_parameters() if p.requires_grad and n not in unshared]
         if self.rho_l > 0:
-            kwargs = loop.trainer_kwargs or {}
-            check_sam_trainer(module.automatic_optimization, kwargs.get("accumulate_grad_batches", 1),
-                              str(kwargs.get("precision", "")) in ("16-mixed", "16"))
+            check_sam_loop(loop, module)
         aggregator = loop.aggregator
         if isinstance(aggregator, FedGloSSAggregator):
             if aggregator.beta != self.beta:

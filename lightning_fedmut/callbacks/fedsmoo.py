@@ -8,7 +8,7 @@ from torch import Tensor
 
 from lightning_fedmut.callbacks.dual_sam import DualSharpnessStep
 from lightning_fedmut.callbacks.feddyn import FedDyn
-from lightning_fedmut.callbacks.sam import check_sam_trainer
+from lightning_fedmut.callbacks.sam import check_sam_loop
 from lightning_fedmut.utilities.validation import check_real
 
 if TYPE_CHECKING:
@@ -65,9 +65,7 @@ class FedSMOO(FedDyn):
         from lightning_fedmut.aggregators.fedsmoo import FedSMOO as FedSMOOAggregator
 
         super().setup(loop, module, stage)
-        kwargs = loop.trainer_kwargs or {}
-        check_sam_trainer(module.automatic_optimization, kwargs.get("accumulate_grad_batches", 1),
-                          str(kwargs.get("precision", "")) in ("16-mixed", "16"))
+        check_sam_loop(loop, module)
         aggregator = loop.aggregator
         if isinstance(aggregator, FedSMOOAggregator) and aggregator.rho != self.rho:
             raise ValueError(f"Expected the FedSMOO aggregator's `rho` to be the clients' {self.rho}, got"

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from lightning_fedmut.callbacks.base import LocalCallback
-from lightning_fedmut.callbacks.sam import OptimizerStepWrapper, check_sam_trainer, sam_perturbation
+from lightning_fedmut.callbacks.sam import OptimizerStepWrapper, check_sam_loop, sam_perturbation
 from lightning_fedmut.functional.state import copy_, frozen_keys
 from lightning_fedmut.utilities.validation import check_real
 
@@ -159,9 +159,7 @@ class LESAM(LocalCallback):
         return dict(zip(self._names, self._direction))
 
     def setup(self, loop: FederatedLoop, module: LightningModule, stage: str) -> None:
-        kwargs = loop.trainer_kwargs or {}
-        check_sam_trainer(module.automatic_optimization, kwargs.get("accumulate_grad_batches", 1),
-                          str(kwargs.get("precision", "")) in ("16-mixed", "16"))
+        check_sam_loop(loop, module)
         unshared = frozen_keys(module)
         self._names = [n for n, p in module.named_parameters() if p.requires_grad and n not in unshared]
         self._direction = []

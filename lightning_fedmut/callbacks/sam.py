@@ -241,6 +241,13 @@ def check_sam_trainer(automatic_optimization: bool, accumulate_grad_batches: int
                          " 'bf16-mixed'), got '16-mixed', whose scaler steps without a closure.")
 
 
+def check_sam_loop(loop: FederatedLoop, module: LightningModule) -> None:
+    """:func:`check_sam_trainer` on the loop's client Trainer settings (``trainer_kwargs``) and ``module``."""
+    kwargs = loop.trainer_kwargs or {}
+    check_sam_trainer(module.automatic_optimization, kwargs.get("accumulate_grad_batches", 1),
+                      str(kwargs.get("precision", "")) in ("16-mixed", "16"))
+
+
 @contextlib.contextmanager
 def _quiet_logging(module: LightningModule) -> Iterator[None]:
     """``module.log`` and ``module.log_dict`` do nothing inside."""
@@ -318,10 +325,7 @@ class SAM(LocalCallback):
         return {"rho": self.rho, "adaptive": self.adaptive, "eta": self.eta}
 
     def setup(self, loop: FederatedLoop, module: LightningModule, stage: str) -> None:
-        kwargs = loop.trainer_kwargs or {}
-        precision = str(kwargs.get("precision", ""))
-        check_sam_trainer(module.automatic_optimization, kwargs.get("accumulate_grad_batches", 1),
-                          precision in ("16-mixed", "16"))
+        check_sam_loop(loop, module)
 
     def on_client_fit_start(self, loop: FederatedLoop, module: LightningModule, task: ClientTask) -> None:
         task.callbacks.append(SharpnessAwareStep(self.rho, adaptive=self.adaptive, eta=self.eta))
