@@ -150,3 +150,14 @@ def make_result(state, num_examples=1, slot=0, client_id=0, payload=None):
     client = Client(id=client_id, data=DataLoader(TensorDataset(torch.zeros(max(num_examples, 1), 1))))
     task = ClientTask(round=0, slot=slot, client=client, seed=0, start_state={})
     return ClientResult(task=task, num_examples=num_examples, state=state, payload=dict(payload or {}))
+
+
+def terminal_signals() -> None:
+    """``preexec_fn`` of a child that stands for a program started from a terminal: SIGINT and SIGTERM unblocked and
+    at their defaults, whatever the test process inherited or changed (dispositions to ignore and blocked signals
+    pass to children)."""
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)

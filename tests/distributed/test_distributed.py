@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TinyModule, state_of
+from helpers import TinyModule, state_of, terminal_signals
 from torch.utils.data import DataLoader
 
 from lightning_fedmut import FedAvg, FederatedCallback, FederatedLoop, MutationCallback, make_clients
@@ -184,6 +184,7 @@ def test_ctrl_c_ends_every_worker_and_saves_the_last_round(tmp_path):
     script = tmp_path / "interrupt_me.py"
     script.write_text(SCRIPT.format(tests=str(Path(__file__).parents[1]), ckpt=str(tmp_path / "ckpt")))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=terminal_signals,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, text=True)
     try:
         line = proc.stdout.readline().strip()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TinyModule, make_synthetic
+from helpers import TinyModule, make_synthetic, terminal_signals
 from lightning.pytorch import Callback
 
 from lightning_fedmut import FederatedCallback, FederatedLoop, make_clients
@@ -182,7 +182,8 @@ SCRIPT = textwrap.dedent("""
 def test_a_signal_stops_a_run_whose_worker_is_stopped_within_seconds(tmp_path, signum, code, name):
     script = tmp_path / "stuck_worker.py"
     script.write_text(SCRIPT.format(tests=TESTS, ckpt=str(tmp_path / "ckpt")))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=terminal_signals, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     worker = None
     try:
@@ -241,7 +242,8 @@ AGGREGATE_SCRIPT = textwrap.dedent("""
 def test_ctrl_c_outside_the_clients_stops_a_wait_for_a_stopped_worker(tmp_path):
     script = tmp_path / "stuck_reduce.py"
     script.write_text(AGGREGATE_SCRIPT.format(tests=TESTS, ckpt=str(tmp_path / "ckpt")))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=terminal_signals, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         if proc.stdout.readline().strip() != "REDUCING":
