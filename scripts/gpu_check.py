@@ -225,9 +225,11 @@ def max_diff(a, b):
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
 
 
-def write(report: dict, out: str) -> None:
+def write(report: dict, out: str, final: bool = True) -> None:
+    """Write the report to ``out`` (also after each section, so a run cut short keeps what it measured)."""
     text = json.dumps(report, indent=1)
-    print(text)
+    if final:
+        print(text)
     Path(out).write_text(text)
 
 
@@ -266,7 +268,9 @@ def main() -> None:
 
     if not args.no_timings:
         report["scaling"] = scaling(acc, args.quick)  # first: each case in a process of its own
+        write(report, args.out, final=False)
         report["client_overhead"] = client_overhead(acc, args.quick)
+        write(report, args.out, final=False)
     if args.timings_only:
         write(report, args.out)
         return
@@ -278,6 +282,7 @@ def main() -> None:
     report["fp32_repeat"], s2 = run(acc)
     report["same_seed_max_abs_diff"] = max_diff(s1, s2)
     report["fedavg_fp32"], _ = run(acc, method="fedavg")
+    write(report, args.out, final=False)
     for precision in ("16-mixed", "bf16-mixed"):
         try:
             report[precision], _ = run(acc, precision=precision)
@@ -290,6 +295,7 @@ def main() -> None:
         report["resumed"], s3 = run(acc, ckpt_dir=Path(d), resume=True)
     report["resume_max_abs_diff"] = max_diff(s1, s3)
     report["resume_bitwise_equal"] = all(torch.equal(s1[k], s3[k]) for k in s1)
+    write(report, args.out, final=False)
 
     # a wider model, where the GPU has work to do: CPU (1 thread) against GPU, same job
     report["wide_cpu"], _ = run("cpu", rounds=3, width=128)
