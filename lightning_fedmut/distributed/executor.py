@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar, cast
 
@@ -24,19 +24,51 @@ from lightning_fedmut.functional.state import frozen_keys
 from lightning_fedmut.tasks import ClientResult, ClientTask
 from lightning_fedmut.utilities.validation import check_int, check_real
 
-__all__ = ["DistributedExecutor", "RemoteClientError", "slot_owner"]
+__all__ = ["DistributedExecutor", "RemoteClientError", "balanced_owners", "slot_owner"]
 
 T = TypeVar("T")
 
 
 def slot_owner(slot: int, world_size: int) -> int:
-    """The rank that trains ``slot``: slots are dealt round-robin, so the assignment never depends on timing.
+    """The rank of ``slot`` when slots are dealt round-robin (the personalised evaluation's split of the clients).
 
     Examples:
         >>> [slot_owner(s, 3) for s in range(7)]
         [0, 1, 2, 0, 1, 2, 0]
     """
     return slot % world_size
+
+
+def balanced_owners(costs: Sequence[float], world_size: int, capacity: int) -> list[int]:
+    """The rank that trains each of a chunk's tasks, so that every rank has about the same work.
+
+    The costliest task first (the earlier slot on a tie), each to the rank with the least work so far (then the
+    fewest tasks, then the lowest rank) among those holding fewer than ``capacity``: the longest-processing-time
+    rule. It depends on the costs alone, which every worker computes alike from the clients' data, never on
+    timing, so every worker knows who trains what.
+
+    Examples:
+        >>> balanced_owners([8, 1, 1, 1, 1, 4, 4], world_size=2, capacity=7)  # loads 10 and 10
+        [0, 0, 1, 0, 1, 1, 1]
+        >>> balanced_owners([8, 1, 1, 1, 1, 1, 1], world_size=2, capacity=7)  # loads 8 and 6
+        [0, 1, 1, 1, 1, 1, 1]
+        >>> balanced_owners([8, 1, 1, 1, 1, 1, 1], world_size=2, capacity=4)  # at most 4 each: loads 10 and 4
+        [0, 1, 1, 1, 1, 0, 0]
+        >>> balanced_owners([1, 1, 1], world_size=2, capacity=2)  # equal costs: dealt in slot order
+        [0, 1, 0]
+    """
+    if capacity * world_size < len(costs):
+        raise ValueError(f"Expected `capacity` * `world_size` >= the number of tasks ({len(costs)}), got"
+                         f" {capacity} * {world_size}.")
+    loads = [0.0] * world_size
+    counts = [0] * world_size
+    owners = [0] * len(costs)
+    for index in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        rank = min((r for r in range(world_size) if counts[r] < capacity), key=lambda r: (loads[r], counts[r], r))
+        owners[index] = rank
+        loads[rank] += costs[index]
+        counts[rank] += 1
+    return owners
 
 
 class RemoteClientError(RuntimeError):
@@ -57,7 +89,9 @@ class RemoteClientError(RuntimeError):
 class DistributedExecutor(ClientExecutor):
     """Train each round's clients in ``workers`` processes, every one running the same loop with the same seeds.
 
-    Slot ``s`` is trained by rank ``s % workers`` (with the ``inner`` executor, one working copy per worker);
+    The round's clients are dealt to the workers by their cost, the costliest first to the least loaded worker
+    (:func:`balanced_owners`: clients of unequal size keep no worker waiting for another), and each worker trains
+    its own with the ``inner`` executor, one working copy per worker;
     FedMut's start models are built there from the global weights, delta and coefficient table that every
     rank holds identically, so no start model is sent. After its clients, each worker sends its results (the
     trained states as CPU tensors, metrics, step counts, payloads, per-client states, errors) to every other, and every
@@ -125,6 +159,7 @@ class DistributedExecutor(ClientExecutor):
         self._launched = 0.0
         self._shards: dict[int, tuple[Any, str | None]] = {}  # per validation data: its share, or why none
         self._unshared: frozenset[str] = frozenset()  # entries no worker needs from another (frozen, local)
+        self._training = ClientTraining()  # how clients train (their cost): set by `setup`
         #: Seconds per phase of the last fit, one dict per rank (see :class:`~lightning_fedmut.distributed.timers.PhaseTimes`).
         self.rank_times: list[dict[str, float]] = []
         #: Why the last fit's global model was evaluated by rank 0 alone (``None``: every worker evaluated a share).
@@ -183,16 +218,19 @@ class DistributedExecutor(ClientExecutor):
             local_rank = 0 if self._env is None else self._env.local_rank
             kwargs["devices"] = [local_rank // self.workers_per_device]
         self._unshared = frozen_keys(module)  # the fit's federation policy is set before the executor
+        self._training = training
         self.inner.setup(module, replace(training, trainer_kwargs=kwargs))
 
     def run(self, tasks: Iterable[ClientTask], hooks: TaskHooks) -> Iterator[ClientResult]:
         """The round's results in slot order, in every worker, a bounded number at a time.
 
-        Each rank trains ``c`` of its clients (``c = exchange_mb // model size``, at least 1, at most its share of
-        the round), then every rank's results of that chunk are gathered and yielded in slot order; the loop feeds
-        each to the aggregator before asking for the next. A worker thus holds at most ``c`` trained states of its
-        own and ``workers * c`` received ones, whatever ``clients_per_round``: one for a model above
-        ``exchange_mb``, and a whole round's (one exchange per round) for the small models simulations use.
+        The round goes in chunks of ``workers * c`` clients (``c = exchange_mb // model size``, at least 1, at most
+        a rank's share of the round); a chunk's clients are dealt to the ranks by their cost (local steps, see
+        :func:`balanced_owners`), each rank holding at most ``exchange_mb // model size`` of them, then every rank's
+        results of that chunk are gathered and yielded in slot order; the loop feeds each to the aggregator before
+        asking for the next. A worker thus holds a bounded number of trained states of its own and ``workers`` times
+        as many received ones, whatever ``clients_per_round``: one for a model above ``exchange_mb``, and a whole
+        round's (one exchange per round) for the small models simulations use.
         """
         tasks = list(tasks)
         if self._group is None:  # one process: nothing to exchange
@@ -200,12 +238,15 @@ class DistributedExecutor(ClientExecutor):
             return
         if not tasks:
             return
-        chunk = self.world_size * self._per_exchange(tasks)
+        per, room = self._per_exchange(tasks)
+        chunk = self.world_size * per
         for start in range(0, len(tasks), chunk):
             group = tasks[start:start + chunk]
+            owners = balanced_owners([self._cost(task) for task in group], self.world_size,
+                                     max(per, min(room, len(group))))
             with self.times("train"):
-                mine = [_pack(next(iter(self.inner.run([task], hooks))), self._unshared) for task in group
-                        if slot_owner(task.slot, self.world_size) == self.rank]
+                mine = [_pack(next(iter(self.inner.run([task], hooks))), self._unshared)
+                        for task, owner in zip(group, owners) if owner == self.rank]
             with self.times("exchange"):
                 received = {record["slot"]: record for records in self._group.all_gather_object(mine)
                             for record in records}
@@ -213,12 +254,26 @@ class DistributedExecutor(ClientExecutor):
             for task in group:
                 yield _unpack(task, received.pop(task.slot))
 
-    def _per_exchange(self, tasks: list[ClientTask]) -> int:
-        """How many of its own clients a worker trains before an exchange (see ``exchange_mb``)."""
+    def _per_exchange(self, tasks: list[ClientTask]) -> tuple[int, int]:
+        """How many of its own clients a worker trains before an exchange when the round is dealt evenly, and how
+        many of its own trained states it may hold at most (see ``exchange_mb``)."""
         share = -(-len(tasks) // self.world_size)
         size = sum(t.numel() * t.element_size() for k, t in tasks[0].start_state.items()
                    if isinstance(t, Tensor) and k not in self._unshared)
-        return max(1, min(share, int(self.exchange_mb * 2**20 // max(size, 1))))
+        room = max(1, int(self.exchange_mb * 2**20 // max(size, 1)))
+        return min(share, room), room
+
+    def _cost(self, task: ClientTask) -> float:
+        """A client's work in the round, in optimizer steps (its batches times the local epochs, or the local
+        steps), plus one for its Trainer; the number of examples where its loader has no length."""
+        training = self._training
+        data = task.client.data
+        try:
+            batches = len(data)  # type: ignore[arg-type]
+        except TypeError:  # a LightningDataModule, or an iterable data set
+            return float(task.client.num_examples or 1)
+        steps = batches * training.local_epochs if training.local_steps is None else training.local_steps
+        return float(steps + 1)
 
     def teardown(self) -> None:
         self.inner.teardown()
@@ -230,10 +285,12 @@ class DistributedExecutor(ClientExecutor):
         :mod:`~lightning_fedmut.distributed.sharding`) and sends, per metric, what each of its batches added to
         Lightning's running sum; every rank adds all the terms in batch order, as one process does, so a
         batch-size-weighted mean (Lightning's ``self.log`` default) or a ``reduce_fx="sum"`` metric equals the
-        one-process value bit for bit. Rank 0 evaluates the whole data alone, and the others wait for its metrics,
-        when the data cannot be split (see :func:`~lightning_fedmut.distributed.sharding.unshardable_reason`) or
-        a metric cannot be combined from terms (a torchmetrics object, ``reduce_fx="max"``, one logged at the
-        epoch's end): the first evaluation finds out, the fit's later ones go to rank 0 at once.
+        one-process value bit for bit; a torchmetrics object with integer states (accuracy, precision, recall ...
+        keep counts) is computed from the sum of every rank's states, also the one-process value. Rank 0 evaluates
+        the whole data alone, and the others wait for its metrics, when the data cannot be split (see
+        :func:`~lightning_fedmut.distributed.sharding.unshardable_reason`) or a metric cannot be combined (a
+        torchmetrics object with floating-point states, ``reduce_fx="max"``, one logged at the epoch's end): the
+        first evaluation finds out, the fit's later ones go to rank 0 at once.
         :attr:`evaluation_fallback` says why.
         """
         if self._group is None:  # a single process, rank 0
@@ -247,7 +304,7 @@ class DistributedExecutor(ClientExecutor):
                 parts = self._group.all_gather_object([terms, reason])
             reasons = [r for _, r in parts if r is not None]
             if not reasons:
-                return reduce_metric_terms([t for t, _ in parts])
+                return reduce_metric_terms([t for t, _ in parts], evaluator.metric_objects)
             reason = reasons[0]
             self._shards[id(dataloaders)] = (None, reason)
         self.evaluation_fallback = reason

@@ -4,16 +4,20 @@ Rank ``r`` of ``N`` takes batches ``r, r + N, r + 2N ...`` of every validation l
 keeps the user's ``DataLoader`` settings (workers, collate function, pinning ...). Each rank returns, per metric,
 the term each of its batches added to Lightning's running sum (for a batch-size-weighted mean, the batch's value
 times its size) and the batch size; :func:`reduce_metric_terms` adds all the terms in the order of the batches,
-in the running sum's dtype, as one process does: the metrics equal the one-process values bit for bit.
+in the running sum's dtype, as one process does: the metrics equal the one-process values bit for bit. A
+torchmetrics object with integer states (the classification metrics' counts) sends its states instead: their
+sum is exact in any order, and the object computes the one-process value from it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSampler
+from torchmetrics import Metric
 
 __all__ = ["ShardBatchSampler", "reduce_metric_terms", "shard_dataloaders", "unshardable_reason"]
 
@@ -96,13 +100,19 @@ def shard_dataloaders(dataloaders: Any, rank: int, world_size: int) -> Any:
                       **settings)
 
 
-def reduce_metric_terms(parts: list[dict[str, tuple[str, list[tuple[int, float, str, int]]]]]) -> dict[str, float]:
+def reduce_metric_terms(parts: list[dict[str, tuple[str, list[Any]]]],
+                        objects: Mapping[str, Metric] | None = None) -> dict[str, float]:
     """The metrics of the workers' ``parts``, each mapping a metric to ``(reduce, terms)``, as one process has them.
 
     A term is ``(batch, value, dtype, count)``: what Lightning added to the metric's running sum for that batch of
     the whole data. The terms of every worker are added in batch order, in their dtype, starting from zero, as
     Lightning's ``_ResultMetric`` does; ``"mean"`` then divides by the summed counts (the number of examples),
     ``"sum"`` does not. A worker whose share never logged a metric sends no terms for it.
+
+    A torchmetrics object's entry is ``("states", [states])``: each worker's integer state tensors (see
+    :func:`~lightning_fedmut.execution.evaluation.states_reason`). ``objects[name]``, this worker's object, is
+    reset, given every worker's states (``Metric.merge_state``: exact sums of counts) and computed, as the one
+    process's object computes from the states of all batches; it is left reset.
 
     Examples:
         >>> parts = [{"loss": ("mean", [(0, 4.0, "float32", 2), (2, 3.0, "float32", 1)])},
@@ -116,8 +126,14 @@ def reduce_metric_terms(parts: list[dict[str, tuple[str, list[tuple[int, float, 
     for name in dict.fromkeys(name for part in parts for name in part):
         entries = [part[name] for part in parts if name in part]
         kinds = {kind for kind, _ in entries}
+        if kinds == {"states"}:
+            if objects is None or name not in objects:
+                raise ValueError(f"Expected the torchmetrics object of metric {name!r} in `objects`, got"
+                                 f" {sorted(objects or {})}.")
+            out[name] = _merged_value(objects[name], [states for _, (states,) in entries])
+            continue
         if len(kinds) != 1 or next(iter(kinds)) not in ("mean", "sum"):
-            raise ValueError(f"Expected metric {name!r} to be reduced by 'mean' or 'sum' on every worker, got"
+            raise ValueError(f"Expected metric {name!r} to be reduced by 'mean', 'sum' or 'states' on every worker, got"
                              f" {sorted(kinds)}.")
         terms = sorted((term for _, ts in entries for term in ts), key=lambda term: term[0])
         total = torch.tensor(0.0, dtype=getattr(torch, terms[0][2]))
@@ -127,3 +143,25 @@ def reduce_metric_terms(parts: list[dict[str, tuple[str, list[tuple[int, float, 
             count = count + n
         out[name] = float(total / count if entries[0][0] == "mean" else total)
     return out
+
+
+def _merged_value(metric: Metric, states: list[dict[str, Tensor]]) -> float:
+    """``metric`` computed from the sum of the workers' ``states``; the object is left reset.
+
+    Examples:
+        >>> from torchmetrics.classification import MulticlassAccuracy
+        >>> acc = MulticlassAccuracy(num_classes=2, average="micro")
+        >>> acc.update(torch.tensor([0, 1]), torch.tensor([0, 0]))
+        >>> first = {k: v.clone() for k, v in acc.metric_state.items()}
+        >>> acc.reset(); acc.update(torch.tensor([1]), torch.tensor([1]))
+        >>> _merged_value(acc, [first, acc.metric_state])  # 2 of 3 right, as one object over the three examples
+        0.6666666865348816
+    """
+    incoming = [{k: v.to(metric.device) for k, v in part.items()} for part in states]
+    metric.reset()
+    for part in incoming:
+        metric.merge_state(part)
+    # the class's compute, not the wrapped one: the states are already every worker's, nothing is to be synced
+    value = type(metric).compute(metric)
+    metric.reset()
+    return float(value)

@@ -8,16 +8,18 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.utils.data import DataLoader
+from torchmetrics import Metric
 
 from lightning_fedmut.execution._calls import interruptible, merged_scalars
 from lightning_fedmut.utilities.trainer import QUIET_TRAINER_DEFAULTS, quiet_lightning
 
-__all__ = ["BatchTerms", "Evaluator", "evaluate"]
+__all__ = ["BatchTerms", "Evaluator", "evaluate", "states_reason"]
 
 #: What :meth:`Evaluator.evaluate_terms` returns per metric: its reduction (``"mean"`` or ``"sum"``) and its terms,
 #: one ``(batch, term, dtype, count)`` per batch of the data: the value Lightning added to its running sum
-#: (for a mean, the batch's value times its size), the sum's dtype and the batch size.
-MetricTerms = tuple[str, list[tuple[int, float, str, int]]]
+#: (for a mean, the batch's value times its size), the sum's dtype and the batch size. For a torchmetrics object,
+#: ``("states", [states])``: the object's state tensors after the share's batches (CPU copies).
+MetricTerms = tuple[str, list[Any]]
 
 #: Evaluation Trainers are as quiet as client ones but do validate.
 EVAL_TRAINER_DEFAULTS = {k: v for k, v in QUIET_TRAINER_DEFAULTS.items() if k != "limit_val_batches"}
@@ -54,6 +56,10 @@ class Evaluator:
         self.trainer_kwargs = dict(trainer_kwargs or {})
         self.prepare_data = prepare_data
         self._entry_points: dict[str, list[Any]] = {}
+        #: The torchmetrics objects behind the ``"states"`` terms of the last :meth:`evaluate_terms`, by metric
+        #: name: :func:`~lightning_fedmut.distributed.sharding.reduce_metric_terms` computes them from the
+        #: workers' merged states.
+        self.metric_objects: dict[str, Metric] = {}
 
     def evaluate(self, module: LightningModule, dataloaders: DataLoader | Sequence[DataLoader]) -> dict[str, float]:
         """Validate ``module`` on ``dataloaders``; the metrics of several loaders are merged into one dict."""
@@ -79,6 +85,7 @@ class Evaluator:
         with quiet_lightning(self._entry_points, prepare_data=self.prepare_data):
             trainer = Trainer(**kwargs)
             results = interruptible(trainer, trainer.validate, module, dataloaders=dataloaders, verbose=False)
+        self.metric_objects = recorder.objects
         return recorder.terms(merged_scalars(results))
 
 
@@ -91,7 +98,11 @@ class BatchTerms(Callback):
     for bit, whoever evaluated which batch.
 
     Recorded: a tensor logged in ``validation_step`` and reduced by ``"mean"`` (Lightning weights it by the batch
-    size) or ``"sum"``. Named as not combinable: a torchmetrics object, a metric logged in an epoch-end hook (it
+    size) or ``"sum"``; a torchmetrics object logged in ``validation_step`` whose states are integer tensors (counts,
+    as the classification metrics keep): its states after the last batch, which add up exactly in any order, so
+    the object computes one process's value from the workers' merged states. Named as not combinable: a
+    torchmetrics object with a floating-point or list state (their sum or concatenation over workers would
+    not equal one process's bit for bit) or with ``full_state_update``, a metric logged in an epoch-end hook (it
     would be computed from one worker's share), any other ``reduce_fx`` (``"max"``, ``"min"``, a function).
 
     Args:
@@ -102,6 +113,7 @@ class BatchTerms(Callback):
         self.batch_index = batch_index
         self.recorded: dict[str, MetricTerms] = {}
         self.reasons: dict[str, str] = {}  # why a metric has no terms
+        self.objects: dict[str, Metric] = {}  # the torchmetrics objects recorded as states
 
     def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -117,10 +129,11 @@ class BatchTerms(Callback):
             hook = metric.meta.fx.split(".")[0]
             if metric.has_reset or name in self.reasons:
                 continue
-            if not metric.is_tensor:
-                self.reasons[name] = f"metric {name!r} is a torchmetrics object"
-            elif hook != "validation_step":
+            if hook != "validation_step":
                 self.reasons[name] = f"metric {name!r} is logged in `{hook}`"
+            elif not metric.is_tensor:
+                if batch is None:  # after the last batch: the object's states, which the workers' add up
+                    self._read_states(name, metric.value)
             elif batch is None:
                 continue
             elif not (metric.meta.is_mean_reduction or metric.meta.is_sum_reduction):
@@ -134,6 +147,15 @@ class BatchTerms(Callback):
                 metric.value = torch.zeros_like(metric.value)  # the next batch's term alone, exactly
                 if mean:
                     metric.cumulated_batch_size = torch.zeros_like(metric.cumulated_batch_size)
+
+    def _read_states(self, name: str, metric: Metric) -> None:
+        reason = states_reason(metric)
+        if reason is not None:
+            self.reasons[name] = f"metric {name!r} is a torchmetrics object {reason}"
+            return
+        states = {k: v.detach().cpu().clone() for k, v in metric.metric_state.items()}
+        self.recorded[name] = ("states", [states])
+        self.objects[name] = metric
 
     def terms(self, returned: dict[str, float]) -> tuple[dict[str, MetricTerms], str | None]:
         """The terms behind the metrics ``returned`` by ``Trainer.validate``, or why one has none."""
@@ -150,3 +172,27 @@ def evaluate(
 ) -> dict[str, float]:
     """Validate ``module`` on ``dataloaders`` once; see :class:`Evaluator`."""
     return Evaluator(trainer_kwargs).evaluate(module, dataloaders)
+
+
+def states_reason(metric: Metric) -> str | None:
+    """Why the states of ``metric`` from several workers cannot be merged into one process's, or ``None``.
+
+    Merged: integer (or boolean) tensor states, added (or maxed, minned) exactly in any order, of a metric whose
+    update does not need the whole state (``full_state_update=False``, what ``Metric.merge_state`` requires).
+
+    Examples:
+        >>> from torchmetrics.aggregation import MeanMetric
+        >>> from torchmetrics.classification import MulticlassAccuracy
+        >>> states_reason(MulticlassAccuracy(num_classes=3)) is None
+        True
+        >>> states_reason(MeanMetric())
+        "with the floating-point state 'mean_value', whose sum over workers depends on their order"
+    """
+    if metric.full_state_update is not False or metric.dist_sync_on_step:
+        return "that needs its full state to update (`full_state_update`)"
+    for key, value in metric.metric_state.items():
+        if not isinstance(value, torch.Tensor):
+            return f"with the list state {key!r}, which workers would concatenate out of order"
+        if value.is_floating_point() or value.is_complex():
+            return f"with the floating-point state {key!r}, whose sum over workers depends on their order"
+    return None

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from lightning_fedmut import FedAvg, FederatedCallback, FederatedLoop, MutationCallback, make_clients
 from lightning_fedmut.data import partition_dirichlet
 from lightning_fedmut.distributed import DistributedExecutor, WorkerError, executor_for, slot_owner
+from lightning_fedmut.distributed.executor import balanced_owners
 from lightning_fedmut.execution import SequentialExecutor
 
 pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="workers are forked; tested on Linux"),
@@ -59,6 +60,57 @@ def test_two_workers_equal_one_process_bit_for_bit(synthetic, k, fedmut, weighte
     _assert_same(_run(synthetic, None, k, fedmut, weighted), _run(synthetic, 2, k, fedmut, weighted))
 
 
+class Trained(FederatedCallback):
+    """Writes, from the process that trains it, each client's round, id and number of batches."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def on_client_fit_end(self, loop, module, result):
+        with open(self.path, "a") as f:
+            f.write(f"{result.task.round} {result.task.client.id} {len(result.task.client.data)} {os.getpid()}\n")
+
+
+def test_clients_are_dealt_by_their_steps_and_the_run_equals_one_process(synthetic, tmp_path):
+    """One client of 4 batches, four of 1: the rank that trains the big one trains one small one besides.
+
+    Costs (steps + 1) are 5 and 2, 2, 2, 2: the big one to a rank, then three small ones to the other (loads 5 and
+    6), the last to the first (7 and 6), whatever the sampled order; round-robin would deal by slot order.
+    """
+    train, val = synthetic
+    parts = {i: list(range(64 + 16 * (i - 1), 64 + 16 * i)) if i else list(range(64)) for i in range(5)}
+    clients = make_clients(train, parts, batch_size=16)
+    log = tmp_path / "trained.txt"
+
+    def run(workers, path=None):
+        torch.manual_seed(0)
+        model = TinyModule(momentum=0.5)
+        loop = FederatedLoop(rounds=3, clients_per_round=5, local_epochs=1, aggregator=FedAvg(weighted=True),
+                             callbacks=[MutationCallback(radius=2.0)] + ([Trained(path)] if path else []), seed=3,
+                             enable_progress_bar=False,
+                             executor=DistributedExecutor(workers=workers, timeout=TIMEOUT) if workers else None)
+        return model, loop.fit(model, clients, val_dataloaders=DataLoader(val, batch_size=30))
+
+    one, two = run(None), run(2, log)
+    rows = [line.split() for line in log.read_text().splitlines()]
+    for r in range(3):
+        batches_by_pid: dict[str, list[int]] = {}
+        for round_, _, batches, pid in rows:
+            if int(round_) == r:
+                batches_by_pid.setdefault(pid, []).append(int(batches))
+        assert sorted(sorted(b) for b in batches_by_pid.values()) == [[1, 1, 1], [1, 4]]
+    _assert_same(one, two)
+
+
+def test_balanced_owners_deal_the_costliest_first_to_the_least_loaded():
+    assert balanced_owners([5, 2, 2, 2, 2], 2, capacity=5) == [0, 1, 1, 1, 0]
+    assert balanced_owners([2, 2, 2, 2, 5], 2, capacity=5) == [1, 1, 1, 0, 0]  # the order of the slots does not matter
+    assert balanced_owners([1] * 5, 2, capacity=5) == [0, 1, 0, 1, 0]  # equal costs: round-robin
+    assert balanced_owners([9, 1, 1, 1], 2, capacity=2) == [0, 1, 1, 0]  # at most 2 each, though 9 > 1 + 1 + 1
+    with pytest.raises(ValueError, match=r"Expected `capacity` \* `world_size` >= the number of tasks \(5\), got 2 \* 2"):
+        balanced_owners([1] * 5, 2, capacity=2)
+
+
 def test_slots_are_dealt_round_robin_and_executors_are_chosen_by_workers():
     assert [slot_owner(s, 2) for s in range(5)] == [0, 1, 0, 1, 0]
     sequential = SequentialExecutor()
@@ -88,8 +140,11 @@ class FailOn(TinyModule):
 def test_a_client_failing_on_rank_1_is_a_failed_client_as_in_one_process(synthetic):
     clients, _ = _federation(synthetic)
     model, probe = _run(synthetic, None, k=4, fedmut=False)
-    # the client in slot 1 of round 1 trains on rank 1 with two workers
-    victim = next(r["client_id"] for r in probe.client_history if r["round"] == 1 and r["slot"] == 1)
+    # a client of round 1 that rank 1 trains with two workers (clients are dealt by their steps, 2 epochs each)
+    round_1 = sorted((r["slot"], r["client_id"]) for r in probe.client_history if r["round"] == 1)
+    by_id = {c.id: c for c in clients}
+    owners = balanced_owners([2 * len(by_id[i].data) + 1 for _, i in round_1], 2, capacity=4)
+    slot, victim = next(entry for entry, owner in zip(round_1, owners) if owner == 1)
     victim_data = next(c.data for c in clients if c.id == victim)
     FailOn.bad = victim_data.dataset[0][0]  # an example only the victim holds
     try:
@@ -98,7 +153,7 @@ def test_a_client_failing_on_rank_1_is_a_failed_client_as_in_one_process(synthet
     finally:
         FailOn.bad = None
     assert [(f["round"], f["slot"], f["client_id"], f["type"]) for f in two[1].failures if f["round"] == 1] == [
-        (1, 1, victim, "ValueError")]
+        (1, slot, victim, "ValueError")]
     assert two[1].failures[0]["message"] == "bad labels on this client"
     _assert_same(one, two)
 

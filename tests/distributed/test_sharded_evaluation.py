@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import TinyModule
-from test_sharding import Maximum, Metric
+from test_sharding import FloatMetric, Maximum, Metric
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_fedmut import FedAvg, FederatedLoop, MutationCallback, make_clients
@@ -98,8 +98,19 @@ def test_history_with_two_workers_equals_one_process(synthetic):
     assert one.history == two.history and one.client_history == two.client_history
 
 
-@pytest.mark.parametrize(("module", "reason"), [(Maximum, "metric 'val_worst' is reduced with `reduce_fx=max`"),
-                                                (Metric, "metric 'val_acc' is a torchmetrics object")])
+def test_a_torchmetrics_accuracy_is_shared_and_equals_one_process(synthetic):
+    """The accuracy object's counts of both workers, merged, give the one-process history bit for bit."""
+    _, one, _ = _fit(synthetic, None, Metric, val_batch=8)
+    _, two, executor = _fit(synthetic, 2, Metric, val_batch=8)
+    assert executor.evaluation_fallback is None and executor.rank_times[1]["evaluate"] > 0
+    assert [sorted(k for k in row if k.startswith("val_")) for row in two.history] == [["val_acc"]] * 3
+    assert one.history == two.history and one.client_history == two.client_history
+
+
+@pytest.mark.parametrize(("module", "reason"), [
+    (Maximum, "metric 'val_worst' is reduced with `reduce_fx=max`"),
+    (FloatMetric, "metric 'val_mean_loss' is a torchmetrics object with the floating-point state 'mean_value', whose"
+                  " sum over workers depends on their order")])
 def test_metrics_that_are_no_sum_fall_back_to_rank_0(synthetic, module, reason):
     _, one, _ = _fit(synthetic, None, module)
     _, two, executor = _fit(synthetic, 2, module)

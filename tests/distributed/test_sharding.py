@@ -53,7 +53,7 @@ def test_terms_are_added_in_batch_order_in_their_dtype():
     means = [{"a": ("mean", [(0, 7.5, "float64", 3)]), "b": ("mean", [(0, 1.0, "float32", 3)])},
              {"a": ("mean", [(1, 1.25, "float64", 2)])}]
     assert reduce_metric_terms(means) == {"a": 8.75 / 5.0, "b": float(torch.tensor(1.0 / 3.0, dtype=torch.float32))}
-    with pytest.raises(ValueError, match="Expected metric 'a' to be reduced by 'mean' or 'sum' on every worker"):
+    with pytest.raises(ValueError, match="Expected metric 'a' to be reduced by 'mean', 'sum' or 'states' on every worker"):
         reduce_metric_terms([{"a": ("mean", [(0, 1.0, "float64", 1)])}, {"a": ("sum", [(1, 1.0, "float64", 0)])}])
 
 
@@ -81,6 +81,19 @@ class Metric(TinyModule):
         x, y = batch
         self.accuracy(self(x), y)
         self.log("val_acc", self.accuracy)
+
+
+class FloatMetric(TinyModule):
+    """A torchmetrics mean: a floating-point state, whose sum over workers depends on their order."""
+
+    def __init__(self):
+        super().__init__()
+        self.mean_loss = torchmetrics.aggregation.MeanMetric()
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.mean_loss(F.cross_entropy(self(x), y))
+        self.log("val_mean_loss", self.mean_loss)
 
 
 class EpochEnd(TinyModule):
@@ -114,7 +127,8 @@ def test_terms_are_lightnings_and_their_replay_is_lightnings_value_bit_for_bit()
 
 @pytest.mark.parametrize(("module", "reason"), [
     (Maximum, "metric 'val_worst' is reduced with `reduce_fx=max`"),
-    (Metric, "metric 'val_acc' is a torchmetrics object"),
+    (FloatMetric, "metric 'val_mean_loss' is a torchmetrics object with the floating-point state 'mean_value',"
+                  " whose sum over workers depends on their order"),
     (EpochEnd, "metric 'val_epoch' is logged in `on_validation_epoch_end`"),
 ])
 def test_metrics_that_are_no_sum_are_named(module, reason):
@@ -122,3 +136,31 @@ def test_metrics_that_are_no_sum_are_named(module, reason):
     _, _, loader = _float64_data()
     loader = DataLoader(TensorDataset(loader.dataset.tensors[0].float(), loader.dataset.tensors[1]), batch_size=8)
     assert Evaluator().evaluate_terms(module(), loader) == ({}, reason)
+
+
+def test_a_torchmetrics_object_with_counts_is_merged_from_the_shares_into_one_processs_value():
+    """Accuracy keeps integer counts: each share's states, summed, compute the one-process value exactly."""
+    torch.manual_seed(0)
+    model = Metric()
+    _, _, loader = _float64_data(n=53, batch_size=8)  # 7 batches: 8 x 6 and 5
+    loader = DataLoader(TensorDataset(loader.dataset.tensors[0].float(), loader.dataset.tensors[1]), batch_size=8)
+    expected = Evaluator().evaluate(model, loader)["val_acc"]
+    with torch.no_grad():  # by hand: torchmetrics' macro accuracy over the 53 examples, class by class
+        pred, y = model(loader.dataset.tensors[0]).argmax(-1), loader.dataset.tensors[1]
+    by_hand = sum(float(((pred == c) & (y == c)).sum()) / float((y == c).sum()) for c in range(3)) / 3
+    assert expected == pytest.approx(by_hand, abs=1e-7)
+    parts, objects = [], {}
+    for rank in range(3):  # three workers: batches r, r + 3 ...
+        evaluator = Evaluator()
+        terms, reason = evaluator.evaluate_terms(model, shard_dataloaders(loader, rank, 3), lambda i, r=rank: r + 3 * i)
+        assert reason is None and list(terms) == ["val_acc"] and terms["val_acc"][0] == "states"
+        parts.append(terms)
+        objects = evaluator.metric_objects
+    # the states are the share's counts: true positives over the three shares add up to the whole data's
+    tp = sum(int(p["val_acc"][1][0]["tp"].sum()) for p in parts)
+    assert tp == int((pred == y).sum())
+    assert reduce_metric_terms(parts, objects) == {"val_acc": expected}
+    assert reduce_metric_terms(parts[::-1], objects) == {"val_acc": expected}  # any order: the sums are exact
+    assert int(model.accuracy.tp.sum()) == 0  # the object is left reset
+    with pytest.raises(ValueError, match="Expected the torchmetrics object of metric 'val_acc' in `objects`"):
+        reduce_metric_terms(parts)
