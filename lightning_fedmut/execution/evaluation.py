@@ -153,7 +153,7 @@ class BatchTerms(Callback):
         if reason is not None:
             self.reasons[name] = f"metric {name!r} is a torchmetrics object {reason}"
             return
-        states = {k: v.detach().cpu().clone() for k, v in metric.metric_state.items()}
+        states = {k: v.detach().cpu().clone() for k, v in metric.metric_state.items() if isinstance(v, torch.Tensor)}
         self.recorded[name] = ("states", [states])
         self.objects[name] = metric
 
