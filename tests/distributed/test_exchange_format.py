@@ -58,5 +58,5 @@ def test_bytes_of_another_format_or_with_a_strange_dtype_are_refused():
     torch.save((None, [((), "os.system", (1,), 0, False)]), buffer)  # a table naming no dtype
     head = buffer.getvalue()
     raw = _MAGIC + len(head).to_bytes(8, "little") + head + bytes(64)
-    with pytest.raises(ValueError, match="Expected a torch dtype in a worker's exchange, got 'os.system'"):
+    with pytest.raises(ValueError, match=r"Expected a torch dtype in a worker's exchange, got 'os\.system'"):
         _from_bytes(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
