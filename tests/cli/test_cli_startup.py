@@ -46,3 +46,20 @@ def test_python_m_lightning_fedmut_is_the_command(monkeypatch, capsys):
         runpy.run_module("lightning_fedmut", run_name="__main__", alter_sys=True)
     assert exit_.value.code == 0
     assert capsys.readouterr().out == f"lightning-fedmut {lightning_fedmut.__version__}\n"
+
+
+def test_the_program_freezes_what_is_alive_only_after_the_command_is_done(monkeypatch):
+    """`console` (the installed script, `python -m lightning_fedmut.cli`): main's exit code, then `gc.freeze`, so
+    the interpreter's exit skips tracing the command's objects; never before main returned, never in `main`."""
+    import gc
+
+    import lightning_fedmut.cli as cli
+
+    calls = []
+    monkeypatch.setattr(cli, "main", lambda: calls.append("main") or 3)
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    assert cli.console() == 3 and calls == ["main", "freeze"]
+    calls.clear()
+    monkeypatch.undo()
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    assert cli.main(["--version"]) == 0 and calls == []  # tests and programs that call `main` keep their collector
