@@ -22,6 +22,7 @@ import functools
 import gzip
 import hashlib
 import io
+import json
 import math
 import os
 import pickle
@@ -29,7 +30,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 import numpy as np
 import torch
@@ -42,6 +43,7 @@ __all__ = [
     "DatasetIntegrityError",
     "DatasetSplit",
     "ImageDataset",
+    "cache_folder",
     "labels_of",
     "load_cifar_split",
     "load_dataset",
@@ -235,7 +237,8 @@ def load_mnist1d_split(seed: int = 42) -> tuple[TensorDataset, TensorDataset]:
 
     Inputs have shape ``(40,)``. Generation takes about a second and never touches the network; the
     global numpy and ``random`` states, which the generator reseeds, are restored afterwards. The
-    generated arrays are cached per seed for the rest of the process.
+    generated arrays are kept per seed for the rest of the process, and on disk for later ones (see
+    :func:`cache_folder`).
 
     Examples:
         >>> train, test = load_mnist1d_split()
@@ -250,9 +253,15 @@ def load_mnist1d_split(seed: int = 42) -> tuple[TensorDataset, TensorDataset]:
     return tensors(data["x"], data["y"]), tensors(data["x_test"], data["y_test"])
 
 
+#: The arrays of the generated MNIST-1D, as the cache file holds them.
+_MNIST1D_KEYS = ("x", "y", "x_test", "y_test")
+
+
 @functools.lru_cache(maxsize=2)
 def _mnist1d_arrays(seed: int) -> dict[str, np.ndarray]:
     try:
+        from importlib.metadata import version
+
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as err:  # pragma: no cover
         raise ImportError("The mnist1d data set needs the mnist1d package: pip install 'lightning_fedmut[examples]'.") from err
@@ -260,13 +269,76 @@ def _mnist1d_arrays(seed: int) -> dict[str, np.ndarray]:
 
     args = get_dataset_args()
     args.seed = seed
+    recipe = json.dumps({"mnist1d": version("mnist1d"), "args": args.__dict__}, sort_keys=True, default=str)
+    path = cache_folder() / "mnist1d" / f"{hashlib.sha256(recipe.encode()).hexdigest()[:16]}.npz"
+    cached = _read_generated(path, _MNIST1D_KEYS)
+    if cached is not None:
+        return cached
     np_state, py_state = np.random.get_state(), random.getstate()
     try:
         data = make_dataset(args)
     finally:
         np.random.set_state(np_state)
         random.setstate(py_state)
-    return {k: data[k] for k in ("x", "y", "x_test", "y_test")}
+    arrays = {k: np.asarray(data[k]) for k in _MNIST1D_KEYS}
+    _write_generated(path, arrays, recipe)
+    return arrays
+
+
+def cache_folder() -> Path:
+    """Where generated data sets are kept between runs: ``$LIGHTNING_FEDMUT_CACHE``, else
+    ``$XDG_CACHE_HOME/lightning_fedmut``, else ``~/.cache/lightning_fedmut``.
+
+    MNIST-1D is generated once per recipe (the ``mnist1d`` version and its arguments) and read back in later
+    processes (about 1.5 s saved per run on two cores). ``LIGHTNING_FEDMUT_CACHE=off`` keeps nothing on disk;
+    a folder that cannot be written keeps nothing either, and the data are generated each time.
+
+    Examples:
+        >>> (cache_folder() / "mnist1d").name
+        'mnist1d'
+    """
+    chosen = os.environ.get("LIGHTNING_FEDMUT_CACHE")
+    if chosen:
+        return Path(chosen)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "lightning_fedmut"
+
+
+def _read_generated(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """The arrays of a cache file if it is whole (its SHA-256 matches the one written beside it), else ``None``.
+
+    Read with ``allow_pickle=False``: numbers only, never objects or code.
+    """
+    if os.environ.get("LIGHTNING_FEDMUT_CACHE") == "off" or not path.is_file():
+        return None
+    try:
+        expected = path.with_suffix(".sha256").read_text().split()[0]
+        raw = path.read_bytes()
+        if hashlib.sha256(raw).hexdigest() != expected:
+            return None
+        with np.load(io.BytesIO(raw), allow_pickle=False) as stored:
+            arrays = {k: stored[k] for k in keys}
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+    return arrays
+
+
+def _write_generated(path: Path, arrays: dict[str, np.ndarray], recipe: str) -> None:
+    """Keep ``arrays`` in ``path`` with its SHA-256 and recipe beside it (written whole or not at all)."""
+    if os.environ.get("LIGHTNING_FEDMUT_CACHE") == "off":
+        return
+    buffer = io.BytesIO()
+    np.savez(buffer, **cast("dict[str, Any]", arrays))
+    raw = buffer.getvalue()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for target, content in ((path, raw), (path.with_suffix(".sha256"),
+                                              f"{hashlib.sha256(raw).hexdigest()}  {recipe}\n".encode())):
+            partial = target.with_name(f".{target.name}.{os.getpid()}")
+            partial.write_bytes(content)
+            os.replace(partial, target)  # whole or absent, also with several processes at once
+    except OSError:
+        return
 
 
 def make_synthetic_split(

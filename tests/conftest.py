@@ -1,11 +1,19 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-import pytest
-import torch
+# generated data sets (MNIST-1D) are kept in a folder of this session, never in the user's cache
+_CACHE = tempfile.mkdtemp(prefix="lightning_fedmut-test-cache-")
+os.environ["LIGHTNING_FEDMUT_CACHE"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 torch.set_num_threads(1)
 

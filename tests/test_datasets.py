@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import pickle
 import socket
 import struct
@@ -92,9 +93,10 @@ def test_offline_datasets():
     assert not torch.equal(synthetic.train.tensors[0], make_synthetic_split(seed=1)[0].tensors[0])
 
 
-def test_mnist1d_is_generated_locally_without_touching_the_global_rng():
+def test_mnist1d_is_generated_locally_without_touching_the_global_rng(monkeypatch):
     from lightning_fedmut.datasets import _mnist1d_arrays
 
+    monkeypatch.setenv("LIGHTNING_FEDMUT_CACHE", "off")
     _mnist1d_arrays.cache_clear()  # generate for real (the generator reseeds numpy's global RNG)
     np.random.seed(123)
     state = np.random.get_state()
@@ -105,6 +107,55 @@ def test_mnist1d_is_generated_locally_without_touching_the_global_rng():
     split = load_dataset("mnist1d")
     assert (split.input_shape, split.num_classes) == ((40,), 10)
     assert torch.equal(split.train.tensors[0], train.tensors[0])
+
+
+def test_mnist1d_is_generated_once_kept_whole_and_read_back_as_numbers_only(tmp_path, monkeypatch):
+    import mnist1d.data
+
+    from lightning_fedmut.datasets import _mnist1d_arrays, cache_folder
+
+    made = []
+    real = mnist1d.data.make_dataset
+    monkeypatch.setattr(mnist1d.data, "make_dataset", lambda args: made.append(args.seed) or real(args))
+    monkeypatch.setenv("LIGHTNING_FEDMUT_CACHE", str(tmp_path / "cache"))
+    assert cache_folder() == tmp_path / "cache"
+
+    def load():
+        _mnist1d_arrays.cache_clear()  # a new process: only the disk is left
+        return load_mnist1d_split()
+
+    first = load()
+    (stored,) = (tmp_path / "cache" / "mnist1d").glob("*.npz")
+    assert made == [42] and stored.with_suffix(".sha256").read_text().startswith(
+        hashlib.sha256(stored.read_bytes()).hexdigest())
+    again = load()
+    assert made == [42] and all(torch.equal(a, b) for a, b in zip(first[0].tensors + first[1].tensors,
+                                                                     again[0].tensors + again[1].tensors))
+    # a file that is not whole (its SHA-256 differs) is generated again, and written again
+    raw = bytearray(stored.read_bytes())
+    raw[-100] ^= 0xFF
+    stored.write_bytes(bytes(raw))
+    assert torch.equal(load()[0].tensors[0], first[0].tensors[0]) and made == [42, 42]
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() in stored.with_suffix(".sha256").read_text()
+    # a file holding objects, with a matching SHA-256, is never unpickled: numbers only
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.array([Payload()], dtype=object), y=np.zeros(1), x_test=np.zeros(1), y_test=np.zeros(1))
+    stored.write_bytes(buffer.getvalue())
+    stored.with_suffix(".sha256").write_text(hashlib.sha256(buffer.getvalue()).hexdigest() + "  recipe\n")
+    assert torch.equal(load()[0].tensors[0], first[0].tensors[0]) and made == [42, 42, 42] and not marker.exists()
+    # off: nothing is kept
+    monkeypatch.setenv("LIGHTNING_FEDMUT_CACHE", "off")
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    load()
+    load()
+    assert made == [42] * 5 and sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_unknown_name_and_aliases(tmp_path):
