@@ -1,8 +1,9 @@
 """Tutorial 9: scale out. Train each round's clients in parallel worker processes, and get the same model.
 
 The same FedMut federation runs twice: in one process, and with ``workers=2``. With workers, the loop forks
-the second process at ``fit``; each worker trains its share of the round's slots (slot ``s`` on rank
-``s % workers``), builds FedMut's start models itself from what every worker holds, and the workers exchange
+the second process at ``fit``; each worker trains its share of the round's slots (dealt by their local steps,
+the costliest first to the least loaded worker), builds FedMut's start models itself from what every worker
+holds, and the workers exchange
 their results and reduce them in slot order. The program checks that both runs end with the same weights and
 history, bit for bit, and prints the wall time of each.
 

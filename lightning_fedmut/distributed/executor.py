@@ -267,11 +267,11 @@ class DistributedExecutor(ClientExecutor):
         """A client's work in the round, in optimizer steps (its batches times the local epochs, or the local
         steps), plus one for its Trainer; the number of examples where its loader has no length."""
         training = self._training
-        data = task.client.data
+        client = task.client
         try:
-            batches = len(data)  # type: ignore[arg-type]
-        except TypeError:  # a LightningDataModule, or an iterable data set
-            return float(task.client.num_examples or 1)
+            batches = len(client.data)  # type: ignore[arg-type]
+        except (AttributeError, TypeError):  # a LightningDataModule, an iterable data set, no client
+            return float(getattr(client, "num_examples", None) or 1)
         steps = batches * training.local_epochs if training.local_steps is None else training.local_steps
         return float(steps + 1)
 
