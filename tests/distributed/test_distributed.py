@@ -17,8 +17,7 @@ from torch.utils.data import DataLoader
 
 from lightning_fedmut import FedAvg, FederatedCallback, FederatedLoop, MutationCallback, make_clients
 from lightning_fedmut.data import partition_dirichlet
-from lightning_fedmut.distributed import DistributedExecutor, WorkerError, executor_for, slot_owner
-from lightning_fedmut.distributed.executor import balanced_owners
+from lightning_fedmut.distributed import DistributedExecutor, WorkerError, balanced_owners, executor_for, slot_owner
 from lightning_fedmut.execution import SequentialExecutor
 
 pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="workers are forked; tested on Linux"),
