@@ -65,7 +65,7 @@ def test_wheel_is_typed_and_runs_as_a_module(wheel):
     names = set(wheel.namelist())
     assert {"lightning_fedmut/py.typed", "lightning_fedmut/__main__.py", "lightning_fedmut/cli/__main__.py"} <= names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert "lightning-fedmut = lightning_fedmut.cli:main" in wheel.read(entry_points).decode()
+    assert "lightning-fedmut = lightning_fedmut.cli:console" in wheel.read(entry_points).decode()
 
 
 def test_readme_names_the_extra_the_docs_build_needs():
