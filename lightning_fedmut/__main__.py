@@ -1,6 +1,6 @@
 """``python -m lightning_fedmut``: the ``lightning-fedmut`` command."""
 
-from lightning_fedmut.cli import main
+from lightning_fedmut.cli import console
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(console())

@@ -34,7 +34,7 @@ USAGE = "usage: lightning-fedmut {fit,validate,test,demo,sweep,benchmark} [optio
 
 
 def console() -> int:
-    """The ``lightning-fedmut`` program (and ``python -m lightning_fedmut.cli``): :func:`main`, then a quick exit.
+    """The ``lightning-fedmut`` program (and ``python -m lightning_fedmut[.cli]``): :func:`main`, then a quick exit.
 
     When the command is done (its loggers finished, its files written and closed, its output flushed), what is
     still alive is frozen out of the garbage collector's reach (``gc.freeze``), so the interpreter's exit does

@@ -40,11 +40,16 @@ def test_help_and_version_import_nothing_heavy(argv):
         assert proc.stdout.splitlines()[0] == "lightning-fedmut 9.9"
 
 
-def test_python_m_lightning_fedmut_is_the_command(monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["lightning_fedmut", "--version"])
+@pytest.mark.parametrize("module", ["lightning_fedmut", "lightning_fedmut.cli"])
+def test_python_m_lightning_fedmut_is_the_command(monkeypatch, capsys, module):
+    import gc
+
+    frozen = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))  # this test process keeps its collector
+    monkeypatch.setattr(sys, "argv", [module, "--version"])
     with pytest.raises(SystemExit) as exit_:
-        runpy.run_module("lightning_fedmut", run_name="__main__", alter_sys=True)
-    assert exit_.value.code == 0
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    assert exit_.value.code == 0 and frozen == [True]
     assert capsys.readouterr().out == f"lightning-fedmut {lightning_fedmut.__version__}\n"
 
 
