@@ -27,6 +27,7 @@ import math
 import os
 import pickle
 import struct
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -318,7 +319,7 @@ def _read_generated(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray] 
             return None
         with np.load(io.BytesIO(raw), allow_pickle=False) as stored:
             arrays = {k: stored[k] for k in keys}
-    except (OSError, ValueError, KeyError, IndexError):
+    except (OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile):
         return None
     return arrays
 

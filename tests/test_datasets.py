@@ -149,13 +149,18 @@ def test_mnist1d_is_generated_once_kept_whole_and_read_back_as_numbers_only(tmp_
     stored.write_bytes(buffer.getvalue())
     stored.with_suffix(".sha256").write_text(hashlib.sha256(buffer.getvalue()).hexdigest() + "  recipe\n")
     assert torch.equal(load()[0].tensors[0], first[0].tensors[0]) and made == [42, 42, 42] and not marker.exists()
+    # a broken archive with a matching SHA-256 is generated again too
+    broken = b"PK\x03\x04" + bytes(40)
+    stored.write_bytes(broken)
+    stored.with_suffix(".sha256").write_text(hashlib.sha256(broken).hexdigest() + "  recipe\n")
+    assert torch.equal(load()[0].tensors[0], first[0].tensors[0]) and made == [42] * 4
     # off: nothing is kept
     monkeypatch.setenv("LIGHTNING_FEDMUT_CACHE", "off")
     monkeypatch.chdir(tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
     load()
     load()
-    assert made == [42] * 5 and sorted(p.name for p in tmp_path.iterdir()) == before
+    assert made == [42] * 6 and sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_unknown_name_and_aliases(tmp_path):
