@@ -171,8 +171,8 @@ def _to_bytes(obj: Any) -> torch.Tensor:
     at a multiple of 64 bytes); the structure around them, with ``None`` in their place, and a table of where
     each goes (its path of keys, dtype, shape, offset) are written by ``torch.save``, in front. Copying the
     bytes costs a fraction of ``torch.save``'s zip archive of the tensors (its checksums and records): see
-    ``benchmarks/scaling.py``'s exchange phase. Other tensors (sparse, quantized, subclasses) stay in the part
-    ``torch.save`` writes.
+    ``benchmarks/scaling.py``'s exchange phase. Other tensors (sparse, quantized, meta, subclasses) stay in the
+    part ``torch.save`` writes.
 
     Examples:
         >>> _from_bytes(_to_bytes({"slot": 3, "loss": 0.5, "state": {"w": torch.ones(2)}, "error": None}))
@@ -187,7 +187,7 @@ def _to_bytes(obj: Any) -> torch.Tensor:
     for path, tensor in found:
         offset = -(-end // _ALIGN) * _ALIGN
         table.append((path, str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), offset,
-                      tensor.requires_grad))
+                      tensor.requires_grad, str(tensor.device)))
         end = offset + tensor.numel() * tensor.element_size()
     buffer = io.BytesIO()
     torch.save((skeleton, table), buffer)
@@ -197,7 +197,7 @@ def _to_bytes(obj: Any) -> torch.Tensor:
     out[:8] = torch.frombuffer(bytearray(_MAGIC), dtype=torch.uint8)
     out[8:16] = torch.frombuffer(bytearray(head.numel().to_bytes(8, "little")), dtype=torch.uint8)
     out[16:16 + head.numel()] = head
-    for (_, tensor), (_, _, shape, offset, _) in zip(found, table):
+    for (_, tensor), (_, _, shape, offset, _, _) in zip(found, table):
         size = tensor.numel() * tensor.element_size()
         if size:
             out[start + offset:start + offset + size].view(tensor.dtype).view(shape).copy_(tensor.detach())
@@ -208,7 +208,8 @@ def _from_bytes(tensor: torch.Tensor) -> Any:
     """What :func:`_to_bytes` wrote, read as data: tensors and plain Python values only, never code.
 
     The part ``torch.save`` wrote is read with ``torch.load(weights_only=True)``; each tensor is a copy of its
-    bytes, of the dtype and shape the table names (nothing in the bytes is run or interpreted otherwise).
+    bytes, of the dtype and shape the table names, on the device it was sent from, as ``torch.load`` places a
+    tensor (nothing in the bytes is run or interpreted otherwise).
 
     Examples:
         >>> from fractions import Fraction
@@ -231,12 +232,14 @@ def _from_bytes(tensor: torch.Tensor) -> Any:
         ) from None
     start = -(-(16 + length) // _ALIGN) * _ALIGN
     placed = {}
-    for path, dtype_name, shape, offset, requires_grad in table:
+    for path, dtype_name, shape, offset, requires_grad, device in table:
         dtype = getattr(torch, dtype_name, None)
         if not isinstance(dtype, torch.dtype):
             raise ValueError(f"Expected a torch dtype in a worker's exchange, got {dtype_name!r}.")
         size = math.prod(shape) * dtype.itemsize
-        value = tensor[start + offset:start + offset + size].view(dtype).view(shape).clone()
+        raw = tensor[start + offset:start + offset + size].view(dtype).view(shape)
+        # a copy, on the device the tensor was sent from (as torch.load would place it)
+        value = raw.clone() if device == "cpu" else raw.to(torch.device(device), copy=True)
         placed[tuple(path)] = value.requires_grad_() if requires_grad else value
     return _fill(skeleton, (), placed) if placed else skeleton
 
@@ -244,7 +247,8 @@ def _from_bytes(tensor: torch.Tensor) -> Any:
 def _strip(obj: Any, path: tuple[Any, ...], found: list[tuple[tuple[Any, ...], torch.Tensor]]) -> Any:
     """``obj`` with ``None`` in place of each dense tensor, which goes to ``found`` with its path of keys."""
     kind = type(obj)
-    if kind in (torch.Tensor, torch.nn.Parameter) and obj.layout == torch.strided and not obj.is_quantized:
+    if (kind in (torch.Tensor, torch.nn.Parameter) and obj.layout == torch.strided and not obj.is_quantized
+            and obj.device.type != "meta"):
         found.append((path, obj))
         return None
     if kind is dict or kind is OrderedDict:

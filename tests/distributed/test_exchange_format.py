@@ -42,6 +42,13 @@ def test_every_tensor_comes_back_equal_with_its_dtype_shape_and_container():
     assert back["param"].requires_grad and torch.equal(back["param"], obj["param"].detach())
 
 
+def test_tensors_without_plain_bytes_travel_as_torch_save_writes_them():
+    obj = {"sparse": torch.eye(3).to_sparse(), "meta": torch.ones(2, device="meta"), "plain": torch.ones(2)}
+    back = _from_bytes(_to_bytes(obj))
+    assert back["sparse"].is_sparse and torch.equal(back["sparse"].to_dense(), torch.eye(3))
+    assert back["meta"].is_meta and back["meta"].shape == (2,) and torch.equal(back["plain"], torch.ones(2))
+
+
 def test_a_received_tensor_owns_its_storage():
     """A view into the received buffer would make ``torch.save`` of one state write every client's bytes."""
     back = _from_bytes(_to_bytes([{"w": torch.ones(10)}, {"w": torch.zeros(1000)}]))
@@ -55,7 +62,7 @@ def test_bytes_of_another_format_or_with_a_strange_dtype_are_refused():
     with pytest.raises(ValueError, match="Expected the bytes of a worker's exchange"):
         _from_bytes(torch.zeros(32, dtype=torch.uint8))
     buffer = io.BytesIO()
-    torch.save((None, [((), "os.system", (1,), 0, False)]), buffer)  # a table naming no dtype
+    torch.save((None, [((), "os.system", (1,), 0, False, "cpu")]), buffer)  # a table naming no dtype
     head = buffer.getvalue()
     raw = _MAGIC + len(head).to_bytes(8, "little") + head + bytes(64)
     with pytest.raises(ValueError, match=r"Expected a torch dtype in a worker's exchange, got 'os\.system'"):
