@@ -4,8 +4,8 @@ A client's model is the global model's federated entries with the client's local
 and FedRep's head, from the client-state store; a client that never trained has none and uses the global model's
 values). Every ``evaluate_every`` rounds, every client with validation data (``Client(val_data=...)``,
 ``make_clients(..., val_fraction=...)``) is one :class:`EvaluationTask`; each task is evaluated where
-:func:`~lightning_fedmut.distributed.slot_owner` says (all of them in one process, every other one per worker with
-two), its local entries loaded in place into the process's global module and restored after, with no copy of the
+:func:`~lightning_fedmut.distributed.balanced_owners` deals it by its validation batches (all of them in one
+process; with workers, the largest first to the least loaded worker), its local entries loaded in place into the process's global module and restored after, with no copy of the
 model. The :class:`EvaluationResult` objects are gathered in task order through declared round state, so every
 worker summarises the same numbers as one process (:func:`personal_metrics`).
 """
@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
-from lightning_fedmut.distributed import reduce_round_state, slot_owner
+from lightning_fedmut.distributed import balanced_owners, reduce_round_state
 from lightning_fedmut.federation import local_key
 from lightning_fedmut.functional.state import copy_
 from lightning_fedmut.functional.summary import summarize
@@ -45,8 +45,7 @@ class EvaluationTask:
     """One client's personalised evaluation: its slot among the round's evaluated clients, and its local entries.
 
     Attributes:
-        slot: the client's position among the clients evaluated (the process that evaluates it is
-            ``slot_owner(slot, world_size)``).
+        slot: the client's position among the clients evaluated (the order its result is summarised in).
         client: the :class:`~lightning_fedmut.Client`, whose ``val_data`` is evaluated.
         local_state: the client's own values of the local entries, keyed like the module's ``state_dict``; an entry
             it has none of (it never trained) keeps the global model's value.
@@ -87,6 +86,15 @@ def personal_tasks(clients: Sequence[Client], store: ClientStateStore, local: Se
         values = {key: own[local_key(key)] for key in local if own.get(local_key(key)) is not None}
         tasks.append(EvaluationTask(slot=len(tasks), client=client, local_state=values))
     return tasks
+
+
+def _evaluation_cost(task: EvaluationTask) -> float:
+    """A personalised evaluation's work: the client's validation batches (its examples without a sized loader),
+    plus one for the evaluation's Trainer."""
+    try:
+        return float(len(task.client.val_data) + 1)  # type: ignore[arg-type]
+    except TypeError:
+        return float(task.client.num_examples or 1)
 
 
 def evaluate_task(evaluator: Evaluator, module: LightningModule, task: EvaluationTask) -> EvaluationResult:
@@ -190,8 +198,10 @@ class PersonalEvaluation(DeclaredState):
                  store: ClientStateStore, executor: ClientExecutor) -> dict[str, float]:
         """Evaluate this process's share of the clients, gather every share in slot order, return the summary."""
         self.reset_state("round")
-        for task in personal_tasks(clients, store, self._local):
-            if slot_owner(task.slot, executor.world_size) == executor.rank:
+        tasks = personal_tasks(clients, store, self._local)
+        owners = balanced_owners([_evaluation_cost(task) for task in tasks], executor.world_size, max(1, len(tasks)))
+        for task, owner in zip(tasks, owners):
+            if owner == executor.rank:
                 result = evaluate_task(evaluator, module, task)
                 self.results[task.slot] = {"client_id": result.client_id, "metrics": result.metrics}
         reduce_round_state([self], executor)  # every worker's results, in slot order
