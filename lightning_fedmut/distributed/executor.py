@@ -30,7 +30,7 @@ T = TypeVar("T")
 
 
 def slot_owner(slot: int, world_size: int) -> int:
-    """The rank of ``slot`` when slots are dealt round-robin (the personalised evaluation's split of the clients).
+    """The rank of ``slot`` when slots are dealt round-robin (see :func:`balanced_owners` for how clients are dealt).
 
     Examples:
         >>> [slot_owner(s, 3) for s in range(7)]
