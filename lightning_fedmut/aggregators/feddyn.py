@@ -12,7 +12,7 @@ from torch.nn import Module
 
 from lightning_fedmut.aggregators.fedavg import FedAvg
 from lightning_fedmut.functional.server_optim import squared_norm
-from lightning_fedmut.functional.state import frozen_keys
+from lightning_fedmut.functional.state import federated_parameters
 from lightning_fedmut.utilities.validation import check_int, check_real
 
 __all__ = ["FedDyn"]
@@ -69,8 +69,7 @@ class FedDyn(FedAvg):
         if self.federation_size is None:
             raise ValueError("Expected FedDyn's aggregator to know the federation size m: pass `num_clients`, or run"
                              " it with the client-side callbacks.FedDyn (as the FedDyn algorithm does); got neither.")
-        unshared = frozen_keys(module)  # frozen, and what the federation policy keeps local
-        params = [(n, p) for n, p in module.named_parameters() if p.requires_grad and n not in unshared]
+        params = federated_parameters(module)  # not frozen, nor kept local by the federation policy
         self._names = [n for n, _ in params]
         self._h = [torch.zeros(p.shape, dtype=torch.promote_types(p.dtype, torch.float32)) for _, p in params]
 

@@ -9,7 +9,7 @@ from lightning.pytorch import Callback
 from torch import Tensor
 
 from lightning_fedmut.callbacks.base import LocalCallback
-from lightning_fedmut.functional.state import frozen_keys
+from lightning_fedmut.functional.state import federated_parameters
 from lightning_fedmut.utilities.validation import check_real
 
 if TYPE_CHECKING:
@@ -114,8 +114,7 @@ class FedDyn(LocalCallback):
     def setup(self, loop: FederatedLoop, module: LightningModule, stage: str) -> None:
         from lightning_fedmut.aggregators.feddyn import FedDyn as FedDynAggregator
 
-        unshared = frozen_keys(module)  # frozen, and what the federation policy keeps local
-        self._names = [n for n, p in module.named_parameters() if p.requires_grad and n not in unshared]
+        self._names = [n for n, _ in federated_parameters(module)]  # not frozen, nor kept local by the policy
         aggregator = loop.aggregator
         if isinstance(aggregator, FedDynAggregator):
             if aggregator.alpha != self.alpha:

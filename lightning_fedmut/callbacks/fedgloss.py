@@ -12,7 +12,7 @@ from lightning_fedmut.callbacks.base import LocalCallback, StartModelCallback
 from lightning_fedmut.callbacks.dual_sam import DualSharpnessStep
 from lightning_fedmut.callbacks.feddyn import DynamicRegularizer
 from lightning_fedmut.callbacks.sam import NORM_EPS, check_sam_loop
-from lightning_fedmut.functional.state import frozen_keys
+from lightning_fedmut.functional.state import federated_parameters
 from lightning_fedmut.utilities.validation import check_int, check_real
 
 if TYPE_CHECKING:
@@ -101,8 +101,7 @@ class FedGloSS(LocalCallback):
     def setup(self, loop: FederatedLoop, module: LightningModule, stage: str) -> None:
         from lightning_fedmut.aggregators.fedgloss import FedGloSS as FedGloSSAggregator
 
-        unshared = frozen_keys(module)
-        self._names = [n for n, p in module.named_parameters() if p.requires_grad and n not in unshared]
+        self._names = [n for n, _ in federated_parameters(module)]
         if self.rho_l > 0:
             check_sam_loop(loop, module)
         aggregator = loop.aggregator

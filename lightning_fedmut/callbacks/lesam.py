@@ -16,7 +16,7 @@ from torch import Tensor
 
 from lightning_fedmut.callbacks.base import LocalCallback
 from lightning_fedmut.callbacks.sam import OptimizerStepWrapper, check_sam_loop, sam_perturbation
-from lightning_fedmut.functional.state import copy_, frozen_keys
+from lightning_fedmut.functional.state import copy_, federated_parameters
 from lightning_fedmut.utilities.validation import check_real
 
 if TYPE_CHECKING:
@@ -160,8 +160,7 @@ class LESAM(LocalCallback):
 
     def setup(self, loop: FederatedLoop, module: LightningModule, stage: str) -> None:
         check_sam_loop(loop, module)
-        unshared = frozen_keys(module)
-        self._names = [n for n, p in module.named_parameters() if p.requires_grad and n not in unshared]
+        self._names = [n for n, _ in federated_parameters(module)]
         self._direction = []
 
     def teardown(self, loop: FederatedLoop, module: LightningModule, stage: str) -> None:

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from lightning_fedmut.callbacks.base import LocalCallback
 from lightning_fedmut.callbacks.sam import SharpnessAwareStep, check_sam_loop
-from lightning_fedmut.functional.state import copy_, frozen_keys
+from lightning_fedmut.functional.state import copy_, federated_parameters
 from lightning_fedmut.utilities.validation import check_real
 
 if TYPE_CHECKING:
@@ -160,8 +160,7 @@ class MoSAM(LocalCallback):
 
     def setup(self, loop: FederatedLoop, module: LightningModule, stage: str) -> None:
         check_sam_loop(loop, module)
-        unshared = frozen_keys(module)
-        params = [(n, p) for n, p in module.named_parameters() if p.requires_grad and n not in unshared]
+        params = federated_parameters(module)
         self._names = [n for n, _ in params]
         self._direction = [torch.zeros_like(p.detach()) for _, p in params]
 

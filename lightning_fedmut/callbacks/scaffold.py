@@ -12,7 +12,7 @@ from torch import Tensor
 from lightning_fedmut.callbacks.base import LocalCallback
 from lightning_fedmut.functional.aggregation import accumulate_
 from lightning_fedmut.functional.server_optim import squared_norm
-from lightning_fedmut.functional.state import frozen_keys
+from lightning_fedmut.functional.state import federated_parameters
 from lightning_fedmut.utilities.validation import check_int, check_real
 
 if TYPE_CHECKING:
@@ -227,8 +227,7 @@ class Scaffold(LocalCallback):
         return dict(zip(self._names, self._control))
 
     def setup(self, loop: FederatedLoop, module: LightningModule, stage: str) -> None:
-        unshared = frozen_keys(module)  # frozen, and what the federation policy keeps local
-        params = [(n, p) for n, p in module.named_parameters() if p.requires_grad and n not in unshared]
+        params = federated_parameters(module)  # not frozen, nor kept local by the federation policy
         self._names = [n for n, _ in params]
         dtypes = [torch.promote_types(p.dtype, torch.float32) for _, p in params]
         self._control = [torch.zeros(p.shape, dtype=d) for (_, p), d in zip(params, dtypes)]

@@ -34,7 +34,14 @@ from lightning_fedmut.functional.server_optim import (
     squared_distance,
     squared_norm,
 )
-from lightning_fedmut.functional.state import copy_, first_non_finite, floating_keys, frozen_keys, is_floating
+from lightning_fedmut.functional.state import (
+    copy_,
+    federated_parameters,
+    first_non_finite,
+    floating_keys,
+    frozen_keys,
+    is_floating,
+)
 
 __all__ = [
     "acceleration_at",
@@ -45,6 +52,7 @@ __all__ = [
     "copy_",
     "diversity_loss",
     "extrapolated_lr",
+    "federated_parameters",
     "finalize_mean_",
     "first_non_finite",
     "floating_keys",

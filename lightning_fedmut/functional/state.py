@@ -39,6 +39,20 @@ def frozen_keys(module: torch.nn.Module) -> frozenset[str]:
     return grad_frozen | _UNSHARED.get(module, frozenset())
 
 
+def federated_parameters(module: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """``module``'s parameters that federated methods move, by name, in ``named_parameters`` order: trainable and
+    not in :func:`frozen_keys` (what the fit's federation policy keeps local or frozen is left out too).
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Embedding(5, 2), torch.nn.Linear(2, 2))
+        >>> _ = net[0].weight.requires_grad_(False)
+        >>> [name for name, _ in federated_parameters(net)]
+        ['1.weight', '1.bias']
+    """
+    unshared = frozen_keys(module)
+    return [(name, p) for name, p in module.named_parameters() if p.requires_grad and name not in unshared]
+
+
 #: Entries a ``fit``'s federation policy keeps local or frozen, per global module (see ``set_unshared``).
 _UNSHARED: weakref.WeakKeyDictionary[torch.nn.Module, frozenset[str]] = weakref.WeakKeyDictionary()
 
