@@ -1,4 +1,5 @@
-"""Calling a short-lived Trainer: Ctrl+C handed back to the caller, and metrics as plain floats."""
+"""Calling a short-lived Trainer: Ctrl+C handed back to the caller, metrics as plain floats, and the trained
+state checked."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Trainer
+from torch import Tensor
+
+from lightning_fedmut.exceptions import NonFiniteWeightsError
+from lightning_fedmut.functional.state import first_non_finite
 
 
 def interruptible(trainer: Trainer, method: Any, *args: Any, **kwargs: Any) -> Any:
@@ -61,3 +66,18 @@ def scalars(metrics: dict[str, Any]) -> dict[str, float]:
         elif isinstance(v, (int, float)):
             out[k] = float(v)
     return out
+
+
+def trained_state(module: torch.nn.Module) -> dict[str, Tensor]:
+    """``module``'s state after a client trained it; :class:`NonFiniteWeightsError` if an entry holds NaN or Inf
+    (the client fails, the round goes on).
+
+    Examples:
+        >>> trained_state(torch.nn.Linear(1, 1)).keys()
+        odict_keys(['weight', 'bias'])
+    """
+    state = module.state_dict()
+    bad = first_non_finite(state)
+    if bad is not None:
+        raise NonFiniteWeightsError(f"trained weights hold NaN or Inf in {bad!r}")
+    return state

@@ -10,12 +10,10 @@ from lightning.fabric.utilities.data import _set_sampler_epoch
 from lightning.pytorch import Callback, LightningDataModule, LightningModule
 from lightning.pytorch.utilities.data import extract_batch_size
 
-from lightning_fedmut.exceptions import NonFiniteWeightsError
-from lightning_fedmut.execution._calls import scalars
+from lightning_fedmut.execution._calls import scalars, trained_state
 from lightning_fedmut.execution._logged import LoggedMetrics
 from lightning_fedmut.execution.base import ClientTraining
 from lightning_fedmut.execution.sequential import SequentialExecutor
-from lightning_fedmut.functional.state import first_non_finite
 from lightning_fedmut.tasks import ClientResult, ClientTask
 from lightning_fedmut.utilities.seed import seed_process
 
@@ -129,10 +127,7 @@ class FabricExecutor(SequentialExecutor):
             run = ClientRun(module, self._device, self._training, task.callbacks)
             run.fit(client.data)
             metrics = scalars(run.callback_metrics)
-            state = module.state_dict()
-            bad = first_non_finite(state)
-            if bad is not None:
-                raise NonFiniteWeightsError(f"trained weights hold NaN or Inf in {bad!r}")
+            state = trained_state(module)
         except Exception as exc:  # noqa: BLE001 - one client's failure never ends the round
             return ClientResult(task=task, num_examples=client.num_examples, error=exc)
         return ClientResult(task=task, num_examples=client.num_examples, state=state, metrics=metrics,

@@ -11,12 +11,11 @@ from typing import Any
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, StochasticWeightAveraging, Timer
 
-from lightning_fedmut.exceptions import NonFiniteWeightsError
-from lightning_fedmut.execution._calls import interruptible, merged_scalars, scalars
+from lightning_fedmut.execution._calls import interruptible, merged_scalars, scalars, trained_state
 from lightning_fedmut.execution._timeout import check_time_limit, time_limit
 from lightning_fedmut.execution.base import ClientExecutor, ClientTraining, TaskHooks
 from lightning_fedmut.execution.client_logger import ClientLogger
-from lightning_fedmut.functional.state import copy_, first_non_finite
+from lightning_fedmut.functional.state import copy_
 from lightning_fedmut.tasks import ClientResult, ClientTask
 from lightning_fedmut.utilities.seed import seed_process
 from lightning_fedmut.utilities.trainer import quiet_lightning
@@ -133,10 +132,7 @@ class SequentialExecutor(ClientExecutor):
                 if validate and self._training.local_steps is not None:  # the last step may end no epoch
                     metrics.update(self._validate(trainer, client))
             metrics.update({k: v for k, v in logger.metrics.items() if k not in metrics})
-            state = self._working.state_dict()
-            bad = first_non_finite(state)
-            if bad is not None:
-                raise NonFiniteWeightsError(f"trained weights hold NaN or Inf in {bad!r}")
+            state = trained_state(self._working)
         except Exception as exc:  # noqa: BLE001 - one client's failure never ends the round
             return ClientResult(task=task, num_examples=client.num_examples, error=exc)
         return ClientResult(task=task, num_examples=client.num_examples, state=state, metrics=metrics,
