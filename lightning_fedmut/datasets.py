@@ -271,7 +271,8 @@ def _mnist1d_arrays(seed: int) -> dict[str, np.ndarray]:
     args = get_dataset_args()
     args.seed = seed
     recipe = json.dumps({"mnist1d": version("mnist1d"), "args": args.__dict__}, sort_keys=True, default=str)
-    path = cache_folder() / "mnist1d" / f"{hashlib.sha256(recipe.encode()).hexdigest()[:16]}.npz"
+    folder = cache_folder()
+    path = None if folder is None else folder / "mnist1d" / f"{hashlib.sha256(recipe.encode()).hexdigest()[:16]}.npz"
     cached = _read_generated(path, _MNIST1D_KEYS)
     if cached is not None:
         return cached
@@ -286,31 +287,39 @@ def _mnist1d_arrays(seed: int) -> dict[str, np.ndarray]:
     return arrays
 
 
-def cache_folder() -> Path:
+def cache_folder() -> Path | None:
     """Where generated data sets are kept between runs: ``$LIGHTNING_FEDMUT_CACHE``, else
-    ``$XDG_CACHE_HOME/lightning_fedmut``, else ``~/.cache/lightning_fedmut``.
+    ``$XDG_CACHE_HOME/lightning_fedmut``, else ``~/.cache/lightning_fedmut``; ``None`` with
+    ``LIGHTNING_FEDMUT_CACHE=off``.
 
     MNIST-1D is generated once per recipe (the ``mnist1d`` version and its arguments) and read back in later
     processes (about 1.5 s saved per run on two cores). ``LIGHTNING_FEDMUT_CACHE=off`` keeps nothing on disk;
     a folder that cannot be written keeps nothing either, and the data are generated each time.
 
     Examples:
-        >>> (cache_folder() / "mnist1d").name
-        'mnist1d'
+        >>> import os
+        >>> saved = os.environ.get("LIGHTNING_FEDMUT_CACHE")
+        >>> os.environ["LIGHTNING_FEDMUT_CACHE"] = "/data/cache"; cache_folder()
+        PosixPath('/data/cache')
+        >>> os.environ["LIGHTNING_FEDMUT_CACHE"] = "off"; cache_folder() is None
+        True
+        >>> _ = os.environ.pop("LIGHTNING_FEDMUT_CACHE"); os.environ.update({} if saved is None else {"LIGHTNING_FEDMUT_CACHE": saved})
     """
     chosen = os.environ.get("LIGHTNING_FEDMUT_CACHE")
+    if chosen == "off":
+        return None
     if chosen:
         return Path(chosen)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "lightning_fedmut"
 
 
-def _read_generated(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+def _read_generated(path: Path | None, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
     """The arrays of a cache file if it is whole (its SHA-256 matches the one written beside it), else ``None``.
 
     Read with ``allow_pickle=False``: numbers only, never objects or code.
     """
-    if os.environ.get("LIGHTNING_FEDMUT_CACHE") == "off" or not path.is_file():
+    if path is None or not path.is_file():
         return None
     try:
         expected = path.with_suffix(".sha256").read_text().split()[0]
@@ -324,9 +333,9 @@ def _read_generated(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray] 
     return arrays
 
 
-def _write_generated(path: Path, arrays: dict[str, np.ndarray], recipe: str) -> None:
+def _write_generated(path: Path | None, arrays: dict[str, np.ndarray], recipe: str) -> None:
     """Keep ``arrays`` in ``path`` with its SHA-256 and recipe beside it (written whole or not at all)."""
-    if os.environ.get("LIGHTNING_FEDMUT_CACHE") == "off":
+    if path is None:  # LIGHTNING_FEDMUT_CACHE=off
         return
     buffer = io.BytesIO()
     np.savez(buffer, **cast("dict[str, Any]", arrays))

@@ -156,6 +156,7 @@ def test_mnist1d_is_generated_once_kept_whole_and_read_back_as_numbers_only(tmp_
     assert torch.equal(load()[0].tensors[0], first[0].tensors[0]) and made == [42] * 4
     # off: nothing is kept
     monkeypatch.setenv("LIGHTNING_FEDMUT_CACHE", "off")
+    assert cache_folder() is None
     monkeypatch.chdir(tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
     load()
