@@ -7,7 +7,13 @@ the loop joins the launcher's processes instead. See :class:`DistributedExecutor
 from __future__ import annotations
 
 from lightning_fedmut.distributed.environment import WorkerEnvironment, detect_environment
-from lightning_fedmut.distributed.executor import DistributedExecutor, RemoteClientError, balanced_owners, slot_owner
+from lightning_fedmut.distributed.executor import (
+    DistributedExecutor,
+    RemoteClientError,
+    balanced_owners,
+    loader_cost,
+    slot_owner,
+)
 from lightning_fedmut.distributed.launcher import WorkerError
 from lightning_fedmut.distributed.reduce import barrier, reduce_round_state
 from lightning_fedmut.execution.base import ClientExecutor
@@ -21,6 +27,7 @@ __all__ = [
     "barrier",
     "detect_environment",
     "executor_for",
+    "loader_cost",
     "reduce_round_state",
     "slot_owner",
 ]

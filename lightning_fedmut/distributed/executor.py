@@ -24,7 +24,7 @@ from lightning_fedmut.functional.state import frozen_keys
 from lightning_fedmut.tasks import ClientResult, ClientTask
 from lightning_fedmut.utilities.validation import check_int, check_real
 
-__all__ = ["DistributedExecutor", "RemoteClientError", "balanced_owners", "slot_owner"]
+__all__ = ["DistributedExecutor", "RemoteClientError", "balanced_owners", "loader_cost", "slot_owner"]
 
 T = TypeVar("T")
 
@@ -69,6 +69,25 @@ def balanced_owners(costs: Sequence[float], world_size: int, capacity: int) -> l
         loads[rank] += costs[index]
         counts[rank] += 1
     return owners
+
+
+def loader_cost(loader: Any, num_examples: int | None, steps: Callable[[int], int] = int) -> float:
+    """The work of running ``loader``, for :func:`balanced_owners`: ``steps(its batches)`` plus one for the
+    Trainer, or ``num_examples`` (else 1) where the loader has no length (a DataModule, an iterable data set).
+
+    Examples:
+        >>> from torch.utils.data import DataLoader
+        >>> loader = DataLoader(range(10), batch_size=4)
+        >>> loader_cost(loader, 10), loader_cost(loader, 10, steps=lambda batches: 5 * batches)
+        (4.0, 16.0)
+        >>> loader_cost(None, 7)
+        7.0
+    """
+    try:
+        batches = len(loader)
+    except TypeError:
+        return float(num_examples or 1)
+    return float(steps(batches) + 1)
 
 
 class RemoteClientError(RuntimeError):
@@ -265,15 +284,11 @@ class DistributedExecutor(ClientExecutor):
 
     def _cost(self, task: ClientTask) -> float:
         """A client's work in the round, in optimizer steps (its batches times the local epochs, or the local
-        steps), plus one for its Trainer; the number of examples where its loader has no length."""
-        training = self._training
+        steps), plus one for its Trainer (see :func:`loader_cost`)."""
+        epochs, local_steps = self._training.local_epochs, self._training.local_steps
         client = task.client
-        try:
-            batches = len(client.data)  # type: ignore[arg-type]
-        except (AttributeError, TypeError):  # a LightningDataModule, an iterable data set, no client
-            return float(getattr(client, "num_examples", None) or 1)
-        steps = batches * training.local_epochs if training.local_steps is None else training.local_steps
-        return float(steps + 1)
+        return loader_cost(getattr(client, "data", None), getattr(client, "num_examples", None),
+                           lambda batches: batches * epochs if local_steps is None else local_steps)
 
     def teardown(self) -> None:
         self.inner.teardown()

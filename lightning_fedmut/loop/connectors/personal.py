@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
-from lightning_fedmut.distributed import balanced_owners, reduce_round_state
+from lightning_fedmut.distributed import balanced_owners, loader_cost, reduce_round_state
 from lightning_fedmut.federation import local_key
 from lightning_fedmut.functional.state import copy_
 from lightning_fedmut.functional.summary import summarize
@@ -86,15 +86,6 @@ def personal_tasks(clients: Sequence[Client], store: ClientStateStore, local: Se
         values = {key: own[local_key(key)] for key in local if own.get(local_key(key)) is not None}
         tasks.append(EvaluationTask(slot=len(tasks), client=client, local_state=values))
     return tasks
-
-
-def _evaluation_cost(task: EvaluationTask) -> float:
-    """A personalised evaluation's work: the client's validation batches (its examples without a sized loader),
-    plus one for the evaluation's Trainer."""
-    try:
-        return float(len(task.client.val_data) + 1)  # type: ignore[arg-type]
-    except TypeError:
-        return float(task.client.num_examples or 1)
 
 
 def evaluate_task(evaluator: Evaluator, module: LightningModule, task: EvaluationTask) -> EvaluationResult:
@@ -199,7 +190,8 @@ class PersonalEvaluation(DeclaredState):
         """Evaluate this process's share of the clients, gather every share in slot order, return the summary."""
         self.reset_state("round")
         tasks = personal_tasks(clients, store, self._local)
-        owners = balanced_owners([_evaluation_cost(task) for task in tasks], executor.world_size, max(1, len(tasks)))
+        costs = [loader_cost(task.client.val_data, task.client.num_examples) for task in tasks]  # validation batches
+        owners = balanced_owners(costs, executor.world_size, max(1, len(tasks)))
         for task, owner in zip(tasks, owners):
             if owner == executor.rank:
                 result = evaluate_task(evaluator, module, task)
