@@ -626,6 +626,7 @@ def instrument(attr: Attribution, wl: Workload) -> None:
     from lightning.pytorch.trainer.connectors.logger_connector.logger_connector import _LoggerConnector
     from torch.utils.data.dataloader import _BaseDataLoaderIter
 
+    import lightning_fedmut.execution._calls as calls_module
     import lightning_fedmut.execution.sequential as executor_module
     import lightning_fedmut.loop.connectors.failures as failures_module
     import lightning_fedmut.loop.loop as loop_module
@@ -673,7 +674,7 @@ def instrument(attr: Attribution, wl: Workload) -> None:
         (FedAvg, "update", "weights"),
         (FedAvg, "compute", "weights"),
         # checks the loop makes and a hand-written loop does not: the trained weights, the aggregate
-        (executor_module, "first_non_finite", "finite"),
+        (calls_module, "first_non_finite", "finite"),  # the trained weights, in `trained_state`
         (failures_module, "check_global_finite", "finite"),
     ]
     for obj, name, part in targets:

@@ -87,7 +87,7 @@ def test_the_loops_checks_and_weight_copies_are_measured(overhead, tiny_workload
     # per client: the trained weights checked once and the start state copied in; per round: the aggregate
     # checked and copied into the global model
     assert attr.calls["finite"] == 2 + 1
-    assert attr.target_calls["lightning_fedmut.execution.sequential.first_non_finite"] == 2
+    assert attr.target_calls["lightning_fedmut.execution._calls.first_non_finite"] == 2
     assert attr.target_calls["lightning_fedmut.loop.connectors.failures.check_global_finite"] == 1
     assert attr.target_calls["lightning_fedmut.execution.sequential.copy_"] == 2
     assert attr.target_calls["lightning_fedmut.loop.loop.copy_"] == 1
