@@ -44,11 +44,19 @@ POLL_S = 0.1
 #: Groups left while a collective still waited (a worker stopped or died): gloo cannot free them while the
 #: other end is alive, so they are kept until the launcher has ended the workers (:func:`release_abandoned`).
 _abandoned: list[Any] = []
+#: Threads freeing the groups closed after their last exchange (see :meth:`WorkerGroup.close`).
+_releasing: list[threading.Thread] = []
 
 
 def release_abandoned() -> None:
     """Free the groups left mid-exchange, once their other workers are gone."""
     _abandoned.clear()
+
+
+def wait_released() -> None:
+    """Wait until the groups closed earlier are freed: before a fork, no thread may be inside gloo."""
+    while _releasing:
+        _releasing.pop().join()
 
 
 class WorkerGroup:
@@ -142,14 +150,20 @@ class WorkerGroup:
 
     def close(self) -> None:
         """Leave the group (after the last exchange, or after one that was given up)."""
-        shutdown = getattr(self._pg, "shutdown", None)
-        if shutdown is not None:
+        pg, self._pg, self._store = self._pg, None, None
+        if hasattr(pg, "shutdown"):
             with contextlib.suppress(RuntimeError):
-                shutdown()
+                pg.shutdown()
         if self._waiting:  # freeing it now would wait for the silent worker
-            _abandoned.append(self._pg)
-        self._pg = None
-        self._store = None
+            _abandoned.append(pg)
+            return
+        # Destroying a gloo group waits about 20 ms for its connections to close, without the GIL: a thread of its
+        # own does it, so that the fit's end (and the workers' exit, which rank 0 waits for) does not.
+        holder = [pg]
+        del pg  # the thread's is the last reference
+        thread = threading.Thread(target=holder.clear, name="lightning_fedmut-release-group")
+        _releasing[:] = [*(t for t in _releasing if t.is_alive()), thread]
+        thread.start()
 
 
 def _root(src: int) -> dist.BroadcastOptions:

@@ -43,7 +43,7 @@ import torch
 import torch.distributed as dist
 
 from lightning_fedmut.distributed.environment import WorkerEnvironment
-from lightning_fedmut.distributed.group import release_abandoned
+from lightning_fedmut.distributed.group import release_abandoned, wait_released
 from lightning_fedmut.loop.connectors import signals as _signals
 from lightning_fedmut.utilities.warnings import silence_worker_warnings
 
@@ -137,6 +137,7 @@ def fork_workers(workers: int, threads: int, run: Callable[[WorkerEnvironment, C
     # Garbage of an earlier fit (a gloo group, a store) must never be freed in a child, which would join threads it
     # does not have and abort: what exists now is frozen out of the collector's reach for the children (and not
     # written to by collections, as the gc module advises before a fork); the parent unfreezes it after forking.
+    wait_released()
     gc.freeze()
     try:
         for rank in range(1, workers):
@@ -275,10 +276,12 @@ def _end_children(children: list[_Child], grace_s: float) -> None:
                     if sig == signal.SIGTERM:  # a stopped child handles it once it runs again
                         os.kill(child.pid, signal.SIGCONT)
             deadline = time.monotonic() + 2.0
+        pause = 0.001  # a worker that is leaving is gone within milliseconds: look again soon, then less often
         while pending and time.monotonic() < deadline:
             pending = [c for c in pending if c.status() is None]
             if pending:
-                time.sleep(0.02)
+                time.sleep(pause)
+                pause = min(2 * pause, 0.02)
         if not pending:
             break
     for child in children:

@@ -68,3 +68,44 @@ def test_workers_of_a_later_fit_survive_collecting_an_earlier_fits_garbage(signu
         gc.enable()
     assert [row["round"] for row in result.history] == [0, 1]
 
+
+
+def test_a_closed_group_is_freed_by_a_thread_that_the_next_fork_waits_for(monkeypatch):
+    """`WorkerGroup.close` leaves the freeing of the gloo group (about 20 ms of waiting) to a thread, and
+    `fork_workers` joins such threads before it forks: no thread may be inside gloo when a worker is forked."""
+    import threading
+    import time
+
+    from lightning_fedmut.distributed import group as group_module
+    from lightning_fedmut.distributed import launcher
+
+    group_module.wait_released()  # those of earlier tests' fits
+    freed = threading.Event()
+
+    class Group:  # stands for a gloo group whose destruction takes a while
+        def shutdown(self):
+            pass
+
+        def __del__(self):
+            time.sleep(0.2)
+            freed.set()
+
+    worker_group = group_module.WorkerGroup.__new__(group_module.WorkerGroup)
+    worker_group._pg, worker_group._store, worker_group._waiting = Group(), object(), False
+    worker_group.close()
+    assert worker_group._pg is None
+    assert not freed.is_set()  # close returned before the group was freed
+    [thread] = group_module._releasing
+    assert thread.name == "lightning_fedmut-release-group"
+
+    forked_after_free = []
+    real_fork = os.fork
+
+    def fork():
+        forked_after_free.append(freed.is_set())
+        return real_fork()
+
+    monkeypatch.setattr(launcher.os, "fork", fork)
+    assert launcher.fork_workers(2, 1, lambda env, watch: env.rank) == 0
+    assert forked_after_free == [True]
+    assert group_module._releasing == []
