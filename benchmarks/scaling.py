@@ -18,12 +18,18 @@ medians over the repetitions): start-up (fork, process group), training its clie
 declared state and barriers, logging and checkpointing (timed around the loop's round log and checkpoint
 writer), and the rest (aggregation, history). The one-process run is itemised the same way.
 
+``--side-by-side`` measures what this machine allows any two processes: the one-process run in ``N`` fresh
+processes at once (started together, not forked from this one) against the same run in one fresh process alone.
+Each side-by-side run is slower than the lone one by the share of caches and memory bandwidth the processes
+compete for, so ``N`` divided by that slowdown bounds the speed-up of ``N`` workers here.
+
 ``--e2e R`` also times the command line end to end (``lightning-fedmut fit --data mnist1d``, 20 clients, 10 per
 round, E=5, R rounds, W&B offline), one process against N workers, alternating, ``--e2e-repeats`` pairs.
 
     OMP_NUM_THREADS=1 python benchmarks/scaling.py                 # about 2 minutes on 2 cores
     OMP_NUM_THREADS=1 python benchmarks/scaling.py --quick         # smoke run
     OMP_NUM_THREADS=1 python benchmarks/scaling.py --e2e 60        # and the 60-round command line, 3 pairs
+    OMP_NUM_THREADS=1 python benchmarks/scaling.py --side-by-side  # and the machine's own bound
 """
 
 from __future__ import annotations
@@ -161,6 +167,54 @@ def startup(wl: overhead.Workload, workers: int, repeats: int) -> float:
     return min(extra)
 
 
+def solo(rounds: int, repeats: int) -> int:
+    """A process of :func:`side_by_side`: warm up, say ``ready``, wait for a line on stdin, time the
+    one-process run ``repeats`` times and print the seconds as JSON."""
+    torch.set_num_threads(1)
+    overhead.silence_lightning_console()
+    wl = overhead.workload_a(rounds)
+    warm = copy.copy(wl)
+    warm.rounds = 1
+    run_workers(warm, None)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    seconds = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        run_workers(wl, None)
+        seconds.append(time.perf_counter() - t)
+    print(json.dumps(seconds), flush=True)
+    return 0
+
+
+def side_by_side(rounds: int, copies: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds of the one-process run in one fresh process alone, then in ``copies`` fresh processes at once."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out: dict[str, list[float]] = {}
+    for n in (1, copies):
+        procs = [subprocess.Popen([sys.executable, __file__, "--solo", str(rounds), "--repeats", str(repeats)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                  env=env) for _ in range(n)]
+        try:
+            for p in procs:  # every copy warmed up before any is timed
+                assert p.stdout is not None and p.stdout.readline().strip() == "ready", "a copy failed to start"
+            for p in procs:
+                assert p.stdin is not None
+                p.stdin.write("go\n")
+                p.stdin.flush()
+            out[f"{n} at once"] = [s for p in procs for s in json.loads(p.communicate(timeout=600)[0])]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+    alone, together = statistics.median(out["1 at once"]), statistics.median(out[f"{copies} at once"])
+    print(f"\nThe one-process run in fresh processes ({repeats} runs each, {rounds} rounds): median {alone:.3f} s alone,"
+          f" {together:.3f} s with {copies} at once ({together / alone - 1:+.1%} each): this machine bounds the speed-up"
+          f" of {copies} workers near {copies * alone / together:.2f}x")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", default="2", help="comma-separated worker counts besides 1 (default: 2)")
@@ -171,7 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--e2e", type=int, default=0, metavar="R",
                         help="also time the command line end to end with R rounds (0: not)")
     parser.add_argument("--e2e-repeats", type=int, default=3, help="end-to-end pairs (default: 3)")
+    parser.add_argument("--side-by-side", action="store_true",
+                        help="also time the one-process run in fresh processes, alone and as many at once as workers")
+    parser.add_argument("--solo", type=int, metavar="R", help=argparse.SUPPRESS)  # a process of --side-by-side
     args = parser.parse_args(argv)
+    if args.solo:
+        return solo(args.solo, args.repeats)
     torch.set_num_threads(1)
     overhead.silence_lightning_console()
     rounds, repeats = (1, 1) if args.quick else (args.rounds, args.repeats)
@@ -212,10 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     starts = {n: startup(wl, n, 1 if args.quick else 3) for n in counts}
     for n, s in starts.items():
         print(f"  start-up of {n} local workers (a 1-round run with them minus the same run in one process): {s:.3f} s")
+    bound = side_by_side(rounds, max(counts), repeats) if args.side_by_side else {}
     e2e = end_to_end(args.e2e, max(counts), args.e2e_repeats) if args.e2e else {}
     if args.json:
         args.json.write_text(json.dumps({"seconds": seconds, "accuracy": accuracy, "startup": starts,
-                                         "rank_times": RANK_TIMES, "end_to_end": e2e}, indent=2))
+                                         "rank_times": RANK_TIMES, "side_by_side": bound, "end_to_end": e2e},
+                                        indent=2))
     return 0 if same else 1
 
 
