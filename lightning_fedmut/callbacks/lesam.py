@@ -16,7 +16,7 @@ from torch import Tensor
 
 from lightning_fedmut.callbacks.base import LocalCallback
 from lightning_fedmut.callbacks.sam import OptimizerStepWrapper, check_sam_loop, sam_perturbation
-from lightning_fedmut.functional.state import copy_, federated_parameters
+from lightning_fedmut.functional.state import copy_, federated_parameters, snapshot
 from lightning_fedmut.utilities.validation import check_real
 
 if TYPE_CHECKING:
@@ -180,10 +180,7 @@ class LESAM(LocalCallback):
     def on_before_aggregate(self, loop: FederatedLoop, module: LightningModule, aggregator: Aggregator) -> None:
         if self.estimate == "global":
             named = dict(module.named_parameters())
-            if not self._previous:
-                self._previous = [named[n].detach().clone() for n in self._names]
-            else:
-                copy_(self._previous, [named[n] for n in self._names])
+            self._previous = snapshot(self._previous, [named[n] for n in self._names])
 
     @torch.no_grad()
     def on_after_aggregate(self, loop: FederatedLoop, module: LightningModule) -> None:

@@ -41,6 +41,7 @@ from lightning_fedmut.functional.state import (
     floating_keys,
     frozen_keys,
     is_floating,
+    snapshot,
 )
 
 __all__ = [
@@ -69,6 +70,7 @@ __all__ = [
     "pseudo_gradient_",
     "recombination_table",
     "recombine",
+    "snapshot",
     "squared_distance",
     "squared_norm",
     "teacher_loss",

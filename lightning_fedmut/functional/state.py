@@ -157,6 +157,27 @@ def copy_(dst: Sequence[Tensor], src: Sequence[Tensor]) -> None:
 
 
 @torch.no_grad()
+def snapshot(kept: list[Tensor], src: Sequence[Tensor]) -> list[Tensor]:
+    """A copy of ``src`` that reuses ``kept``'s tensors: copied into in place when they match ``src``'s (count,
+    shapes, dtypes, devices), else fresh clones (the first time, or after the model moved).
+
+    Examples:
+        >>> kept = snapshot([], [torch.ones(2)]); kept
+        [tensor([1., 1.])]
+        >>> again = snapshot(kept, [torch.zeros(2)])
+        >>> again[0] is kept[0], again
+        (True, [tensor([0., 0.])])
+        >>> snapshot(kept, [torch.zeros(2, dtype=torch.float64)])[0].dtype  # another dtype: a fresh clone
+        torch.float64
+    """
+    if len(kept) == len(src) and all(k.shape == s.shape and k.dtype == s.dtype and k.device == s.device
+                                     for k, s in zip(kept, src)):
+        copy_(kept, src)
+        return kept
+    return [s.detach().clone() for s in src]
+
+
+@torch.no_grad()
 def first_non_finite(state: Mapping[str, Tensor]) -> str | None:
     """The first key of ``state`` whose floating tensor holds NaN or Inf, or ``None``.
 

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from lightning_fedmut.callbacks.base import LocalCallback
+from lightning_fedmut.functional.state import snapshot
 from lightning_fedmut.privacy.accountant import PrivacyAccountant, Sampling, sampling_of
 from lightning_fedmut.privacy.aggregator import UNCLIPPED_KEY, DPAggregator, private_keys
 from lightning_fedmut.privacy.functional import global_norm
@@ -168,12 +169,7 @@ class DifferentialPrivacy(LocalCallback):
     # ------------------------------------------------------------------ client hooks
     @torch.no_grad()
     def on_client_fit_start(self, loop: FederatedLoop, module: LightningModule, task: ClientTask) -> None:
-        start = [task.start_state[k] for k in self._keys]
-        if len(self._start) != len(start) or any(b.shape != s.shape or b.dtype != s.dtype or b.device != s.device
-                                                 for b, s in zip(self._start, start)):
-            self._start = [s.detach().clone() for s in start]
-        else:
-            torch._foreach_copy_(self._start, start)
+        self._start = snapshot(self._start, [task.start_state[k] for k in self._keys])
 
     @torch.no_grad()
     def on_client_fit_end(self, loop: FederatedLoop, module: LightningModule, result: ClientResult) -> None:
