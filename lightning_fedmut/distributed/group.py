@@ -151,6 +151,8 @@ class WorkerGroup:
     def close(self) -> None:
         """Leave the group (after the last exchange, or after one that was given up)."""
         pg, self._pg, self._store = self._pg, None, None
+        if pg is None:  # closed already
+            return
         if hasattr(pg, "shutdown"):
             with contextlib.suppress(RuntimeError):
                 pg.shutdown()

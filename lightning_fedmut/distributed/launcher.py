@@ -134,10 +134,10 @@ def fork_workers(workers: int, threads: int, run: Callable[[WorkerEnvironment, C
     children: list[_Child] = []
     sys.stdout.flush()
     sys.stderr.flush()
+    wait_released()  # an earlier fit's group, being freed by a thread: no thread may be inside gloo at the fork
     # Garbage of an earlier fit (a gloo group, a store) must never be freed in a child, which would join threads it
     # does not have and abort: what exists now is frozen out of the collector's reach for the children (and not
     # written to by collections, as the gc module advises before a fork); the parent unfreezes it after forking.
-    wait_released()
     gc.freeze()
     try:
         for rank in range(1, workers):

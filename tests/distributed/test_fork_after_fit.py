@@ -109,3 +109,13 @@ def test_a_closed_group_is_freed_by_a_thread_that_the_next_fork_waits_for(monkey
     assert launcher.fork_workers(2, 1, lambda env, watch: env.rank) == 0
     assert forked_after_free == [True]
     assert group_module._releasing == []
+
+
+def test_closing_a_group_twice_starts_no_second_release():
+    from lightning_fedmut.distributed import group as group_module
+
+    group_module.wait_released()
+    worker_group = group_module.WorkerGroup.__new__(group_module.WorkerGroup)
+    worker_group._pg, worker_group._store, worker_group._waiting = None, None, False
+    worker_group.close()
+    assert group_module._releasing == []
