@@ -173,6 +173,8 @@ def fork_workers(workers: int, threads: int, run: Callable[[WorkerEnvironment, C
         torch.set_num_threads(previous_threads)
         _end_children(children, grace_s)
         release_abandoned()
+        # the group's file store is freed with it, and reads its file as it goes: not before it is gone
+        wait_released()
         shutil.rmtree(folder, ignore_errors=True)
 
 
