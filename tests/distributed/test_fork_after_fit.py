@@ -72,7 +72,8 @@ def test_workers_of_a_later_fit_survive_collecting_an_earlier_fits_garbage(signu
 
 def test_a_closed_group_is_freed_by_a_thread_that_the_next_fork_waits_for(monkeypatch):
     """`WorkerGroup.close` leaves the freeing of the gloo group (about 20 ms of waiting) to a thread, and
-    `fork_workers` joins such threads before it forks: no thread may be inside gloo when a worker is forked."""
+    `fork_workers` joins such threads before it forks (no thread may be inside gloo when a worker is forked) and
+    before it removes the workers' folder (the group's file store reads its file as it is freed)."""
     import threading
     import time
 
@@ -109,6 +110,26 @@ def test_a_closed_group_is_freed_by_a_thread_that_the_next_fork_waits_for(monkey
     assert launcher.fork_workers(2, 1, lambda env, watch: env.rank) == 0
     assert forked_after_free == [True]
     assert group_module._releasing == []
+
+    # a group closed at the end of the run (its store reads the run's folder as it is freed): the folder is
+    # removed only once the group is freed
+    freed.clear()
+    removed_after_free = []
+    real_rmtree = launcher.shutil.rmtree
+
+    def rmtree(path, **kwargs):
+        removed_after_free.append(freed.is_set())
+        return real_rmtree(path, **kwargs)
+
+    def run(env, watch):
+        last = group_module.WorkerGroup.__new__(group_module.WorkerGroup)
+        last._pg, last._store, last._waiting = Group(), object(), False
+        last.close()
+        return env.rank
+
+    monkeypatch.setattr(launcher.shutil, "rmtree", rmtree)
+    assert launcher.fork_workers(2, 1, run) == 0
+    assert removed_after_free == [True]
 
 
 def test_closing_a_group_twice_starts_no_second_release():
