@@ -1,7 +1,8 @@
 """Clients per second with 1, 2 (and more) workers, against the plain-PyTorch sequential loop, in one process run.
 
 Workload A of ``benchmarks/overhead.py`` (mnist1d, 1-D CNN, 20 IID clients, 10 per round, 5 local epochs,
-batch 50), over enough rounds that start-up is amortised. Each repetition runs, alternating:
+batch 50), 4 rounds per run (``--rounds``: the workers' start-up and first-round page copies weigh less over
+more). Each repetition runs, alternating:
 
 - ``FederatedLoop`` in one process (the default sequential executor);
 - ``FederatedLoop(workers=N)`` for each N asked for (the workers are forked at ``fit``, gloo on 127.0.0.1);
