@@ -198,11 +198,12 @@ def side_by_side(rounds: int, copies: int, repeats: int) -> dict[str, list[float
                                   env=env) for _ in range(n)]
         try:
             for p in procs:  # every copy warmed up before any is timed
-                assert p.stdout is not None and p.stdout.readline().strip() == "ready", "a copy failed to start"
+                if p.stdout is None or p.stdout.readline().strip() != "ready":
+                    raise RuntimeError(f"a copy of the one-process run (pid {p.pid}) failed to start")
             for p in procs:
-                assert p.stdin is not None
-                p.stdin.write("go\n")
-                p.stdin.flush()
+                if p.stdin is not None:
+                    p.stdin.write("go\n")
+                    p.stdin.flush()
             out[f"{n} at once"] = [s for p in procs for s in json.loads(p.communicate(timeout=600)[0])]
         finally:
             for p in procs:

@@ -69,7 +69,6 @@ def test_workers_of_a_later_fit_survive_collecting_an_earlier_fits_garbage(signu
     assert [row["round"] for row in result.history] == [0, 1]
 
 
-
 def test_a_closed_group_is_freed_by_a_thread_that_the_next_fork_waits_for(monkeypatch):
     """`WorkerGroup.close` leaves the freeing of the gloo group (about 20 ms of waiting) to a thread, and
     `fork_workers` joins such threads before it forks (no thread may be inside gloo when a worker is forked) and
