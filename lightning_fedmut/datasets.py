@@ -297,13 +297,13 @@ def cache_folder() -> Path | None:
     a folder that cannot be written keeps nothing either, and the data are generated each time.
 
     Examples:
-        >>> import os
-        >>> saved = os.environ.get("LIGHTNING_FEDMUT_CACHE")
-        >>> os.environ["LIGHTNING_FEDMUT_CACHE"] = "/data/cache"; cache_folder()
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ, {"LIGHTNING_FEDMUT_CACHE": "/data/cache"}):
+        ...     cache_folder()
         PosixPath('/data/cache')
-        >>> os.environ["LIGHTNING_FEDMUT_CACHE"] = "off"; cache_folder() is None
+        >>> with mock.patch.dict(os.environ, {"LIGHTNING_FEDMUT_CACHE": "off"}):
+        ...     cache_folder() is None
         True
-        >>> _ = os.environ.pop("LIGHTNING_FEDMUT_CACHE"); os.environ.update({} if saved is None else {"LIGHTNING_FEDMUT_CACHE": saved})
     """
     chosen = os.environ.get("LIGHTNING_FEDMUT_CACHE")
     if chosen == "off":

@@ -5,8 +5,8 @@ and FedRep's head, from the client-state store; a client that never trained has 
 values). Every ``evaluate_every`` rounds, every client with validation data (``Client(val_data=...)``,
 ``make_clients(..., val_fraction=...)``) is one :class:`EvaluationTask`; each task is evaluated where
 :func:`~lightning_fedmut.distributed.balanced_owners` deals it by its validation batches (all of them in one
-process; with workers, the largest first to the least loaded worker), its local entries loaded in place into the process's global module and restored after, with no copy of the
-model. The :class:`EvaluationResult` objects are gathered in task order through declared round state, so every
+process; with workers, the largest first to the least loaded worker), its local entries loaded in place into the
+process's global module and restored after, with no copy of the model. The :class:`EvaluationResult` objects are gathered in task order through declared round state, so every
 worker summarises the same numbers as one process (:func:`personal_metrics`).
 """
 
