@@ -12,7 +12,6 @@ from lightning_fedmut.distributed.executor import (
     RemoteClientError,
     balanced_owners,
     loader_cost,
-    slot_owner,
 )
 from lightning_fedmut.distributed.launcher import WorkerError
 from lightning_fedmut.distributed.reduce import barrier, reduce_round_state
@@ -29,7 +28,6 @@ __all__ = [
     "executor_for",
     "loader_cost",
     "reduce_round_state",
-    "slot_owner",
 ]
 
 

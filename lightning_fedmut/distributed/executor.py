@@ -24,19 +24,9 @@ from lightning_fedmut.functional.state import frozen_keys
 from lightning_fedmut.tasks import ClientResult, ClientTask
 from lightning_fedmut.utilities.validation import check_int, check_real
 
-__all__ = ["DistributedExecutor", "RemoteClientError", "balanced_owners", "loader_cost", "slot_owner"]
+__all__ = ["DistributedExecutor", "RemoteClientError", "balanced_owners", "loader_cost"]
 
 T = TypeVar("T")
-
-
-def slot_owner(slot: int, world_size: int) -> int:
-    """The rank of ``slot`` when slots are dealt round-robin (see :func:`balanced_owners` for how clients are dealt).
-
-    Examples:
-        >>> [slot_owner(s, 3) for s in range(7)]
-        [0, 1, 2, 0, 1, 2, 0]
-    """
-    return slot % world_size
 
 
 def balanced_owners(costs: Sequence[float], world_size: int, capacity: int) -> list[int]:

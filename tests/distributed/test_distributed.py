@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from lightning_fedmut import FedAvg, FederatedCallback, FederatedLoop, MutationCallback, make_clients
 from lightning_fedmut.data import partition_dirichlet
-from lightning_fedmut.distributed import DistributedExecutor, WorkerError, balanced_owners, executor_for, slot_owner
+from lightning_fedmut.distributed import DistributedExecutor, WorkerError, balanced_owners, executor_for
 from lightning_fedmut.execution import SequentialExecutor
 
 pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="workers are forked; tested on Linux"),
@@ -110,8 +110,7 @@ def test_balanced_owners_deal_the_costliest_first_to_the_least_loaded():
         balanced_owners([1] * 5, 2, capacity=2)
 
 
-def test_slots_are_dealt_round_robin_and_executors_are_chosen_by_workers():
-    assert [slot_owner(s, 2) for s in range(5)] == [0, 1, 0, 1, 0]
+def test_executors_are_chosen_by_workers():
     sequential = SequentialExecutor()
     assert executor_for(sequential, None) is sequential and executor_for(sequential, 1) is sequential
     wrapped = executor_for(sequential, 3)
