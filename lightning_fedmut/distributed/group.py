@@ -180,6 +180,11 @@ _MAGIC = b"LFMX0001"
 _ALIGN = 64
 
 
+def _aligned(n: int) -> int:
+    """The first multiple of :data:`_ALIGN` at or after ``n``."""
+    return -(-n // _ALIGN) * _ALIGN
+
+
 def _to_bytes(obj: Any) -> torch.Tensor:
     """``obj`` as one byte tensor: its tensors' raw bytes, and the rest as ``torch.save`` writes it.
 
@@ -201,14 +206,14 @@ def _to_bytes(obj: Any) -> torch.Tensor:
     skeleton = _strip(obj, (), found)
     table, end = [], 0
     for path, tensor in found:
-        offset = -(-end // _ALIGN) * _ALIGN
+        offset = _aligned(end)
         table.append((path, str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), offset,
                       tensor.requires_grad, str(tensor.device)))
         end = offset + tensor.numel() * tensor.element_size()
     buffer = io.BytesIO()
     torch.save((skeleton, table), buffer)
     head = torch.frombuffer(bytearray(buffer.getbuffer()), dtype=torch.uint8)
-    start = -(-(16 + head.numel()) // _ALIGN) * _ALIGN
+    start = _aligned(16 + head.numel())
     out = torch.zeros(start + end, dtype=torch.uint8)
     out[:8] = torch.frombuffer(bytearray(_MAGIC), dtype=torch.uint8)
     out[8:16] = torch.frombuffer(bytearray(head.numel().to_bytes(8, "little")), dtype=torch.uint8)
@@ -246,7 +251,7 @@ def _from_bytes(tensor: torch.Tensor) -> Any:
             f" received something else: {str(err).splitlines()[0]}. Keep a callback's or sampler's exchanged"
             " values (payloads, client states, gathered objects) to tensors and plain data."
         ) from None
-    start = -(-(16 + length) // _ALIGN) * _ALIGN
+    start = _aligned(16 + length)
     placed = {}
     for path, dtype_name, shape, offset, requires_grad, device in table:
         dtype = getattr(torch, dtype_name, None)
